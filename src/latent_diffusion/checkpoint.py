@@ -1,0 +1,143 @@
+"""Load and save LatentDiffusion checkpoints with the original CompVis / Stable Diffusion key names.
+
+``load_checkpoint`` reads ``.safetensors`` or (through an allow-list unpickler) ``.ckpt`` / ``.pt``, decides the
+config (given, stored in our own files' metadata, or inferred from the weights), builds the model, matches the
+optional parts real files may carry (schedule buffers, ``position_ids``, ``model_ema.*``, a ``scale_factor``
+buffer) and loads with ``strict=True`` semantics: missing, unexpected and mis-shaped keys are a ``KeyMismatchError``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DiffusionConfig
+from .errors import CheckpointError, ConfigError, KeyMismatchError
+from .infer import infer_config
+from .models.conditioners import FrozenCLIPEmbedder
+from .models.ldm import LatentDiffusion
+from .safe_load import read_state_dict, save_safetensors_atomic
+
+CONFIG_METADATA_KEY = "ldm_config"
+_SHOW = 5  # how many offending keys an error lists
+
+
+def resolve_config(config: DiffusionConfig | dict | str | os.PathLike | None, sd: dict[str, torch.Tensor],
+                   metadata: dict[str, Any], parameterization: str | None = None) -> DiffusionConfig:
+    """The config to build: the one given, else the one our own files carry, else inferred from the weights."""
+    if isinstance(config, DiffusionConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = DiffusionConfig.from_dict(config)
+    elif config is not None:
+        cfg = DiffusionConfig.from_yaml(config)
+    elif CONFIG_METADATA_KEY in metadata:
+        cfg = DiffusionConfig.from_json(metadata[CONFIG_METADATA_KEY])
+    else:
+        cfg = infer_config(sd)
+    if parameterization is not None:
+        if parameterization not in ("eps", "x0", "v"):
+            raise ConfigError(f"parameterization must be 'eps', 'x0' or 'v', got {parameterization!r}")
+        cfg.parameterization = parameterization
+    return cfg
+
+
+def match_optional_parts(model: LatentDiffusion, keys: set[str]) -> None:
+    """Make ``model.state_dict()`` carry exactly the optional entries present in ``keys``."""
+    model.set_schedule_persistent("betas" in keys)
+    if "scale_factor" in keys:
+        model.use_scale_factor_buffer()
+    if isinstance(model.cond_stage_model, FrozenCLIPEmbedder):
+        model.cond_stage_model.set_position_ids_persistent(
+            "cond_stage_model.transformer.text_model.embeddings.position_ids" in keys)
+    if any(k.startswith("model_ema.") for k in keys) and model.model_ema is None:
+        model.enable_ema()
+
+
+def check_keys(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Raise ``KeyMismatchError`` listing the first few missing / unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [(k, tuple(expected[k].shape), tuple(sd[k].shape)) for k in expected
+              if k in sd and expected[k].shape != sd[k].shape]
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"{source} does not match the model built from its config:"]
+    if missing:
+        lines.append(f"  {len(missing)} missing key(s), e.g. {missing[:_SHOW]}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected key(s), e.g. {unexpected[:_SHOW]}")
+    for k, want, got in shapes[:_SHOW]:
+        lines.append(f"  shape mismatch at {k}: model expects {want}, checkpoint has {got}")
+    if len(shapes) > _SHOW:
+        lines.append(f"  ... and {len(shapes) - _SHOW} more shape mismatch(es)")
+    lines.append("  (is the config right for this file? pass config=... with the model's YAML)")
+    raise KeyMismatchError("\n".join(lines))
+
+
+def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | str | os.PathLike | None = None, *,
+                    use_ema: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                    parameterization: str | None = None) -> LatentDiffusion:
+    """Build and strictly load a ``LatentDiffusion`` from a checkpoint file.
+
+    ``use_ema=True`` swaps the ``model_ema.*`` weights into the UNet (an error if the file has none).
+    ``dtype`` casts the UNet, first stage and conditioner (schedule buffers stay float32).
+    """
+    sd, extras = read_state_dict(path)
+    cfg = resolve_config(config, sd, extras, parameterization)
+    model = LatentDiffusion(cfg)
+    match_optional_parts(model, set(sd))
+    check_keys(model, sd, f"checkpoint {os.fspath(path)}")
+    model.load_state_dict(sd, strict=True)
+    del sd
+    if use_ema:
+        if model.model_ema is None:
+            raise CheckpointError(f"use_ema=True but {os.fspath(path)} has no model_ema.* weights")
+        model.model_ema.copy_to(model.model)
+    for part in (model.model, model.first_stage_model, model.cond_stage_model):
+        if part is not None:
+            part.to(dtype=dtype)
+    return model.to(device).eval()
+
+
+def save_checkpoint(model: LatentDiffusion, path: str | os.PathLike, *, overwrite: bool = False,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model.state_dict()`` (CompVis keys) as ``.safetensors``, atomically, with the config in metadata."""
+    if Path(path).suffix != ".safetensors":
+        raise CheckpointError(f"save_checkpoint writes .safetensors only, got {os.fspath(path)}")
+    meta = {CONFIG_METADATA_KEY: model.cfg.to_json(), "format": "latent-diffusion"} | dict(metadata or {})
+    return save_safetensors_atomic(model.state_dict(), path, metadata=meta, overwrite=overwrite)
+
+
+def family(cfg: DiffusionConfig) -> str:
+    """A human name for the model family (``ldm inspect``)."""
+    cond, unet = cfg.conditioner.kind, cfg.unet
+    inpaint = " inpainting" if unet.in_channels == unet.out_channels + 5 and cfg.conditioning_key == "hybrid" else ""
+    if cond == "clip":
+        return "Stable Diffusion 1.x" + inpaint
+    if cond == "open_clip":
+        return "Stable Diffusion 2.x" + inpaint + (" (v-prediction)" if cfg.parameterization == "v" else "")
+    f = cfg.autoencoder.downsample_factor if cfg.first_stage != "none" else 1
+    stage = {"kl": "KL", "vq": "VQ", "none": "pixel"}[cfg.first_stage]
+    kind = {"class": "class-conditional", "none": "unconditional" if cfg.conditioning_key is None else
+            f"{cfg.conditioning_key}-conditioned"}.get(cond, cond)
+    return f"CompVis LDM, {kind}, {stage}-f{f}"
+
+
+def inspect_checkpoint(path: str | os.PathLike, config: Any = None) -> dict[str, Any]:
+    """Family, parameter counts per part, dtypes and EMA presence of a checkpoint, without building the model."""
+    sd, extras = read_state_dict(path)
+    cfg = resolve_config(config, sd, extras)
+    parts: dict[str, int] = {}
+    for name, prefix in (("unet", "model.diffusion_model."), ("first_stage", "first_stage_model."),
+                         ("cond_stage", "cond_stage_model."), ("ema", "model_ema.")):
+        parts[name] = sum(v.numel() for k, v in sd.items() if k.startswith(prefix) and v.is_floating_point())
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values()})
+    return {"path": os.fspath(path), "family": family(cfg), "parameterization": cfg.parameterization,
+            "parameters": parts, "dtypes": dtypes, "ema": parts["ema"] > 0, "tensors": len(sd),
+            "scale_factor": cfg.scale_factor, "config_source": "given" if config is not None else
+            ("metadata" if CONFIG_METADATA_KEY in extras else "inferred")}

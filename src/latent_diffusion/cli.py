@@ -1,0 +1,69 @@
+"""``ldm`` command line: thin — parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import LDMError
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .checkpoint import inspect_checkpoint
+
+    info = inspect_checkpoint(args.path, args.config)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['path']}")
+    print(f"  family:           {info['family']}")
+    print(f"  parameterization: {info['parameterization']}")
+    print(f"  scale factor:     {info['scale_factor']}")
+    for part, n in info["parameters"].items():
+        if n:
+            print(f"  {part + ' params:':18}{n:,}")
+    print(f"  dtypes:           {', '.join(info['dtypes'])}")
+    print(f"  EMA weights:      {'yes' if info['ema'] else 'no'}")
+    print(f"  tensors:          {info['tensors']}")
+    print(f"  config:           {info['config_source']}")
+    return 0
+
+
+def _cmd_make_tiny(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .tiny import tiny_model
+
+    path = save_checkpoint(tiny_model(args.family, seed=args.seed), args.out, overwrite=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ldm", description="Latent Diffusion Models in plain PyTorch")
+    sub = p.add_subparsers(dest="command", required=True)
+    ins = sub.add_parser("inspect", help="print a checkpoint's family, parameter counts, dtypes, EMA presence")
+    ins.add_argument("path")
+    ins.add_argument("--config", default=None, help="model YAML (ours or the original inference YAML)")
+    ins.add_argument("--json", action="store_true", help="print JSON")
+    ins.set_defaults(func=_cmd_inspect)
+    mk = sub.add_parser("make-tiny", help="write a tiny random checkpoint of a family (for tests and smoke runs)")
+    mk.add_argument("family", choices=["sd1", "sd2", "sd1-inpaint", "class", "uncond-vq"])
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--force", action="store_true", help="overwrite an existing file")
+    mk.set_defaults(func=_cmd_make_tiny)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LDMError as e:
+        print(f"ldm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

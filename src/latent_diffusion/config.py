@@ -1,0 +1,213 @@
+"""Typed configs for every model part, with YAML / dict round-trips.
+
+Unknown keys are an error (``ConfigError``) that lists the accepted ones. Field names follow the CompVis /
+Stable Diffusion YAMLs (``model_channels``, ``ch_mult``, ...) so those files map onto them one to one; the
+original inference YAMLs themselves are read by ``latent_diffusion.yaml_compat``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _tuple(v: Any) -> Any:
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ``ConfigError`` naming them and the accepted ones."""
+    data = dict(data or {})
+    names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or cls.__name__}; accepted keys: {sorted(names)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        sub = _nested_config_type(names[k])
+        if sub is not None and isinstance(v, dict):
+            v = from_dict(sub, v, where=f"{where or cls.__name__}.{k}")
+        kwargs[k] = _tuple(v)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad value in {where or cls.__name__}: {e}") from e
+
+
+def _nested_config_type(f: dataclasses.Field) -> type | None:
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    for c in (UNetConfig, AutoencoderConfig, VQConfig, ConditionerConfig, DiffusionConfig):
+        if c.__name__ in str(t):
+            return c
+    return None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict form (tuples as lists) of a config dataclass."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+@dataclass
+class UNetConfig:
+    """CompVis ``openaimodel.UNetModel`` arguments (the subset that changes weights or numerics)."""
+
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (4, 2, 1)  # downsampling rates (1, 2, 4, ...) that get attention
+    num_heads: int = 8  # used when num_head_channels == -1
+    num_head_channels: int = -1  # SD2: 64
+    num_heads_upsample: int = -1
+    transformer_depth: int = 1
+    context_dim: int | None = None
+    use_spatial_transformer: bool = False
+    use_linear_in_transformer: bool = False  # SD2: Linear proj_in / proj_out
+    num_classes: int | None = None  # label_emb (class-conditional via the timestep embedding)
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    conv_resample: bool = True
+    dropout: float = 0.0
+    legacy: bool = True
+    disable_self_attn: bool = False
+    use_new_attention_order: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_heads == -1 and self.num_head_channels == -1:
+            raise ValueError("either num_heads or num_head_channels must be set (got both -1)")
+        if self.use_spatial_transformer and self.context_dim is None:
+            raise ValueError("use_spatial_transformer=True needs context_dim (the conditioning width)")
+        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
+            raise ValueError(f"channel_mult must be positive integers, got {self.channel_mult}")
+
+
+@dataclass
+class AutoencoderConfig:
+    """CompVis ``AutoencoderKL`` / ``Encoder`` / ``Decoder`` arguments (``ddconfig`` + ``embed_dim``)."""
+
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)  # f = 2 ** (len(ch_mult) - 1)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = ()
+    resolution: int = 256  # nominal; only decides which levels get attention
+    z_channels: int = 4
+    double_z: bool = True
+    embed_dim: int = 4
+    dropout: float = 0.0
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass
+class VQConfig(AutoencoderConfig):
+    """CompVis ``VQModel``: the same encoder/decoder plus a codebook of ``n_embed`` vectors of ``embed_dim``."""
+
+    double_z: bool = False
+    n_embed: int = 8192
+    embed_dim: int = 3
+    beta: float = 0.25
+
+
+@dataclass
+class ConditionerConfig:
+    """The conditioning stage. ``kind`` is one of ``registry.CONDITIONERS``' names."""
+
+    kind: str = "none"  # none | class | clip | open_clip
+    # ClassEmbedder
+    n_classes: int = 1000
+    embed_dim: int = 512
+    # text towers (CLIP / OpenCLIP)
+    vocab_size: int = 49408
+    max_length: int = 77
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    output_dim: int = 768  # OpenCLIP text_projection width
+    layer: str = "last"  # last | penultimate (SD2: penultimate)
+    act: str = "quick_gelu"  # quick_gelu (OpenAI CLIP) | gelu (OpenCLIP ViT-H)
+    pad_with_zero: bool = False  # SD2 (OpenCLIP) pads with 0, SD1 pads with the end token
+
+
+@dataclass
+class DiffusionConfig:
+    """``LatentDiffusion`` top-level arguments: schedule, parameterisation, conditioning, scale factor."""
+
+    timesteps: int = 1000
+    beta_schedule: str = "linear"  # CompVis "linear" is SD's scaled-linear: linspace(sqrt(b0), sqrt(b1)) ** 2
+    linear_start: float = 0.00085
+    linear_end: float = 0.012
+    cosine_s: float = 8e-3
+    parameterization: str = "eps"  # eps | x0 | v
+    scale_factor: float = 0.18215
+    conditioning_key: str | None = "crossattn"  # None | crossattn | concat | hybrid | adm
+    first_stage: str = "kl"  # kl | vq | none (pixel space, f = 1)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+
+    def __post_init__(self) -> None:
+        if self.parameterization not in ("eps", "x0", "v"):
+            raise ValueError(f"parameterization must be 'eps', 'x0' or 'v', got {self.parameterization!r}")
+        if self.first_stage not in ("kl", "vq", "none"):
+            raise ValueError(f"first_stage must be 'kl', 'vq' or 'none' (pixel space), got {self.first_stage!r}")
+        if self.conditioning_key not in (None, "crossattn", "concat", "hybrid", "adm"):
+            raise ValueError(
+                f"conditioning_key must be None, 'crossattn', 'concat', 'hybrid' or 'adm', got {self.conditioning_key!r}"
+            )
+        if self.first_stage == "vq" and not isinstance(self.autoencoder, VQConfig):
+            self.autoencoder = from_dict(VQConfig, to_dict(self.autoencoder) | {"double_z": False})
+        if self.first_stage == "kl" and isinstance(self.autoencoder, VQConfig):
+            raise ValueError("first_stage='kl' was given a VQ autoencoder config (n_embed / beta)")
+
+    # -- serialisation -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DiffusionConfig":
+        data = dict(data)
+        ae = data.pop("autoencoder", None)
+        first = data.get("first_stage", "kl")
+        cfg = from_dict(cls, data, where="DiffusionConfig")
+        if ae is not None:
+            cfg.autoencoder = from_dict(VQConfig if first == "vq" else AutoencoderConfig, ae, where="autoencoder")
+        return cfg
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "DiffusionConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "DiffusionConfig":
+        """Read our own YAML layout or an original CompVis / SD inference YAML (``model.params...``)."""
+        from .yaml_compat import load_yaml_config
+
+        return load_yaml_config(path)
+
+    def to_yaml(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(to_dict(self), sort_keys=False))

@@ -1,0 +1,157 @@
+"""Attention layers of the LDM UNet, with CompVis key names.
+
+``SpatialTransformer`` (proj_in → BasicTransformerBlock × depth → proj_out) carries self-attention, cross-attention
+to the conditioning sequence and a GEGLU feed-forward; ``AttentionBlock`` is the older openaimodel self-attention
+used by unconditional / class-conditional LDMs without ``use_spatial_transformer``. All attention goes through
+``torch.nn.functional.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .resnet import normalization
+
+
+def _heads_first(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)  # (B, heads, N, d)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of ``x`` (B, N, query_dim) over ``context`` (B, M, context_dim), or over itself."""
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q = _heads_first(self.to_q(x), self.heads)
+        k = _heads_first(self.to_k(context), self.heads)
+        v = _heads_first(self.to_v(context), self.heads)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        b, _, n, _ = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class GEGLU(nn.Module):
+    """``x · GELU(gate)`` with x and gate from one projection (``proj``)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """``net.0`` (GEGLU, or Linear+GELU) → dropout → ``net.2`` Linear."""
+
+    def __init__(self, dim: int, mult: int = 4, glu: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        inner = dim * mult
+        project_in = GEGLU(dim, inner) if glu else nn.Sequential(nn.Linear(dim, inner), nn.GELU())
+        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm block: self-attention (``attn1``), cross-attention (``attn2``), GEGLU feed-forward (``ff``)."""
+
+    def __init__(self, dim: int, n_heads: int, d_head: int, dropout: float = 0.0, context_dim: int | None = None,
+                 disable_self_attn: bool = False) -> None:
+        super().__init__()
+        self.disable_self_attn = disable_self_attn
+        self.attn1 = CrossAttention(dim, context_dim if disable_self_attn else None, n_heads, d_head, dropout)
+        self.ff = FeedForward(dim, dropout=dropout)
+        self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x), context if self.disable_self_attn else None) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the pixels of a feature map: (B, C, H, W) → (B, C, H, W), residual."""
+
+    def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int = 1, dropout: float = 0.0,
+                 context_dim: int | None = None, disable_self_attn: bool = False, use_linear: bool = False) -> None:
+        super().__init__()
+        inner = n_heads * d_head
+        self.use_linear = use_linear
+        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
+        proj = (lambda i, o: nn.Linear(i, o)) if use_linear else (lambda i, o: nn.Conv2d(i, o, 1))
+        self.proj_in = proj(in_channels, inner)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, disable_self_attn) for _ in range(depth)
+        )
+        self.proj_out = proj(inner, in_channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x_in = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + x_in
+
+
+class AttentionBlock(nn.Module):
+    """openaimodel self-attention over pixels: ``norm`` → 1×1 ``qkv`` → heads → ``proj_out``, residual.
+
+    ``use_new_attention_order=False`` (the default in every released LDM) splits qkv per head first
+    (QKVAttentionLegacy); True splits into q, k, v first (QKVAttention).
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1,
+                 use_new_attention_order: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads if num_head_channels == -1 else channels // num_head_channels
+        if channels % self.num_heads:
+            raise ValueError(f"channels {channels} not divisible by {self.num_heads} heads")
+        self.new_order = use_new_attention_order
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv1d(channels, channels * 3, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        qkv = self.qkv(self.norm(x))  # (B, 3C, L)
+        heads, length = self.num_heads, qkv.shape[-1]
+        if self.new_order:
+            q, k, v = (t.reshape(b * heads, c // heads, length) for t in qkv.chunk(3, dim=1))
+        else:
+            q, k, v = qkv.reshape(b * heads, 3 * c // heads, length).chunk(3, dim=1)
+        h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B·h, L, d)
+        h = h.transpose(1, 2).reshape(b, c, length)
+        return (x + self.proj_out(h)).reshape(b, c, *spatial)
