@@ -18,7 +18,7 @@ from .config import DiffusionConfig
 from .errors import CheckpointError, ConfigError, KeyMismatchError
 from .infer import infer_config
 from .models.conditioners import FrozenCLIPEmbedder
-from .models.ldm import LatentDiffusion
+from .models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .safe_load import read_state_dict, save_safetensors_atomic
 
 CONFIG_METADATA_KEY = "ldm_config"
@@ -89,11 +89,17 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
     """
     sd, extras = read_state_dict(path)
     cfg = resolve_config(config, sd, extras, parameterization)
-    model = LatentDiffusion(cfg)
-    match_optional_parts(model, set(sd))
+    with torch.device("meta"):  # no random init of ~1 B parameters: the file's tensors are assigned in place
+        model = LatentDiffusion(cfg)
+        match_optional_parts(model, set(sd))
     check_keys(model, sd, f"checkpoint {os.fspath(path)}")
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(sd, strict=True, assign=True)
     del sd
+    for name in SCHEDULE_BUFFERS:  # fp16 files store the schedule in fp16 too; sampling wants float32
+        setattr(model, name, getattr(model, name).float())
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"internal: tensors not materialised after loading {os.fspath(path)}: {left[:_SHOW]}")
     if use_ema:
         if model.model_ema is None:
             raise CheckpointError(f"use_ema=True but {os.fspath(path)} has no model_ema.* weights")

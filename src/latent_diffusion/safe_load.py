@@ -1,11 +1,8 @@
 """Read and write checkpoint files without running code from them.
 
-``read_state_dict`` validates a ``.safetensors`` layout before the safetensors library sees it, and reads pickle-based
-torch files (``.ckpt`` ``.pt`` ``.pth`` ``.bin``) through an allow-list unpickler: tensor rebuilders, storages, dtypes,
-plain containers and numpy scalars are real; other classes (Lightning callbacks, OmegaConf configs, ``__main__``)
-become inert ``InertObject`` placeholders that never import their module; anything that can run code (``os.system``,
-``builtins.eval``, ``subprocess.Popen``, ``functools.partial``, ``torch.load`` ...) raises ``UnsafeCheckpointError``
-before it runs. ``save_safetensors_atomic`` writes temp file + fsync + rename; ``file_fingerprint`` is A1111's hash.
+``.safetensors`` layouts are validated before the library sees them. Pickle-based torch files go through an allow-list
+unpickler: tensors, containers and numpy scalars load for real; other classes (Lightning callbacks, OmegaConf) become
+inert ``InertObject`` placeholders that never import their module; anything that can run code is refused before it runs.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ import _compat_pickle
 import argparse
 import builtins
 import collections
-import contextlib
 import copyreg
 import hashlib
 import json
@@ -25,11 +21,12 @@ import secrets
 import struct
 import types
 import zipfile
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
+import numpy
+import safetensors.torch
 import torch
+from torch._weights_only_unpickler import _get_allowed_globals  # private, but torch is pinned
 
 from .errors import CheckpointError, UnsafeCheckpointError
 
@@ -39,10 +36,10 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # real headers are a few hundred KB; a bigger length field is garbage
 _LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
-_SAFER = ("Only load checkpoints from sources you trust; prefer a .safetensors copy from a trusted source (or convert "
-          "the file to .safetensors on a trusted machine).")
+_SAFER = "Load checkpoints only from trusted sources; prefer a .safetensors copy (or convert on a trusted machine)."
+_EXISTS = "{} already exists; refusing to overwrite it. Pass overwrite=True (--force on the command line) to replace it"
 
-# Plain-data globals on top of torch's own weights_only allow-list (see _allowed_globals).
+# torch.load(weights_only=True)'s allow-list (tensor rebuilders, storages, dtypes, Size, device...) plus plain data.
 _PATHS = ("pathlib", "pathlib._local")  # paths load as *pure* paths: same data, no filesystem methods
 _EXTRA_ALLOWED: dict[str, Any] = {
     **{f"builtins.{t.__name__}": t for t in (set, frozenset, slice, complex, bytearray, bytes, list, dict, tuple,
@@ -53,33 +50,32 @@ _EXTRA_ALLOWED: dict[str, Any] = {
     "argparse.Namespace": argparse.Namespace,
     **{f"{m}.{n}": pathlib.PurePosixPath for m in _PATHS for n in ("Path", "PosixPath", "PurePosixPath", "PurePath")},
     **{f"{m}.{n}": pathlib.PureWindowsPath for m in _PATHS for n in ("WindowsPath", "PureWindowsPath")},
+    # numpy scalars and arrays (Lightning checkpoints hold them); numpy 2 renamed numpy.core to numpy._core.
+    "numpy.dtype": numpy.dtype, "numpy.ndarray": numpy.ndarray,
+    **{f"numpy.{core}.multiarray.{n}": getattr((getattr(numpy, "_core", None) or numpy.core).multiarray, n)
+       for core in ("core", "_core") for n in ("scalar", "_reconstruct")},
 }
-# numpy, imported only when asked for (Lightning checkpoints hold numpy scalars); numpy 2 renamed core to _core.
-_NUMPY_ALLOWED = {"numpy.dtype", "numpy.ndarray"} | {
-    f"numpy.{core}.multiarray.{n}" for core in ("core", "_core") for n in ("scalar", "_reconstruct")}
+_ALLOWED = {**_get_allowed_globals(), **_EXTRA_ALLOWED}
 # Packages refused outright (apart from the allowed names above): they run code, spawn processes or touch files.
-_DENIED_ROOTS = frozenset("""
-    os posix nt posixpath ntpath subprocess sys importlib imp runpy shutil socket ssl select pickle _pickle marshal
-    types ctypes _ctypes cffi code codeop pty tty webbrowser functools _functools operator _operator io _io codecs
-    _codecs copyreg tempfile glob fileinput zipfile tarfile shelve dbm sqlite3 multiprocessing threading _thread
-    asyncio signal gc inspect sysconfig site pkgutil zipimport timeit trace pdb bdb cProfile profile pydoc doctest
-    platform logging urllib http ftplib smtplib telnetlib xmlrpc requests dill cloudpickle joblib torch numpy
-""".split())
+_DENIED_ROOTS = frozenset("""os posix nt posixpath ntpath subprocess sys importlib imp runpy shutil socket ssl select
+    pickle _pickle marshal types ctypes _ctypes cffi code codeop pty tty webbrowser functools _functools operator
+    _operator io _io codecs _codecs copyreg tempfile glob fileinput zipfile tarfile shelve dbm sqlite3 multiprocessing
+    threading _thread asyncio signal gc inspect sysconfig site pkgutil zipimport timeit trace pdb bdb cProfile profile
+    pydoc doctest platform logging urllib http ftplib smtplib telnetlib xmlrpc requests dill cloudpickle joblib torch
+    numpy""".split())
 _DENIED_BUILTINS = frozenset("""eval exec compile open __import__ getattr setattr delattr globals locals vars input
-    breakpoint help exit quit __build_class__ __loader__""".split())
-# Parts of torch found in whole-model pickles: inert placeholders rather than refusals.
-_TORCH_PLACEHOLDER_PREFIXES = ("torch.nn.modules.", "torch.optim.", "torch.torch_version.")
+    breakpoint help exit quit __build_class__ __loader__""".split())  # other builtin *functions* are refused too
+_TORCH_PLACEHOLDER_PREFIXES = ("torch.nn.modules.", "torch.optim.", "torch.torch_version.")  # whole-model pickles
 
 
 class InertObject:
-    """Stand-in for a class or function the allow-list does not load. Its module is never imported; creating,
-    calling, building or filling a placeholder only records what the pickle passed (``args``, ``kwargs``, ``state``,
-    ``items``, ``elements``). ``qualified_name`` is what the pickle named, e.g. ``"omegaconf.dictconfig.DictConfig"``.
-    (No ``__init__``: ``object.__init__`` ignores the arguments because ``__new__`` is overridden.)"""
+    """Stand-in for a class or function the allow-list does not load; its module is never imported. Creating,
+    calling, building or filling one only records what the pickle passed (``args``, ``kwargs``, ``state``, ``items``,
+    ``elements``); ``qualified_name`` is what the pickle named, e.g. ``"omegaconf.dictconfig.DictConfig"``."""
 
     qualified_name = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:  # no __init__: object's ignores the arguments
         self = object.__new__(cls)
         self.__dict__.update(args=args, kwargs=kwargs, state=None, items={}, elements=[])
         return self
@@ -100,28 +96,13 @@ class InertObject:
         return f"<inert {self.qualified_name}>"
 
 
-@lru_cache(maxsize=1)
-def _allowed_globals() -> dict[str, Any]:
-    """torch's weights_only allow-list (rebuild functions, storages, dtypes, Size, device, ...) plus _EXTRA_ALLOWED."""
-    try:  # private API; torch is pinned, so this only fails on an unsupported torch
-        from torch._weights_only_unpickler import _get_allowed_globals
-    except ImportError as exc:
-        raise CheckpointError(f"torch {torch.__version__} lacks the weights_only allow-list; use .safetensors") from exc
-    return {**_get_allowed_globals(), **_EXTRA_ALLOWED}
-
-
 def _resolve_global(path: str, module: str, name: str, placeholders: dict[str, type]) -> Any:
     """What ``find_class(module, name)`` returns: an allow-listed object, an inert placeholder, or a refusal."""
     module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))  # Python 2 pickles
     module = _compat_pickle.IMPORT_MAPPING.get(module, module)
     qualified = f"{module}.{name}"
-    if qualified in _allowed_globals():
-        return _allowed_globals()[qualified]
-    if qualified in _NUMPY_ALLOWED:
-        import numpy
-
-        core = getattr(numpy, "_core", None) or numpy.core
-        return getattr(numpy if module == "numpy" else core.multiarray, name)
+    if qualified in _ALLOWED:
+        return _ALLOWED[qualified]
     if module == "builtins":  # builtin functions can run code or touch files; unknown builtin classes stay inert
         refuse = name in _DENIED_BUILTINS or isinstance(getattr(builtins, name, None), types.BuiltinFunctionType)
     else:
@@ -135,17 +116,16 @@ def _resolve_global(path: str, module: str, name: str, placeholders: dict[str, t
 
 
 def _pickle_module(path: str) -> types.SimpleNamespace:
-    """A module-like object for ``torch.load(pickle_module=...)`` whose Unpickler resolves globals via the allow-list."""
+    """A module-like object for ``torch.load(pickle_module=...)``: its Unpickler resolves globals by the allow-list."""
     placeholders: dict[str, type] = {}  # one class per qualified name, per load
 
     class AllowListUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
             return _resolve_global(path, module, name, placeholders)
 
-    def load(file: Any, **kwargs: Any) -> Any:  # the legacy (non-zip) torch format calls pickle_module.load
-        return AllowListUnpickler(file, **kwargs).load()
-
-    return types.SimpleNamespace(__name__=__name__, Unpickler=AllowListUnpickler, load=load)
+    # torch.load subclasses .Unpickler; the legacy (non-zip) torch format also calls .load for its header records.
+    return types.SimpleNamespace(__name__=__name__, Unpickler=AllowListUnpickler,
+                                 load=lambda file, **kwargs: AllowListUnpickler(file, **kwargs).load())
 
 
 def _preflight(path: str) -> int:
@@ -158,38 +138,31 @@ def _preflight(path: str) -> int:
     with open(path, "rb") as f:
         head = f.read(64)
     if head.startswith(_LFS_MAGIC):
-        raise CheckpointError(f"{path} is a Git LFS pointer, not the checkpoint: run `git lfs pull` in its repository "
-                              f"(or download the file itself)")
-    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
-        raise CheckpointError(f"{path} is an HTML page, not a checkpoint (a failed download or a login page?)")
+        raise CheckpointError(f"{path} is a Git LFS pointer, not the checkpoint: run `git lfs pull` in its repository")
     return size
 
 
 def _check_safetensors(path: str, size: int) -> dict[str, str]:
     """Validate a .safetensors layout (u64 header length, JSON header, data) and return its ``__metadata__``."""
     with open(path, "rb") as f:
-        prefix = f.read(8)
-        header_len = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else size
+        header_len = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))[0]  # u64 little-endian; files < 8 bytes fail below
         if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-            raise CheckpointError(f"{path} has a huge header: its length field says {header_len} bytes, the file is "
-                                  f"{size} bytes (limit {MAX_HEADER_BYTES}); the file is corrupt or not .safetensors")
+            raise CheckpointError(f"{path} has a huge header: its length field says {header_len} bytes, the file has "
+                                  f"{size} (limit {MAX_HEADER_BYTES}); corrupt, cut short, or not .safetensors")
         raw = f.read(header_len)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = json.loads(raw)  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        if not isinstance(header, dict):
+            raise ValueError(f"a JSON {type(header).__name__}, expected an object")
+    except ValueError as exc:
         raise CheckpointError(f"{path}: the header is not valid JSON ({exc}); corrupt, or not .safetensors") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the header is {type(header).__name__} JSON, expected a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise CheckpointError(f"{path}: __metadata__ must map strings to strings, got {metadata!r:.200}")
+    metadata = header.pop("__metadata__", None) or {}  # its str -> str shape is checked by the library
     data_end = 0
     for name, info in header.items():
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] <= offsets[1]):
-            raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets!r}; expected [begin, end] "
-                                  f"with 0 <= begin <= end")
+            raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets!r}; expected [begin, end]")
         data_end = max(data_end, offsets[1])
     if 8 + header_len + data_end > size:
         raise CheckpointError(f"{path} is truncated: its header needs {8 + header_len + data_end} bytes but the file "
@@ -217,38 +190,28 @@ def read_pickle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
                               f"{type(exc).__name__}: {exc}") from exc
 
 
-_NOT_PLAIN = object()
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain Python data (numpy scalars unwrapped), or ``_NOT_PLAIN``."""
-    if value is None or isinstance(value, (bool, int, float, str, bytes)):
-        return value
-    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+def _numpy_scalar(value: Any) -> Any:  # json's hook for what it cannot encode: numpy scalars only
+    if isinstance(value, numpy.generic) or (isinstance(value, numpy.ndarray) and value.ndim == 0):
         return value.item()
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else type(value)(items)
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        items = {k: _plain(v) for k, v in value.items()}
-        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items.values()) else items
-    return _NOT_PLAIN
+    raise TypeError(f"{type(value).__name__} is not plain data")
 
 
 def _split_checkpoint(path: str, obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, extras) from a Lightning checkpoint ``{"state_dict": ..., "global_step": ...}`` or a flat state dict."""
+    """(tensors, extras) from a Lightning checkpoint ``{"state_dict": ..., "global_step": ...}`` or a state dict."""
     accepted = "accepted: a dict of tensors, or a dict with a 'state_dict' entry (Lightning)"
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict; {accepted}")
     extras: dict[str, Any] = {}
-    if state is not obj:
-        for key, value in obj.items():
-            if key != "state_dict" and (plain := _plain(value)) is not _NOT_PLAIN:
-                extras[str(key)] = plain
-        skipped = [str(k) for k in obj if k != "state_dict" and str(k) not in extras]
-        if skipped:
-            extras["skipped_entries"] = skipped  # e.g. optimizer_states, callbacks, OmegaConf hyper_parameters
+    skipped = []  # top-level entries that are not plain data: optimizer_states, callbacks, OmegaConf hparams, ...
+    for key, value in obj.items() if state is not obj else ():
+        try:  # keep plain data only, as JSON-like values (numpy scalars unwrapped, tuples as lists)
+            if key != "state_dict":
+                extras[str(key)] = json.loads(json.dumps(value, default=_numpy_scalar))
+        except (TypeError, ValueError, RecursionError):
+            skipped.append(str(key))
+    if skipped:
+        extras["skipped_entries"] = skipped
     tensors = {k: v.detach() for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if dropped := [str(k) for k in state if k not in tensors]:
         extras["dropped_keys"] = dropped
@@ -267,27 +230,20 @@ def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
     not tensors) when there are any.
     """
     path = os.fspath(path)
-    suffix = Path(path).suffix.lower()
+    suffix = pathlib.Path(path).suffix.lower()
     if suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
         raise CheckpointError(f"cannot read {path}: unknown extension {suffix or '(none)'!r}; accepted: "
                               f"{', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)}")
     if suffix in PICKLE_SUFFIXES:
         return _split_checkpoint(path, read_pickle(path, device=device))
     metadata = _check_safetensors(path, _preflight(path))
-    import safetensors.torch
-
     try:
         return safetensors.torch.load_file(path, device=str(device)), dict(metadata)
     except Exception as exc:  # the library's own checks (dtype/shape vs offsets, overlaps, ...)
         raise CheckpointError(f"could not read {path} as .safetensors: {exc}") from exc
 
 
-def _exists_error(path: Path) -> CheckpointError:
-    return CheckpointError(f"{path} already exists; refusing to overwrite it. Pass overwrite=True (--force on the "
-                           f"command line) to replace it")
-
-
-def _prepare_for_save(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+def _prepare_for_save(tensors: dict[str, torch.Tensor], path: pathlib.Path) -> dict[str, torch.Tensor]:
     """Detached, contiguous tensors, each on its own storage (safetensors refuses shared or strided memory)."""
     prepared, seen = {}, set()
     for key, tensor in (tensors.items() if isinstance(tensors, dict) else [("(the argument)", tensors)]):
@@ -301,29 +257,18 @@ def _prepare_for_save(tensors: dict[str, torch.Tensor], path: Path) -> dict[str,
     return prepared
 
 
-def _fsync(path: Path, flags: int = os.O_RDWR) -> None:
-    fd = os.open(path, flags)  # O_RDWR for files (Windows wants a writable fd); folders only open read-only
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike, *,
-                            metadata: dict[str, str] | None = None, overwrite: bool = False) -> Path:
+                            metadata: dict[str, str] | None = None, overwrite: bool = False) -> pathlib.Path:
     """Write ``tensors`` to ``path`` as .safetensors atomically: a temp file in the same folder, fsync, rename.
 
     An existing file is only replaced with ``overwrite=True``; on any error the temp file is removed and the
     original file is untouched. Shared or non-contiguous tensors are copied; the caller's tensors are not modified.
     """
-    import safetensors.torch
-
-    path = Path(path)
+    path = pathlib.Path(path)
     if path.is_dir() or not path.parent.is_dir():
-        raise CheckpointError(f"cannot write {path}: " + ("it is a folder" if path.is_dir() else
-                                                          f"folder {path.parent} does not exist"))
+        raise CheckpointError(f"cannot write {path}: it is a folder, or its folder {path.parent} does not exist")
     if path.exists() and not overwrite:
-        raise _exists_error(path)
+        raise CheckpointError(_EXISTS.format(path))
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise CheckpointError(f"cannot write {path}: metadata must be a dict of str -> str, got {metadata!r:.200}")
@@ -332,23 +277,13 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.Pat
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # reserve the name; mode follows umask
         safetensors.torch.save_file(prepared, tmp, metadata=metadata)
-        _fsync(tmp)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic create-if-absent: never clobbers a file that appeared meanwhile
-            except FileExistsError:
-                raise _exists_error(path) from None
-            except OSError:  # a filesystem without hard links (FAT, some network shares)
-                if path.exists():
-                    raise _exists_error(path) from None
-                os.replace(tmp, path)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if path.exists() and not overwrite:  # checked again: another process may have written it meanwhile
+            raise CheckpointError(_EXISTS.format(path))
+        os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)  # gone after os.replace; the spare name after os.link; the debris after an error
-    if os.name == "posix":
-        with contextlib.suppress(OSError):  # make the rename durable; some filesystems refuse folder fsync
-            _fsync(path.parent, os.O_RDONLY)
+        tmp.unlink(missing_ok=True)  # already gone after os.replace; the debris after an error
     return path
 
 

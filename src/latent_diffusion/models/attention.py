@@ -117,7 +117,9 @@ class SpatialTransformer(nn.Module):
             x = block(x, context)
         if self.use_linear:
             x = self.proj_out(x)
-        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        # contiguous: the transposed view is channels_last, and a channels_last input makes every later conv
+        # (proj_out, then the next ResBlocks) re-layout its weights and activations on each call.
+        x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous()
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in

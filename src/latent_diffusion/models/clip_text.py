@@ -95,7 +95,7 @@ class CLIPTextEmbeddings(nn.Module):
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.position_embedding = nn.Embedding(max_length, width)
         # older SD 1.x files carry this buffer; CLIPTextModel.set_position_ids_persistent decides if it is a key
-        self.register_buffer("position_ids", torch.arange(max_length).unsqueeze(0), persistent=False)  # (1, 77)
+        self.register_buffer("position_ids", torch.arange(max_length, device="cpu").unsqueeze(0), persistent=False)  # (1, 77)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n = tokens.shape[1]  # tokens: (B, L) int64

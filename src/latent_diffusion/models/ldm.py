@@ -60,9 +60,10 @@ class LatentDiffusion(nn.Module):
         self.cond_stage_model = build_conditioner(cfg.conditioner)
         self.model_ema: LitEma | None = None
         self.scale_factor: float | torch.Tensor = cfg.scale_factor
-        betas = make_beta_schedule(cfg.beta_schedule, cfg.timesteps, cfg.linear_start, cfg.linear_end, cfg.cosine_s)
-        for name, value in ddpm_buffers(betas).items():
-            self.register_buffer(name, value)
+        with torch.device("cpu"):  # real values even when the model is built on "meta" for fast loading
+            betas = make_beta_schedule(cfg.beta_schedule, cfg.timesteps, cfg.linear_start, cfg.linear_end, cfg.cosine_s)
+            for name, value in ddpm_buffers(betas).items():
+                self.register_buffer(name, value)
 
     @property
     def parameterization(self) -> str:
