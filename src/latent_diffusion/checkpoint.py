@@ -115,6 +115,7 @@ def save_checkpoint(model: LatentDiffusion, path: str | os.PathLike, *, overwrit
     """Write ``model.state_dict()`` (CompVis keys) as ``.safetensors``, atomically, with the config in metadata."""
     if Path(path).suffix != ".safetensors":
         raise CheckpointError(f"save_checkpoint writes .safetensors only, got {os.fspath(path)}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     meta = {CONFIG_METADATA_KEY: model.cfg.to_json(), "format": "latent-diffusion"} | dict(metadata or {})
     return save_safetensors_atomic(model.state_dict(), path, metadata=meta, overwrite=overwrite)
 

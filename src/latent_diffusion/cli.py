@@ -17,16 +17,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['path']}")
-    print(f"  family:           {info['family']}")
-    print(f"  parameterization: {info['parameterization']}")
-    print(f"  scale factor:     {info['scale_factor']}")
-    for part, n in info["parameters"].items():
-        if n:
-            print(f"  {part + ' params:':18}{n:,}")
-    print(f"  dtypes:           {', '.join(info['dtypes'])}")
-    print(f"  EMA weights:      {'yes' if info['ema'] else 'no'}")
-    print(f"  tensors:          {info['tensors']}")
-    print(f"  config:           {info['config_source']}")
+    rows = [("family", info["family"]), ("parameterization", info["parameterization"]),
+            ("scale factor", info["scale_factor"])]
+    rows += [(f"{part} params", f"{n:,}") for part, n in info["parameters"].items() if n]
+    rows += [("dtypes", ", ".join(info["dtypes"])), ("EMA weights", "yes" if info["ema"] else "no"),
+             ("tensors", info["tensors"]), ("config", info["config_source"])]
+    for label, value in rows:
+        print(f"  {label + ':':20}{value}")
     return 0
 
 

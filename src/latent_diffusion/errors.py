@@ -19,3 +19,7 @@ class UnsafeCheckpointError(CheckpointError):
 
 class KeyMismatchError(CheckpointError):
     """Missing / unexpected keys or shape mismatches between a state dict and a model."""
+
+
+class NonFiniteError(LDMError, FloatingPointError):
+    """NaN or Inf appeared in the latents while sampling (usually fp16 overflow)."""
