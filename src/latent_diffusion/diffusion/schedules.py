@@ -1,4 +1,5 @@
-"""Noise schedules: β_t for t = 0..T-1 and the quantities derived from them.
+"""Noise schedules: β_t for t = 0..T-1 and the quantities derived from them; inference timestep spacing
+(leading / trailing / linspace, as diffusers lays them out), Karras σ grids, and the discrete timestep <-> σ map.
 
 Names follow CompVis ``make_beta_schedule``: "linear" there is SD's *scaled-linear* (linear in √β).
 """

@@ -1,0 +1,288 @@
+"""Samplers: parity with diffusers' schedulers on the same model function, convergence on a Gaussian mixture whose
+exact denoiser is known, order of accuracy, and the pure-function / error contracts.
+
+Tolerances: oracle parity ≤ 1e-4 max abs in fp32 (outputs O(1)); batch invariance ≤ 1e-5; moments within ~4 Monte
+Carlo standard errors of the data's after enough steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from latent_diffusion.diffusion import Denoiser, SAMPLERS, randn, sample, sampler_schedule, start_step_for_strength
+from latent_diffusion.diffusion import samplers_k as K
+from latent_diffusion.diffusion.schedules import (alphas_cumprod_from_betas, karras_sigmas, make_beta_schedule,
+                                                  sigmas_from_alphas_cumprod, t_to_sigma)
+from latent_diffusion.errors import ConfigError, NonFiniteError
+from latent_diffusion.tiny import tiny_model
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler,
+                       UniPCMultistepScheduler)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' np.array(tensor) on numpy 2
+TOL = 1e-4
+SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+          set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False)
+ORACLES = {  # our name -> diffusers scheduler and the config on top of SD's
+    "ddim": (DDIMScheduler, {}), "plms": (PNDMScheduler, {}), "euler": (EulerDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}), "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}), "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "ddpm": (DDPMScheduler, {}), "dpmpp_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """(B, 4, 8, 8) latents: extra intra-op threads only add overhead."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TinyModel:
+    """The model function both sides call: 0.1 × a tiny random SD UNet, plus σ_t·x (the exact ε of N(0, I) data)
+    for ε models, so outputs and latents stay O(1)."""
+
+    def __init__(self, family: str) -> None:
+        self.unet = tiny_model(family)
+        self.alphas_cumprod = self.unet.alphas_cumprod
+        self.parameterization = self.unet.parameterization
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        out = 0.1 * self.unet.apply_model(x, t, cond)
+        if self.parameterization == "eps":  # ᾱ linearly interpolated at fractional t (any fixed function would do)
+            lo = t.floor().long().clamp(max=998)
+            ac = torch.lerp(self.alphas_cumprod[lo], self.alphas_cumprod[lo + 1], t - lo)
+            out = out + (1 - ac).sqrt().view(-1, 1, 1, 1) * x
+        return out
+
+
+@pytest.fixture(scope="module", params=["sd1", "sd2"])
+def tiny(request):
+    model = TinyModel(request.param)
+    with torch.no_grad():
+        cond = model.unet.get_learned_conditioning(["a red square", "two blue circles"])
+    return model, cond
+
+
+def gens(seed: int, n: int = 2) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def oracle(name: str, model, steps: int, **config):
+    """diffusers' scheduler for sampler ``name`` from SD's config (+ ``config``), timesteps set."""
+    cls, extra = ORACLES[name]
+    pred = "v_prediction" if model.parameterization == "v" else "epsilon"
+    sched = cls.from_config({**SD, **extra, **config, "prediction_type": pred})
+    sched.set_timesteps(steps)
+    return sched
+
+
+def run_diffusers(model, cond, sched, latents, generator=None, begin=0, variance_noise=None, **step_kwargs):
+    """diffusers' denoising loop (as its SD pipelines run it) with ``model.apply_model`` as the UNet."""
+    timesteps = sched.timesteps[begin * sched.order:]
+    if "generator" in inspect.signature(sched.step).parameters and generator is not None:
+        step_kwargs["generator"] = generator
+    for i, t in enumerate(timesteps):
+        with torch.no_grad():
+            out = model.apply_model(sched.scale_model_input(latents, t), t.expand(latents.shape[0]).float(), cond)
+        noise = {} if variance_noise is None else {"variance_noise": variance_noise[i]}
+        latents = sched.step(out, t, latents, **noise, **step_kwargs).prev_sample
+    return latents
+
+
+# -- oracle parity -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", [10, 17])
+@pytest.mark.parametrize("name", list(ORACLES))
+def test_matches_diffusers(tiny, name, steps):
+    model, cond = tiny
+    if name == "plms" and model.parameterization == "v":
+        pytest.skip("diffusers' PNDM mixes raw v outputs across steps; ours (as CompVis) mixes ε")
+    noise = randn((2, 4, 8, 8), gens(0))
+    sched = oracle(name, model, steps)
+    ref = run_diffusers(model, cond, sched, noise * sched.init_noise_sigma, generator=gens(100))
+    ours = sample(name, model, noise, steps, cond=cond, generator=gens(100))
+    assert (ours - ref).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("name,spacing", [("ddim", "trailing"), ("plms", "trailing"), ("euler", "leading"),
+                                          ("euler", "trailing"), ("euler", "karras"), ("heun", "karras"),
+                                          ("dpmpp_2m", "leading"), ("dpmpp_2m", "trailing"), ("unipc", "karras")])
+def test_spacing_overrides_match_diffusers(name, spacing):
+    model = TinyModel("sd1")
+    with torch.no_grad():
+        cond = model.unet.get_learned_conditioning(["a", "b"])
+    config = {"use_karras_sigmas": True} if spacing == "karras" else {"timestep_spacing": spacing}
+    sched = oracle(name, model, 10, **config)
+    noise = randn((2, 4, 8, 8), gens(0))
+    ref = run_diffusers(model, cond, sched, noise * sched.init_noise_sigma)
+    ours = sample(name, model, noise, 10, cond=cond, spacing=spacing)
+    assert (ours - ref).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "dpmpp_2m", "dpmpp_sde"])
+def test_img2img_truncated_schedule_matches_diffusers(tiny, name):
+    model, cond = tiny
+    steps, strength = 12, 0.6
+    start = start_step_for_strength(steps, strength)  # as StableDiffusionImg2ImgPipeline.get_timesteps
+    init, noise = randn((2, 4, 8, 8), gens(7)), randn((2, 4, 8, 8), gens(9))
+    sched = oracle(name, model, steps)
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(start * sched.order)
+    x = sched.add_noise(init, noise, sched.timesteps[start * sched.order:][:1])
+    ref = run_diffusers(model, cond, sched, x, generator=gens(3), begin=start)
+    ours = sample(name, model, noise, steps, cond=cond, generator=gens(3), start_step=start, init_latents=init)
+    assert start == 5 and (ours - ref).abs().max() <= TOL
+
+
+def test_injected_noise_matches_diffusers_variance_noise():
+    model = TinyModel("sd1")
+    with torch.no_grad():
+        cond = model.unet.get_learned_conditioning(["a", "b"])
+    noise = randn((2, 4, 8, 8), gens(0))
+    steps = 8
+    draws = [randn((2, 4, 8, 8), gens(50 + 2 * i)) for i in range(steps)]
+    for name, kw in [("ddim", {"eta": 1.0}), ("dpmpp_sde", {})]:  # both start from VP x_T = noise
+        ref = run_diffusers(model, cond, oracle(name, model, steps), noise, variance_noise=draws, **kw)
+        it = iter(draws)
+        ours = sample(name, model, noise, steps, cond=cond, noise_sampler=lambda *_: next(it), **kw)
+        assert (ours - ref).abs().max() <= TOL, name
+
+
+# -- a 1-D Gaussian mixture with an exact denoiser ----------------------------------------------------------------
+W, MU, STD = (torch.tensor(v, dtype=torch.float64) for v in ([0.4, 0.6], [-1.2, 0.8], [0.3, 0.5]))
+DATA_MEAN = float((W * MU).sum())
+DATA_VAR = float((W * (STD**2 + MU**2)).sum()) - DATA_MEAN**2
+SD_AC = alphas_cumprod_from_betas(make_beta_schedule("scaled_linear", 1000, 0.00085, 0.012)).float()
+SD_LOG_SIGMAS = sigmas_from_alphas_cumprod(SD_AC.double()).log()
+
+
+def exact_x0(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """E[x0 | x0 + σ·n = x] for the mixture: component posteriors times per-component Wiener filters."""
+    x64, var = x.double(), STD**2 + torch.as_tensor(sigma, dtype=torch.float64) ** 2
+    log_post = torch.log(W) - 0.5 * torch.log(var) - 0.5 * (x64 - MU) ** 2 / var
+    return (torch.softmax(log_post, dim=-1) * (MU + STD**2 / var * (x64 - MU))).sum(-1, keepdim=True).to(x.dtype)
+
+
+def mixture_eps(x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    """Exact ε-prediction of a discrete VP model trained on the mixture (VP input x, timestep t)."""
+    s = t_to_sigma(t.double(), SD_LOG_SIGMAS).view(-1, 1)
+    x_ve = x.double() * (s * s + 1).sqrt()
+    return ((x_ve - exact_x0(x_ve, s)) / s).to(x.dtype)
+
+
+MIXTURE = Denoiser(mixture_eps, alphas_cumprod=SD_AC, parameterization="eps")
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_moments_converge_to_the_data(name):
+    noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
+    errs = []
+    for steps in (4, 100):
+        out = sample(name, MIXTURE, noise, steps, generator=torch.Generator().manual_seed(1))
+        errs.append((abs(out.mean().item() - DATA_MEAN), abs(out.var().item() - DATA_VAR)))
+    (_, var_err_few), (mean_err, var_err) = errs
+    assert mean_err < 0.03 and var_err < 0.05, errs  # MC s.e.: mean 0.008, var 0.012
+    assert var_err < var_err_few, errs
+
+
+def slope(steps: list[int], fn) -> float:
+    """Log-log slope of the mean |error| vs steps, against a 1000-step DPM++ 2M solution of the same ODE."""
+    sig = SD_LOG_SIGMAS.exp()
+    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * float(sig[-1])
+    denoise = lambda x, s, c=None: exact_x0(x, s)  # noqa: E731
+    grid = lambda n: karras_sigmas(n, float(sig[0]), float(sig[-1]))  # noqa: E731
+    ref = K.sample_dpmpp_2m(denoise, x_T, grid(1000))
+    errs = [(fn(denoise, x_T, grid(n)) - ref).abs().mean().item() for n in steps]
+    return float(np.polyfit(np.log(steps), np.log(errs), 1)[0])
+
+
+def test_order_of_accuracy():
+    steps = [8, 16, 32, 64]
+    assert -1.3 < slope(steps, K.sample_euler) < -0.8
+    assert slope(steps, K.sample_dpmpp_2m) <= -1.5
+    assert slope(steps, K.sample_heun) <= -1.5
+    assert slope(steps, K.sample_unipc) <= -1.5
+
+
+# -- pure functions, per-sample noise, errors ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_inputs_are_not_mutated(name):
+    model = TinyModel("sd1")
+    cond, uncond = model.unet.get_learned_conditioning(["a", "b"]), model.unet.get_learned_conditioning(["", ""])
+    noise, init = randn((2, 4, 8, 8), gens(0)), randn((2, 4, 8, 8), gens(5))
+    copies = [t.clone() for t in (noise, init, cond, uncond)]
+    seen = []
+    sample(name, model, noise, 5, cond=cond, uncond=uncond, cfg_scale=3.0, generator=gens(1), start_step=1,
+           init_latents=init, callback=lambda i, x, x0: seen.append(i))
+    assert all(torch.equal(a, b) for a, b in zip(copies, (noise, init, cond, uncond)))
+    assert seen == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["euler_a", "dpmpp_sde", "ddpm", "ddim"])
+def test_batch_invariance_with_per_sample_generators(name):
+    model, seed = TinyModel("sd1"), 1234
+    prompts = ["a", "b", "c", "d"]
+    cond = model.unet.get_learned_conditioning(prompts)
+    g, kw = gens(seed, 4), ({} if name == "ddpm" else {"eta": 1.0})
+    batch = sample(name, model, randn((4, 4, 8, 8), g), 6, cond=cond, generator=g, **kw)
+    for i in range(4):
+        gi = torch.Generator().manual_seed(seed + i)
+        single = sample(name, model, randn((1, 4, 8, 8), gi), 6, cond=cond[i:i + 1], generator=gi, **kw)
+        assert (batch[i:i + 1] - single).abs().max() <= 1e-5
+
+
+def test_unknown_sampler_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown sampler 'lms'; accepted: ddpm, ddim, plms, euler, euler_a, heun, "
+                                          "dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc"):
+        sample("lms", MIXTURE, torch.zeros(1, 1), 10)
+
+
+@pytest.mark.parametrize("steps", [0, 1001])
+def test_bad_step_counts(steps):
+    with pytest.raises(ConfigError, match=f"steps must be an integer in \\[1, 1000\\].*got {steps}"):
+        sample("euler", MIXTURE, torch.zeros(1, 1), steps)
+
+
+def test_bad_options():
+    x = torch.zeros(2, 1)
+    with pytest.raises(ConfigError, match="takes no eta"):
+        sample("euler", MIXTURE, x, 10, eta=0.5)
+    with pytest.raises(ConfigError, match="'karras' spacing needs a σ sampler"):
+        sample("ddim", MIXTURE, x, 10, spacing="karras")
+    with pytest.raises(ConfigError, match="3 generators for a batch of 2"):
+        sample("euler_a", MIXTURE, x, 10, generator=gens(0, 3))
+    with pytest.raises(ConfigError, match="start_step must be in \\[0, 9\\]"):
+        sample("ddim", MIXTURE, x, 10, start_step=10)
+    with pytest.raises(ConfigError, match="strength must be in \\(0, 1\\]"):
+        start_step_for_strength(10, 1.5)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_nan_names_the_step(name):
+    calls = []
+
+    def poisoned(x, t, cond=None):
+        calls.append(1)
+        eps = mixture_eps(x, t)
+        return eps * math.nan if len(calls) == 3 else eps
+
+    label = {"dpmpp_2m_karras": "dpmpp_2m", "dpmpp_sde": "dpmpp_2m_sde"}.get(name, name)
+    step = 2 if name in ("heun", "plms") else 3  # those two make two calls in their first step
+    with pytest.raises(NonFiniteError, match=f"{label}: NaN/Inf in the latents after step {step}/10 .*fp32 or bf16"):
+        sample(name, MIXTURE.replace(model_fn=poisoned), torch.randn(2, 1), 10, generator=gens(0))
+
+
+def test_ddim_with_eta_one_is_ddpm_in_distribution():
+    noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
+    out = sample("ddim", MIXTURE, noise, 100, eta=1.0, generator=torch.Generator().manual_seed(1))
+    assert abs(out.var().item() - DATA_VAR) < 0.06
