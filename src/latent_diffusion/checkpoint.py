@@ -8,6 +8,7 @@ buffer) and loads with ``strict=True`` semantics: missing, unexpected and mis-sh
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def resolve_config(config: DiffusionConfig | dict | str | os.PathLike | None, sd
     if parameterization is not None:
         if parameterization not in ("eps", "x0", "v"):
             raise ConfigError(f"parameterization must be 'eps', 'x0' or 'v', got {parameterization!r}")
-        cfg.parameterization = parameterization
+        cfg = dataclasses.replace(cfg, parameterization=parameterization)  # never mutate the caller's config
     return cfg
 
 
