@@ -7,6 +7,7 @@ import json
 import sys
 
 from .errors import LDMError
+from .pipelines.cli_commands import add_generate_commands
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--force", action="store_true", help="overwrite an existing file")
     mk.set_defaults(func=_cmd_make_tiny)
+    add_generate_commands(sub)
     return p
 
 

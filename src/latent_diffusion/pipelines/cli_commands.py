@@ -1,0 +1,219 @@
+"""``ldm txt2img | img2img | inpaint | upscale | sample | info``: argument parsing and PNG writing only."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import LDMError
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_NAME = re.compile(r"^(\d{5})-")
+
+
+def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: float) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint (.safetensors / .ckpt)")
+    p.add_argument("--config", default=None, help="model YAML (ours or the original inference YAML)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--sampler", default=sampler)
+    p.add_argument("--cfg", type=float, default=cfg, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="image i gets seed + i (default: random)")
+    p.add_argument("--n", type=int, default=1, help="number of images")
+    p.add_argument("--out", required=True, help="output folder; files are named 00000-<seed>.png, 00001-...")
+    p.add_argument("--force", action="store_true", help="allow overwriting existing files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no messages")
+
+
+def _text_args(p: argparse.ArgumentParser, *, prompt_required: bool = True) -> None:
+    p.add_argument("--prompt", required=prompt_required, default=None)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--guidance-rescale", type=float, default=0.0)
+
+
+def add_generate_commands(sub: Any) -> None:
+    t = sub.add_parser("txt2img", help="text-to-image")
+    _model_args(t, sampler="dpmpp_2m", steps=20, cfg=7.5)
+    _text_args(t, prompt_required=False)
+    t.add_argument("--height", type=int, default=512)
+    t.add_argument("--width", type=int, default=512)
+    t.add_argument("--from-png", default=None, help="re-create an image from its PNG parameters (these replace "
+                   "the prompt, negative prompt, steps, sampler, cfg, seed, n and size given here)")
+    t.set_defaults(func=_cmd_txt2img)
+    i = sub.add_parser("img2img", help="image-to-image (SDEdit)")
+    _model_args(i, sampler="dpmpp_2m", steps=20, cfg=7.5)
+    _text_args(i)
+    i.add_argument("--init-image", required=True)
+    i.add_argument("--strength", type=float, default=0.75)
+    i.set_defaults(func=_cmd_img2img)
+    m = sub.add_parser("inpaint", help="repaint the white part of --mask")
+    _model_args(m, sampler="dpmpp_2m", steps=20, cfg=7.5)
+    _text_args(m)
+    m.add_argument("--init-image", required=True)
+    m.add_argument("--mask", required=True, help="white = repaint, black = keep; same size as the image")
+    m.add_argument("--strength", type=float, default=1.0)
+    m.set_defaults(func=_cmd_inpaint)
+    u = sub.add_parser("upscale", help="super-resolution with a concat-conditioned LDM")
+    _model_args(u, sampler="ddim", steps=50, cfg=1.0)
+    u.add_argument("--init-image", required=True)
+    u.add_argument("--height", type=int, default=None)
+    u.add_argument("--width", type=int, default=None)
+    u.set_defaults(func=_cmd_upscale)
+    s = sub.add_parser("sample", help="class-conditional or unconditional sampling")
+    _model_args(s, sampler="ddim", steps=50, cfg=1.0)
+    s.add_argument("--class-label", type=int, default=None)
+    s.add_argument("--height", type=int, default=None)
+    s.add_argument("--width", type=int, default=None)
+    s.set_defaults(func=_cmd_sample)
+    info = sub.add_parser("info", help="print the generation parameters stored in a PNG")
+    info.add_argument("image")
+    info.set_defaults(func=_cmd_info)
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def _pipeline(args: argparse.Namespace):  # -> Pipeline
+    import torch
+
+    from .pipeline import Pipeline
+
+    return Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
+                                    device=args.device, use_ema=args.ema)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stdout.isatty()
+
+
+def _seed(args: argparse.Namespace) -> int:
+    if args.seed is None:
+        args.seed = secrets.randbelow(2**31)
+    return args.seed
+
+
+def _next_index(out: Path) -> int:
+    used = [int(m.group(1)) for f in out.glob("*.png") if (m := _NAME.match(f.name))] if out.is_dir() else []
+    return max(used, default=-1) + 1
+
+
+def _save(args: argparse.Namespace, pipe: Any, images: list, prompt: str, negative: str, settings: dict,
+          seed: int, *, pick: int | None = None) -> list[Path]:
+    from .metadata import format_parameters, save_png
+
+    out = Path(args.out)
+    start = _next_index(out)
+    written = []
+    for i, img in enumerate(images):
+        if pick is not None and i != pick:
+            continue
+        s = dict(settings)
+        s.update({"Seed": seed + i, "Size": f"{img.size[0]}x{img.size[1]}"})
+        if pipe.model_hash:
+            s["Model hash"] = pipe.model_hash
+        if len(images) > 1:
+            s.update({"Batch size": len(images), "Batch pos": i})
+        path = save_png(img, out / f"{start + len(written):05d}-{seed + i}.png", format_parameters(prompt, negative, s),
+                        overwrite=args.force)
+        written.append(path)
+        if not args.quiet:
+            print(f"wrote {path}")
+    return written
+
+
+def _base_settings(args: argparse.Namespace) -> dict:
+    return {"Steps": args.steps, "Sampler": args.sampler, "CFG scale": args.cfg}
+
+
+def _text_settings(args: argparse.Namespace) -> dict:
+    s = _base_settings(args)
+    if args.guidance_rescale:
+        s["Guidance rescale"] = args.guidance_rescale
+    return s
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def _apply_png(args: argparse.Namespace) -> int | None:
+    """Fill args from --from-png; returns the batch position to keep (None = all)."""
+    from .metadata import parse_parameters, read_png_parameters
+
+    prompt, negative, s = parse_parameters(read_png_parameters(args.from_png))
+    try:
+        args.prompt, args.negative_prompt = prompt, negative
+        args.steps, args.sampler, args.cfg = int(s["Steps"]), s["Sampler"], float(s["CFG scale"])
+        width, height = (int(v) for v in s["Size"].split("x"))
+        pos, batch = int(s.get("Batch pos", 0)), int(s.get("Batch size", 1))
+        args.seed, args.n, args.height, args.width = int(s["Seed"]) - pos, batch, height, width
+        args.guidance_rescale = float(s.get("Guidance rescale", 0.0))
+    except (KeyError, ValueError) as e:
+        raise LDMError(f"{args.from_png}: parameters lack or mangle a setting ({e}); need Steps, Sampler, "
+                       "CFG scale, Seed, Size") from None
+    args.expected_hash = s.get("Model hash")
+    return pos if batch > 1 else None
+
+
+def _cmd_txt2img(args: argparse.Namespace) -> int:
+    pick = _apply_png(args) if args.from_png else None
+    if args.prompt is None:
+        raise LDMError("txt2img needs --prompt TEXT (or --from-png IMAGE.png)")
+    pipe = _pipeline(args)
+    expected = getattr(args, "expected_hash", None)
+    if expected and expected != pipe.model_hash:
+        print(f"ldm: warning: {args.from_png} was made with model hash {expected}, but {args.ckpt} has hash "
+              f"{pipe.model_hash}; the image will differ", file=sys.stderr)
+    seed = _seed(args)
+    images = pipe.txt2img(args.prompt, args.negative_prompt, steps=args.steps, sampler=args.sampler,
+                          cfg_scale=args.cfg, seed=seed, n=args.n, height=args.height, width=args.width,
+                          guidance_rescale=args.guidance_rescale, progress=_progress(args))
+    _save(args, pipe, images, args.prompt, args.negative_prompt, _text_settings(args), seed, pick=pick)
+    return 0
+
+
+def _cmd_img2img(args: argparse.Namespace) -> int:
+    pipe, seed = _pipeline(args), _seed(args)
+    images = pipe.img2img(args.init_image, args.prompt, args.negative_prompt, strength=args.strength,
+                          steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed, n=args.n,
+                          guidance_rescale=args.guidance_rescale, progress=_progress(args))
+    s = _text_settings(args) | {"Denoising strength": args.strength}
+    _save(args, pipe, images, args.prompt, args.negative_prompt, s, seed)
+    return 0
+
+
+def _cmd_inpaint(args: argparse.Namespace) -> int:
+    pipe, seed = _pipeline(args), _seed(args)
+    images = pipe.inpaint(args.init_image, args.mask, args.prompt, args.negative_prompt, strength=args.strength,
+                          steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed, n=args.n,
+                          guidance_rescale=args.guidance_rescale, progress=_progress(args))
+    s = _text_settings(args) | {"Denoising strength": args.strength}
+    _save(args, pipe, images, args.prompt, args.negative_prompt, s, seed)
+    return 0
+
+
+def _cmd_upscale(args: argparse.Namespace) -> int:
+    pipe, seed = _pipeline(args), _seed(args)
+    images = pipe.upscale(args.init_image, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed,
+                          n=args.n, height=args.height, width=args.width, progress=_progress(args))
+    _save(args, pipe, images, "", "", _base_settings(args), seed)
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    pipe, seed = _pipeline(args), _seed(args)
+    images = pipe.sample(args.class_label, n=args.n, seed=seed, steps=args.steps, sampler=args.sampler,
+                         cfg_scale=args.cfg, height=args.height, width=args.width, progress=_progress(args))
+    s = _base_settings(args)
+    if args.class_label is not None:
+        s["Class label"] = args.class_label
+    _save(args, pipe, images, "", "", s, seed)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .metadata import read_png_parameters
+
+    print(read_png_parameters(args.image))
+    return 0

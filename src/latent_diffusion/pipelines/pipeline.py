@@ -1,0 +1,325 @@
+"""``Pipeline``: one loaded model, the generation tasks it can do (txt2img, img2img, inpaint, upscale, sample).
+
+Seeds: image i of a call with ``seed`` s and ``n`` images draws its initial noise (and its ancestral noise) from
+``torch.Generator("cpu").manual_seed(s + i)`` alone, so it equals the single-image run with seed s + i.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..checkpoint import family as family_name
+from ..checkpoint import load_checkpoint
+from ..diffusion.samplers import get_sampler, randn, sample, start_step_for_strength
+from ..errors import LDMError
+from .blend import final_blend, masked_denoiser
+from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
+
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+MAX_PROMPT_TOKENS = 75  # CLIP's 77 minus the start and end tokens
+
+
+def generators(seed: int, n: int) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+class Pipeline:
+    def __init__(self, model: Any, *, checkpoint_path: str | os.PathLike | None = None) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self.checkpoint_path = checkpoint_path
+        self._hash: str | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, config: Any = None, *, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", use_ema: bool = False,
+                        parameterization: str | None = None) -> Pipeline:
+        model = load_checkpoint(path, config, use_ema=use_ema, dtype=dtype, device=device,
+                                parameterization=parameterization)
+        return cls(model, checkpoint_path=path)
+
+    # -- model facts -------------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return family_name(self.cfg)
+
+    @property
+    def model_hash(self) -> str | None:
+        """A1111-style short sha256 of the checkpoint file (None for an in-memory model)."""
+        if self._hash is None and self.checkpoint_path is not None:
+            from ..safe_load import file_fingerprint
+
+            self._hash = file_fingerprint(self.checkpoint_path)
+        return self._hash
+
+    @property
+    def latent_factor(self) -> int:
+        return 1 if self.cfg.first_stage == "none" else self.cfg.autoencoder.downsample_factor
+
+    @property
+    def size_multiple(self) -> int:
+        return self.latent_factor * 2 ** (len(self.cfg.unet.channel_mult) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.cfg.unet.out_channels
+
+    @property
+    def kind(self) -> str:
+        """text | inpaint (9-channel hybrid) | class | uncond | concat (super-resolution and other image cond.)."""
+        cfg, key = self.cfg, self.cfg.conditioning_key
+        if cfg.conditioner.kind in ("clip", "open_clip"):
+            if key == "hybrid" and cfg.unet.in_channels == cfg.unet.out_channels + 5:
+                return "inpaint"
+            return "text" if key == "crossattn" else "other"
+        if cfg.conditioner.kind == "class" or cfg.unet.num_classes is not None:
+            return "class"
+        if key is None:
+            return "uncond"
+        if key == "concat":
+            return "concat"
+        return "other"
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        p = next(self.model.model.parameters())
+        return p.device, p.dtype
+
+    def _require(self, task: str, *kinds: str) -> None:
+        if self.kind not in kinds:
+            hint = {"text": "txt2img / img2img / inpaint", "inpaint": "inpaint (or txt2img / img2img)",
+                    "class": "sample --class-label", "uncond": "sample", "concat": "upscale"}.get(self.kind, "none")
+            raise LDMError(f"{task} needs a {' or '.join(kinds)} model, but this is a {self.family} model; "
+                           f"tasks it can do: {hint}")
+
+    # -- checks ------------------------------------------------------------------------------------
+    def _check_common(self, steps: int, sampler: str, cfg_scale: float, n: int) -> None:
+        if not isinstance(steps, int) or steps <= 0:
+            raise LDMError(f"steps must be a positive integer, got {steps!r}")
+        if cfg_scale < 0:
+            raise LDMError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale!r}")
+        if not isinstance(n, int) or n <= 0:
+            raise LDMError(f"n (number of images) must be a positive integer, got {n!r}")
+        get_sampler(sampler)
+
+    def _check_size(self, height: int, width: int) -> None:
+        check_size(height, width, self.size_multiple)
+
+    def check_prompt(self, prompt: str) -> int:
+        """Warn when ``prompt`` exceeds CLIP's 75 tokens; returns the number of tokens dropped."""
+        from ..tokenizer import clean_text, get_tokenizer
+
+        count = len(get_tokenizer()(clean_text(prompt))["input_ids"]) - 2
+        dropped = max(0, count - MAX_PROMPT_TOKENS)
+        if dropped:
+            warnings.warn(f"prompt is {count} tokens; the text encoder takes {MAX_PROMPT_TOKENS}, so the last "
+                          f"{dropped} tokens were dropped", stacklevel=3)
+        return dropped
+
+    # -- conditioning ------------------------------------------------------------------------------
+    def _text(self, prompt: str, negative_prompt: str, n: int, cfg_scale: float) -> tuple[Any, Any]:
+        for p in (prompt, negative_prompt):
+            if not isinstance(p, str):
+                raise LDMError(f"prompts must be strings, got {type(p).__name__}")
+            self.check_prompt(p)
+        with torch.no_grad():
+            c = self.model.get_learned_conditioning([prompt])
+            u = self.model.get_learned_conditioning([negative_prompt]) if cfg_scale != 1.0 else None
+        return c.expand(n, *c.shape[1:]), u
+
+    def _noise(self, seed: int, n: int, height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
+        device, dtype = self._device_dtype()
+        f = self.latent_factor
+        gens = generators(seed, n)
+        return randn((n, self.latent_channels, height // f, width // f), gens, device=device, dtype=dtype), gens
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        device, dtype = self._device_dtype()
+        with torch.no_grad():
+            return self.model.encode_first_stage(x.to(device, dtype))
+
+    def _decode(self, z: torch.Tensor, output: str) -> list[Image.Image] | torch.Tensor:
+        if output == "latent":
+            return z
+        if output != "pil":
+            raise LDMError(f"output must be 'pil' or 'latent', got {output!r}")
+        with torch.no_grad():
+            return [tensor_to_pil(self.model.decode_first_stage(z[i:i + 1]))[0] for i in range(z.shape[0])]
+
+    def _run(self, model: Any, noise: torch.Tensor, gens: list[torch.Generator], *, steps: int, sampler: str,
+             cfg_scale: float, cond: Any, uncond: Any, guidance_rescale: float = 0.0, callback: Callback | None = None,
+             progress: bool = False, start_step: int = 0, init_latents: torch.Tensor | None = None) -> torch.Tensor:
+        return sample(sampler, model, noise, steps, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
+                      guidance_rescale=guidance_rescale, generator=gens, callback=callback, progress=progress,
+                      start_step=start_step, init_latents=init_latents)
+
+    def _inpaint_concat(self, image: torch.Tensor, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """CompVis / diffusers 9-channel inpainting: c_concat = [mask at latent size, masked-image latents]."""
+        device, dtype = self._device_dtype()
+        m = F.interpolate(mask, size=(h, w))  # nearest, as both reference implementations
+        masked = self._encode(image * (mask < 0.5))
+        return torch.cat([m.to(device, dtype), masked], dim=1)  # (1, 1 + C, h, w)
+
+    # -- tasks -------------------------------------------------------------------------------------
+    def txt2img(self, prompt: str, negative_prompt: str = "", *, steps: int = 20, sampler: str = "dpmpp_2m",
+                cfg_scale: float = 7.5, seed: int = 0, n: int = 1, height: int = 512, width: int = 512,
+                guidance_rescale: float = 0.0, callback: Callback | None = None, progress: bool = False,
+                output: str = "pil") -> list[Image.Image] | torch.Tensor:
+        self._require("txt2img", "text", "inpaint")
+        self._check_common(steps, sampler, cfg_scale, n)
+        self._check_size(height, width)
+        cond, uncond = self._text(prompt, negative_prompt, n, cfg_scale)
+        noise, gens = self._noise(seed, n, height, width)
+        if self.kind == "inpaint":  # whole image repainted: mask of ones, masked image all zero (gray)
+            f = self.latent_factor
+            cat = self._inpaint_concat(torch.zeros(1, 3, height, width), torch.ones(1, 1, height, width),
+                                       height // f, width // f)
+            cond, uncond = _with_concat(cond, uncond, cat, n)
+        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
+                      uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress)
+        return self._decode(z, output)
+
+    def img2img(self, image: Image.Image | str | os.PathLike, prompt: str, negative_prompt: str = "", *,
+                strength: float = 0.75, steps: int = 20, sampler: str = "dpmpp_2m", cfg_scale: float = 7.5,
+                seed: int = 0, n: int = 1, guidance_rescale: float = 0.0, callback: Callback | None = None,
+                progress: bool = False, output: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """SDEdit: encode ``image``, noise it to the level ``strength`` of the way up, denoise."""
+        self._require("img2img", "text")
+        self._check_common(steps, sampler, cfg_scale, n)
+        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+            raise LDMError(f"strength must be in [0, 1] (0 = keep the image, 1 = ignore it), got {strength!r}")
+        pil = load_image(image)
+        width, height = pil.size
+        self._check_size(height, width)
+        z0 = self._encode(pil_to_tensor(pil)).expand(n, -1, -1, -1)
+        if int(steps * strength) == 0:  # nothing to run: the VAE round trip of the input
+            return self._decode(z0.clone(), output)
+        start = start_step_for_strength(steps, strength)
+        cond, uncond = self._text(prompt, negative_prompt, n, cfg_scale)
+        noise, gens = self._noise(seed, n, height, width)
+        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
+                      uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress,
+                      start_step=start, init_latents=z0)
+        return self._decode(z, output)
+
+    def inpaint(self, image: Image.Image | str | os.PathLike, mask: Image.Image | str | os.PathLike, prompt: str,
+                negative_prompt: str = "", *, strength: float = 1.0, steps: int = 20, sampler: str = "dpmpp_2m",
+                cfg_scale: float = 7.5, seed: int = 0, n: int = 1, guidance_rescale: float = 0.0,
+                callback: Callback | None = None, progress: bool = False,
+                output: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """Repaint where ``mask`` is white. 9-channel inpainting models get [mask, masked-image latents] as
+        c_concat; ordinary text models keep the unmasked latents by blending at every step (exact at the end)."""
+        self._require("inpaint", "text", "inpaint")
+        self._check_common(steps, sampler, cfg_scale, n)
+        if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+            raise LDMError(f"inpaint strength must be in (0, 1], got {strength!r}")
+        pil = load_image(image)
+        width, height = pil.size
+        self._check_size(height, width)
+        m = load_mask(mask, pil.size)  # (1, 1, H, W), 1 = repaint
+        x = pil_to_tensor(pil)
+        f = self.latent_factor
+        h, w = height // f, width // f
+        cond, uncond = self._text(prompt, negative_prompt, n, cfg_scale)
+        noise, gens = self._noise(seed, n, height, width)
+        start, init = 0, None
+        if self.kind == "inpaint":
+            cond, uncond = _with_concat(cond, uncond, self._inpaint_concat(x, m, h, w), n)
+            model, keep, z0 = self.model, None, None
+        else:
+            z0 = self._encode(x).expand(n, -1, -1, -1)
+            # a latent is repainted if any of its f×f pixels is
+            keep = 1.0 - F.max_pool2d(m, f).to(z0.device, z0.dtype)
+            model = masked_denoiser(self.model, z0, keep)
+        if strength < 1.0:
+            start, init = start_step_for_strength(steps, strength), self._encode(x).expand(n, -1, -1, -1)
+        z = self._run(model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
+                      uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress,
+                      start_step=start, init_latents=init)
+        if keep is not None:
+            z = final_blend(z, z0, keep)
+        return self._decode(z, output)
+
+    def upscale(self, low_res_image: Image.Image | str | os.PathLike, prompt: str = "", *, steps: int = 50,
+                sampler: str = "ddim", cfg_scale: float = 1.0, seed: int = 0, n: int = 1,
+                height: int | None = None, width: int | None = None, callback: Callback | None = None,
+                progress: bool = False, output: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """CompVis LDM super-resolution (concat): c_concat = the low-res image at latent resolution.
+
+        The output is ``f`` times the input unless height / width are given."""
+        self._require("upscale", "concat")
+        self._check_common(steps, sampler, cfg_scale, n)
+        if cfg_scale != 1.0:
+            raise LDMError(f"this {self.family} model has no unconditional input; use cfg_scale=1, got {cfg_scale}")
+        if prompt:
+            warnings.warn("this upscaler takes no prompt; ignoring it", stacklevel=2)
+        extra = self.cfg.unet.in_channels - self.cfg.unet.out_channels
+        if extra != 3:
+            raise LDMError(f"upscale expects a concat model with 3 extra (RGB) input channels, this one has {extra}")
+        pil = load_image(low_res_image)
+        f = self.latent_factor
+        height = height or pil.size[1] * f
+        width = width or pil.size[0] * f
+        self._check_size(height, width)
+        device, dtype = self._device_dtype()
+        lo = pil_to_tensor(pil)
+        if lo.shape[-2:] != (height // f, width // f):
+            lo = F.interpolate(lo, size=(height // f, width // f), mode="bicubic", align_corners=False).clamp(-1, 1)
+        cond = lo.to(device, dtype).expand(n, -1, -1, -1)
+        noise, gens = self._noise(seed, n, height, width)
+        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=1.0, cond=cond, uncond=None,
+                      callback=callback, progress=progress)
+        return self._decode(z, output)
+
+    def sample(self, class_label: int | None = None, *, n: int = 1, seed: int = 0, steps: int = 50,
+               sampler: str = "ddim", cfg_scale: float = 1.0, height: int | None = None, width: int | None = None,
+               callback: Callback | None = None, progress: bool = False,
+               output: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """Class-conditional (``class_label``) or unconditional sampling. With cfg_scale != 1 on a class model the
+        unconditional class is the last one (CompVis cin256-v2: 1001 classes, 1000 = "no class")."""
+        self._require("sample", "class", "uncond")
+        self._check_common(steps, sampler, cfg_scale, n)
+        size = self.cfg.autoencoder.resolution if self.cfg.first_stage != "none" else 64
+        height, width = height or size, width or size
+        self._check_size(height, width)
+        cond = uncond = None
+        if self.kind == "class":
+            n_classes = self._n_classes()
+            if class_label is None or not 0 <= int(class_label) < n_classes:
+                raise LDMError(f"{self.family} needs class_label in [0, {n_classes - 1}], got {class_label!r}")
+            cond, uncond = self._labels(int(class_label), n), (self._labels(n_classes - 1, n) if cfg_scale != 1.0
+                                                               else None)
+        else:
+            if class_label is not None:
+                raise LDMError(f"this is an unconditional model ({self.family}); it takes no class label")
+            if cfg_scale != 1.0:
+                raise LDMError(f"an unconditional model has nothing to guide; use cfg_scale=1, got {cfg_scale}")
+        noise, gens = self._noise(seed, n, height, width)
+        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
+                      uncond=uncond, callback=callback, progress=progress)
+        return self._decode(z, output)
+
+    def _n_classes(self) -> int:
+        if self.cfg.conditioner.kind == "class":
+            return self.cfg.conditioner.n_classes
+        return self.cfg.unet.num_classes
+
+    def _labels(self, label: int, n: int) -> torch.Tensor:
+        device, _ = self._device_dtype()
+        labels = torch.full((n,), label, dtype=torch.long, device=device)
+        if self.cfg.conditioner.kind == "class":
+            with torch.no_grad():
+                return self.model.get_learned_conditioning(labels)
+        return labels  # UNet num_classes: routed to c_adm
+
+
+def _with_concat(cond: torch.Tensor, uncond: torch.Tensor | None, cat: torch.Tensor, n: int) -> tuple[Any, Any]:
+    cat = cat.expand(n, -1, -1, -1)
+    c = {"c_concat": cat, "c_crossattn": cond}
+    u = None if uncond is None else {"c_concat": cat[:1], "c_crossattn": uncond}
+    return c, u

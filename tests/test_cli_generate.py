@@ -1,0 +1,114 @@
+"""``ldm txt2img / info / --from-png`` and the other generation subcommands on tiny checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latent_diffusion.checkpoint import save_checkpoint
+from latent_diffusion.cli import main
+from latent_diffusion.pipelines.metadata import parse_parameters, read_png_parameters
+from latent_diffusion.tiny import tiny_model
+
+GEN = ["--steps", "3", "--height", "32", "--width", "32", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ckpt")
+    return {f: save_checkpoint(tiny_model(f, seed=s), d / f"{f}-{s}.safetensors")
+            for f, s in [("sd1", 0), ("class", 0)]} | {
+        "sd1-other": save_checkpoint(tiny_model("sd1", seed=1), d / "sd1-1.safetensors")}
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def _txt2img(ckpt: Path, out: Path, *extra: str) -> int:
+    return main(["txt2img", "--ckpt", str(ckpt), "--prompt", "a red circle, big: yes", "--negative-prompt", "blurry",
+                 "--sampler", "euler_a", "--cfg", "5", "--seed", "42", "--out", str(out), *GEN, *extra])
+
+
+def test_txt2img_writes_pngs_with_parameters(ckpts: dict, tmp_path: Path) -> None:
+    assert _txt2img(ckpts["sd1"], tmp_path, "--n", "2") == 0
+    files = sorted(tmp_path.glob("*.png"))
+    assert [f.name for f in files] == ["00000-42.png", "00001-43.png"]
+    prompt, negative, s = parse_parameters(read_png_parameters(files[1]))
+    assert (prompt, negative) == ("a red circle, big: yes", "blurry")
+    assert s["Steps"] == "3" and s["Sampler"] == "euler_a" and s["Seed"] == "43" and s["Size"] == "32x32"
+    assert float(s["CFG scale"]) == 5.0 and len(s["Model hash"]) == 10
+
+
+def test_next_run_does_not_overwrite(ckpts: dict, tmp_path: Path) -> None:
+    _txt2img(ckpts["sd1"], tmp_path)
+    _txt2img(ckpts["sd1"], tmp_path)
+    assert sorted(f.name for f in tmp_path.glob("*.png")) == ["00000-42.png", "00001-42.png"]
+
+
+def test_info_prints_parameters(ckpts: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _txt2img(ckpts["sd1"], tmp_path)
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "00000-42.png")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("a red circle, big: yes\nNegative prompt: blurry\nSteps: 3, Sampler: euler_a")
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_from_png_recreates_the_image_bit_identically(ckpts: dict, tmp_path: Path, n: int) -> None:
+    _txt2img(ckpts["sd1"], tmp_path / "a", "--n", str(n))
+    src = sorted((tmp_path / "a").glob("*.png"))[-1]
+    assert main(["txt2img", "--ckpt", str(ckpts["sd1"]), "--from-png", str(src), "--out", str(tmp_path / "b"),
+                 "--quiet"]) == 0
+    [again] = list((tmp_path / "b").glob("*.png"))
+    assert np.array_equal(_pixels(src), _pixels(again))
+    assert read_png_parameters(src) == read_png_parameters(again)
+
+
+def test_from_png_warns_on_another_model(ckpts: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _txt2img(ckpts["sd1"], tmp_path / "a")
+    main(["txt2img", "--ckpt", str(ckpts["sd1-other"]), "--from-png", str(tmp_path / "a" / "00000-42.png"),
+          "--out", str(tmp_path / "b"), "--quiet"])
+    assert "model hash" in capsys.readouterr().err
+
+
+def test_img2img_and_inpaint_commands(ckpts: dict, tmp_path: Path) -> None:
+    _txt2img(ckpts["sd1"], tmp_path / "a")
+    init = tmp_path / "a" / "00000-42.png"
+    mask = tmp_path / "mask.png"
+    m = Image.new("L", (32, 32), 0)
+    m.paste(255, (8, 8, 24, 24))
+    m.save(mask)
+    common = ["--ckpt", str(ckpts["sd1"]), "--prompt", "x", "--init-image", str(init), "--seed", "1", "--steps", "3",
+              "--quiet"]
+    assert main(["img2img", *common, "--strength", "0.5", "--out", str(tmp_path / "i")]) == 0
+    assert main(["inpaint", *common, "--mask", str(mask), "--out", str(tmp_path / "p")]) == 0
+    assert "Denoising strength: 0.5" in read_png_parameters(tmp_path / "i" / "00000-1.png")
+    assert _pixels(tmp_path / "p" / "00000-1.png").shape == (32, 32, 3)
+
+
+def test_sample_command_on_a_class_model(ckpts: dict, tmp_path: Path) -> None:
+    assert main(["sample", "--ckpt", str(ckpts["class"]), "--class-label", "3", "--seed", "0", "--n", "2",
+                 "--out", str(tmp_path), *GEN]) == 0
+    assert "Class label: 3" in read_png_parameters(tmp_path / "00001-1.png")
+
+
+def test_bad_input_is_a_clean_error(ckpts: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["txt2img", "--ckpt", str(ckpts["class"]), "--prompt", "x", "--out", str(tmp_path), *GEN]) == 2
+    assert "class-conditional" in capsys.readouterr().err
+    assert main(["txt2img", "--ckpt", str(ckpts["sd1"]), "--prompt", "x", "--out", str(tmp_path),
+                 "--steps", "2", "--height", "30", "--width", "32"]) == 2
+    assert "multiples of 4" in capsys.readouterr().err
+    assert main(["info", str(ckpts["sd1"])]) == 2
+
+
+def test_from_png_without_parameters_is_an_error(ckpts: dict, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (32, 32)).save(plain)
+    assert main(["txt2img", "--ckpt", str(ckpts["sd1"]), "--from-png", str(plain), "--out", str(tmp_path / "o")]) == 2
+    assert "no 'parameters'" in capsys.readouterr().err

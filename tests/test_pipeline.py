@@ -1,0 +1,173 @@
+"""Pipelines on tiny random models: shapes, seeds, batch invariance, img2img / inpaint semantics, input checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latent_diffusion.errors import LDMError
+from latent_diffusion.models.ldm import LatentDiffusion
+from latent_diffusion.pipelines import Pipeline
+from latent_diffusion.pipelines.images import pil_to_tensor
+from latent_diffusion.tiny import tiny_config, tiny_model
+
+KW = dict(steps=3, height=32, width=32)
+
+
+@pytest.fixture(scope="module")
+def sd1() -> Pipeline:
+    return Pipeline(tiny_model("sd1"))
+
+
+@pytest.fixture(scope="module")
+def image(sd1: Pipeline) -> Image.Image:
+    return sd1.txt2img("a cat", seed=5, sampler="ddim", cfg_scale=1.0, **KW)[0]
+
+
+def _mask() -> Image.Image:
+    m = Image.new("L", (32, 32), 0)
+    m.paste(255, (0, 0, 16, 16))  # repaint the top-left quarter
+    return m
+
+
+def test_txt2img_gives_n_images_of_the_size_and_is_deterministic(sd1: Pipeline) -> None:
+    a = sd1.txt2img("a cat", "blurry", sampler="euler_a", cfg_scale=5.0, seed=3, n=2, **KW)
+    b = sd1.txt2img("a cat", "blurry", sampler="euler_a", cfg_scale=5.0, seed=3, n=2, **KW)
+    assert len(a) == 2 and all(im.size == (32, 32) and im.mode == "RGB" for im in a)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))
+
+
+@pytest.mark.parametrize("sampler", ["euler_a"])  # ancestral: per-sample noise at every step too
+def test_batch_invariance(sd1: Pipeline, sampler: str) -> None:
+    batch = sd1.txt2img("a cat", sampler=sampler, cfg_scale=4.0, seed=10, n=3, output="latent", **KW)
+    for i in range(3):
+        single = sd1.txt2img("a cat", sampler=sampler, cfg_scale=4.0, seed=10 + i, n=1, output="latent", **KW)
+        torch.testing.assert_close(batch[i:i + 1], single, rtol=1e-4, atol=1e-4 * single.abs().max().item())
+
+
+def test_img2img_strength_zero_is_the_vae_round_trip(sd1: Pipeline, image: Image.Image) -> None:
+    out = sd1.img2img(image, "a dog", strength=0.0, steps=4)[0]
+    with torch.no_grad():
+        z = sd1.model.encode_first_stage(pil_to_tensor(image))
+        ref = sd1._decode(z, "pil")[0]
+    assert np.array_equal(np.asarray(out), np.asarray(ref))
+
+
+def test_img2img_runs_and_differs_from_the_input(sd1: Pipeline, image: Image.Image) -> None:
+    out = sd1.img2img(image, "a dog", strength=0.6, steps=4, seed=1, n=2)
+    assert len(out) == 2 and out[0].size == image.size
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler_a", "dpmpp_2m"])
+def test_inpaint_keeps_unmasked_latents_exactly(sd1: Pipeline, image: Image.Image, sampler: str) -> None:
+    z = sd1.inpaint(image, _mask(), "a dog", sampler=sampler, steps=3, seed=2, n=2, cfg_scale=3.0, output="latent")
+    z0 = sd1.model.encode_first_stage(pil_to_tensor(image))
+    keep = torch.ones_like(z0, dtype=torch.bool)
+    keep[..., :8, :8] = False  # f = 2: the 16×16 pixel square is 8×8 latents
+    assert torch.equal(z[:, keep[0]], z0.expand(2, -1, -1, -1)[:, keep[0]])
+    assert not torch.allclose(z[:, ~keep[0]], z0.expand(2, -1, -1, -1)[:, ~keep[0]])
+
+
+def test_inpaint_with_a_9_channel_model_runs() -> None:
+    pipe = Pipeline(tiny_model("sd1-inpaint"))
+    src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    out = pipe.inpaint(src, _mask(), "a dog", steps=3, n=2, cfg_scale=2.0)
+    assert len(out) == 2 and out[0].size == (32, 32)
+    assert len(pipe.txt2img("a dog", **KW)) == 1  # whole-image mask
+
+
+def test_class_and_unconditional_sampling() -> None:
+    c = Pipeline(tiny_model("class"))
+    assert [im.size for im in c.sample(3, n=2, steps=3, cfg_scale=2.0, height=32, width=32)] == [(32, 32)] * 2
+    u = Pipeline(tiny_model("uncond-vq"))
+    assert len(u.sample(n=2, steps=3, height=32, width=32)) == 2
+
+
+def test_upscale_concat_model_runs() -> None:
+    base = tiny_config("uncond-vq")
+    cfg = dataclasses.replace(base, conditioning_key="concat",
+                              unet=dataclasses.replace(base.unet, in_channels=base.unet.out_channels + 3))
+    torch.manual_seed(0)
+    pipe = Pipeline(LatentDiffusion(cfg).eval())
+    low = Image.new("RGB", (16, 16), (200, 30, 30))
+    out = pipe.upscale(low, steps=2)
+    assert out[0].size == (32, 32)
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def test_size_not_a_multiple_is_an_error(sd1: Pipeline) -> None:
+    with pytest.raises(LDMError, match="multiples of 4"):
+        sd1.txt2img("x", steps=2, height=30, width=32)
+
+
+def test_nonpositive_steps_is_an_error(sd1: Pipeline) -> None:
+    with pytest.raises(LDMError, match="steps"):
+        sd1.txt2img("x", steps=0, height=32, width=32)
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.5])
+def test_strength_out_of_range_is_an_error(sd1: Pipeline, image: Image.Image, strength: float) -> None:
+    with pytest.raises(LDMError, match="strength"):
+        sd1.img2img(image, "x", strength=strength, steps=2)
+
+
+def test_negative_cfg_is_an_error(sd1: Pipeline) -> None:
+    with pytest.raises(LDMError, match="cfg_scale"):
+        sd1.txt2img("x", cfg_scale=-1.0, **KW)
+
+
+def test_nonpositive_n_is_an_error(sd1: Pipeline) -> None:
+    with pytest.raises(LDMError, match="n \\(number"):
+        sd1.txt2img("x", n=0, **KW)
+
+
+def test_wrong_task_names_the_family() -> None:
+    with pytest.raises(LDMError, match="class-conditional"):
+        Pipeline(tiny_model("class")).txt2img("x", **KW)
+    with pytest.raises(LDMError, match="Stable Diffusion 1.x"):
+        Pipeline(tiny_model("sd1")).sample(1, steps=2)
+
+
+def test_long_prompt_warns_with_the_dropped_count(sd1: Pipeline) -> None:
+    with pytest.warns(UserWarning, match="80 tokens.*last 5 tokens were dropped"):
+        sd1.txt2img(" ".join(["cat"] * 80), steps=1, height=32, width=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sd1.check_prompt("a short prompt") == 0
+
+
+def test_inpaint_blending_with_a_v_model_keeps_unmasked_latents() -> None:
+    pipe = Pipeline(tiny_model("sd2"))
+    src = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    z = pipe.inpaint(src, _mask(), "x", sampler="euler", steps=3, cfg_scale=1.0, output="latent")
+    z0 = pipe.model.encode_first_stage(pil_to_tensor(src))
+    assert torch.equal(z[..., 8:, :], z0[..., 8:, :]) and torch.equal(z[..., :8, 8:], z0[..., :8, 8:])
+
+
+def test_callback_sees_every_step(sd1: Pipeline) -> None:
+    seen: list[int] = []
+    sd1.txt2img("x", sampler="ddim", callback=lambda i, x, x0: seen.append(i), **KW)
+    assert seen == [0, 1, 2]
+
+
+def test_mask_of_another_size_is_an_error(sd1: Pipeline, image: Image.Image) -> None:
+    with pytest.raises(LDMError, match="mask size"):
+        sd1.inpaint(image, Image.new("L", (16, 16)), "x", steps=2)
+
+
+def test_9_channel_concat_is_mask_then_masked_image_latents() -> None:
+    """CompVis hybrid: UNet input = cat([x, c_concat]); diffusers: cat([latents, mask, masked_image_latents])."""
+    pipe = Pipeline(tiny_model("sd1-inpaint"))
+    src = pil_to_tensor(Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :16, :16] = 1.0
+    cat = pipe._inpaint_concat(src, mask, 16, 16)
+    assert cat.shape == (1, 5, 16, 16)
+    assert torch.equal(cat[:, :1], mask[..., ::2, ::2])
+    torch.testing.assert_close(cat[:, 1:], pipe.model.encode_first_stage(src * (mask < 0.5)))
