@@ -84,7 +84,9 @@ def test_inpaint_with_a_9_channel_model_runs() -> None:
 
 def test_class_and_unconditional_sampling() -> None:
     c = Pipeline(tiny_model("class"))
-    assert [im.size for im in c.sample(3, n=2, steps=3, cfg_scale=2.0, height=32, width=32)] == [(32, 32)] * 2
+    assert [im.size for im in c.sample(3, n=2, steps=3, height=32, width=32)] == [(32, 32)] * 2
+    with pytest.raises(LDMError, match="no 'no class' label"):  # 10 classes: nothing to guide against
+        c.sample(3, n=1, steps=3, cfg_scale=2.0, height=32, width=32)
     u = Pipeline(tiny_model("uncond-vq"))
     assert len(u.sample(n=2, steps=3, height=32, width=32)) == 2
 

@@ -280,8 +280,8 @@ class Pipeline:
                sampler: str = "ddim", cfg_scale: float = 1.0, height: int | None = None, width: int | None = None,
                callback: Callback | None = None, progress: bool = False,
                output: str = "pil") -> list[Image.Image] | torch.Tensor:
-        """Class-conditional (``class_label``) or unconditional sampling. With cfg_scale != 1 on a class model the
-        unconditional class is the last one (CompVis cin256-v2: 1001 classes, 1000 = "no class")."""
+        """Class-conditional (``class_label``) or unconditional sampling. Guidance (cfg_scale != 1) on a class model
+        needs a "no class" label: CompVis's convention of 1001 classes with class 1000 = "no class" (cin256-v2)."""
         self._require("sample", "class", "uncond")
         self._check_common(steps, sampler, cfg_scale, n)
         size = self.cfg.autoencoder.resolution if self.cfg.first_stage != "none" else 64
@@ -292,8 +292,12 @@ class Pipeline:
             n_classes = self._n_classes()
             if class_label is None or not 0 <= int(class_label) < n_classes:
                 raise LDMError(f"{self.family} needs class_label in [0, {n_classes - 1}], got {class_label!r}")
-            cond, uncond = self._labels(int(class_label), n), (self._labels(n_classes - 1, n) if cfg_scale != 1.0
-                                                               else None)
+            if cfg_scale != 1.0 and n_classes != NULL_CLASS_CONVENTION + 1:
+                raise LDMError(f"{self.family} has {n_classes} classes and no 'no class' label to guide against "
+                               f"(CompVis convention: {NULL_CLASS_CONVENTION + 1} classes, the last one empty); "
+                               f"use cfg_scale=1, got {cfg_scale}")
+            cond = self._labels(int(class_label), n)
+            uncond = self._labels(NULL_CLASS_CONVENTION, n) if cfg_scale != 1.0 else None
         else:
             if class_label is not None:
                 raise LDMError(f"this is an unconditional model ({self.family}); it takes no class label")
@@ -316,6 +320,9 @@ class Pipeline:
             with torch.no_grad():
                 return self.model.get_learned_conditioning(labels)
         return labels  # UNet num_classes: routed to c_adm
+
+
+NULL_CLASS_CONVENTION = 1000  # CompVis class-conditional LDMs with guidance: label 1000 of 1001 means "no class"
 
 
 def _with_concat(cond: torch.Tensor, uncond: torch.Tensor | None, cat: torch.Tensor, n: int) -> tuple[Any, Any]:
