@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,33 @@ def test_from_png_recreates_the_image_bit_identically(ckpts: dict, tmp_path: Pat
     [again] = list((tmp_path / "b").glob("*.png"))
     assert np.array_equal(_pixels(src), _pixels(again))
     assert read_png_parameters(src) == read_png_parameters(again)
+
+
+def test_from_png_recreates_an_image_of_a_batch(ckpts: dict, tmp_path: Path) -> None:
+    """--batch-size 2 --n 3: images 0-1 are sampled together (their PNGs say so), image 2 alone."""
+    _txt2img(ckpts["sd1"], tmp_path / "a", "--n", "3", "--batch-size", "2")
+    files = sorted((tmp_path / "a").glob("*.png"))
+    settings = [parse_parameters(read_png_parameters(f))[2] for f in files]
+    assert [(s.get("Batch size"), s.get("Batch pos")) for s in settings] == [("2", "0"), ("2", "1"), (None, None)]
+    for src in files[1:]:
+        out = tmp_path / src.stem
+        assert main(["txt2img", "--ckpt", str(ckpts["sd1"]), "--from-png", str(src), "--out", str(out),
+                     "--quiet"]) == 0
+        [again] = list(out.glob("*.png"))
+        assert np.array_equal(_pixels(src), _pixels(again))
+
+
+@pytest.mark.parametrize("quiet,tty,bars", [(False, True, True), (True, True, False), (False, False, False)])
+def test_progress_bar_per_image(ckpts: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                monkeypatch: pytest.MonkeyPatch, quiet: bool, tty: bool, bars: bool) -> None:
+    """One bar per image on stderr, off with --quiet or when stderr (where tqdm draws) is not a terminal."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    args = ["txt2img", "--ckpt", str(ckpts["sd1"]), "--prompt", "x", "--seed", "1", "--n", "2", "--steps", "2",
+            "--height", "32", "--width", "32", "--out", str(tmp_path)] + (["--quiet"] if quiet else [])
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert ("image 1/2" in err and "image 2/2" in err) == bars
+    assert ("it/s" in err or "s/it" in err) == bars
 
 
 def test_from_png_warns_on_another_model(ckpts: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -104,7 +104,7 @@ def sample(name: str, model: Any, noise: torch.Tensor, steps: int, *, cond: Any 
            cfg_scale: float = 1.0, guidance_rescale: float = 0.0, generator: Generator = None,
            callback: Callback | None = None, spacing: str | None = None, steps_offset: int = 1, start_step: int = 0,
            init_latents: torch.Tensor | None = None, eta: float | None = None,
-           noise_sampler: NoiseSampler | None = None, progress: bool = False) -> torch.Tensor:
+           noise_sampler: NoiseSampler | None = None, progress: bool | str = False) -> torch.Tensor:
     """Run sampler ``name`` for ``steps`` steps and return the final latents (model scale, before ``decode``).
 
     model: a ``LatentDiffusion`` (or anything ``Denoiser`` accepts), or a ``Denoiser``.
@@ -114,6 +114,7 @@ def sample(name: str, model: Any, noise: torch.Tensor, steps: int, *, cond: Any 
         ``start_step_for_strength``) and start from ``init_latents`` noised to that level.
     eta: stochasticity for samplers that take it (ddim: 0, euler_a and dpmpp_sde: 1 by default).
     callback(step, x, x0_pred) after each step run (step counts from 0 at ``start_step``).
+    progress: a tqdm bar on stderr, one tick per step; a string labels it.
     """
     spec = get_sampler(name)
     if isinstance(generator, (list, tuple)) and len(generator) != noise.shape[0]:
@@ -144,12 +145,13 @@ def _takes(fn: Callable[..., Any], arg: str) -> bool:
     return arg in inspect.signature(fn).parameters
 
 
-def _with_progress(callback: Callback | None, total: int, progress: bool) -> Callback | None:
+def _with_progress(callback: Callback | None, total: int, progress: bool | str) -> Callback | None:
+    """Wrap ``callback`` to advance a tqdm bar (on stderr) per step; a string ``progress`` is the bar's label."""
     if not progress:
         return callback
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="sampling", leave=False)
+    bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "sampling", leave=False)
 
     def report(step: int, x: torch.Tensor, x0: torch.Tensor) -> None:
         bar.update(1)

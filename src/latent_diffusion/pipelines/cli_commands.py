@@ -26,6 +26,8 @@ def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: fl
     p.add_argument("--cfg", type=float, default=cfg, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=int, default=None, help="image i gets seed + i (default: random)")
     p.add_argument("--n", type=int, default=1, help="number of images")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images sampled together (default 1: one progress bar per image; more can be faster on a GPU)")
     p.add_argument("--out", required=True, help="output folder; files are named 00000-<seed>.png, 00001-...")
     p.add_argument("--force", action="store_true", help="allow overwriting existing files")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no messages")
@@ -87,7 +89,8 @@ def _pipeline(args: argparse.Namespace):  # -> Pipeline
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and sys.stdout.isatty()
+    """A bar per image (per batch with --batch-size > 1) on stderr, where tqdm draws: off with --quiet or no TTY."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _seed(args: argparse.Namespace) -> int:
@@ -115,8 +118,9 @@ def _save(args: argparse.Namespace, pipe: Any, images: list, prompt: str, negati
         s.update({"Seed": seed + i, "Size": f"{img.size[0]}x{img.size[1]}"})
         if pipe.model_hash:
             s["Model hash"] = pipe.model_hash
-        if len(images) > 1:
-            s.update({"Batch size": len(images), "Batch pos": i})
+        batch = min(args.batch_size, len(images) - i // args.batch_size * args.batch_size)  # the last may be short
+        if batch > 1:  # sampled together with others: re-creating it needs the same batch (same seeds)
+            s.update({"Batch size": batch, "Batch pos": i % args.batch_size})
         path = save_png(img, out / f"{start + len(written):05d}-{seed + i}.png", format_parameters(prompt, negative, s),
                         overwrite=args.force)
         written.append(path)
@@ -148,6 +152,7 @@ def _apply_png(args: argparse.Namespace) -> int | None:
         width, height = (int(v) for v in s["Size"].split("x"))
         pos, batch = int(s.get("Batch pos", 0)), int(s.get("Batch size", 1))
         args.seed, args.n, args.height, args.width = int(s["Seed"]) - pos, batch, height, width
+        args.batch_size = batch
         args.guidance_rescale = float(s.get("Guidance rescale", 0.0))
     except (KeyError, ValueError) as e:
         raise LDMError(f"{args.from_png}: parameters lack or mangle a setting ({e}); need Steps, Sampler, "
@@ -168,7 +173,7 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
     seed = _seed(args)
     images = pipe.txt2img(args.prompt, args.negative_prompt, steps=args.steps, sampler=args.sampler,
                           cfg_scale=args.cfg, seed=seed, n=args.n, height=args.height, width=args.width,
-                          guidance_rescale=args.guidance_rescale, progress=_progress(args))
+                          guidance_rescale=args.guidance_rescale, progress=_progress(args), batch_size=args.batch_size)
     _save(args, pipe, images, args.prompt, args.negative_prompt, _text_settings(args), seed, pick=pick)
     return 0
 
@@ -177,7 +182,7 @@ def _cmd_img2img(args: argparse.Namespace) -> int:
     pipe, seed = _pipeline(args), _seed(args)
     images = pipe.img2img(args.init_image, args.prompt, args.negative_prompt, strength=args.strength,
                           steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed, n=args.n,
-                          guidance_rescale=args.guidance_rescale, progress=_progress(args))
+                          guidance_rescale=args.guidance_rescale, progress=_progress(args), batch_size=args.batch_size)
     s = _text_settings(args) | {"Denoising strength": args.strength}
     _save(args, pipe, images, args.prompt, args.negative_prompt, s, seed)
     return 0
@@ -187,7 +192,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     pipe, seed = _pipeline(args), _seed(args)
     images = pipe.inpaint(args.init_image, args.mask, args.prompt, args.negative_prompt, strength=args.strength,
                           steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed, n=args.n,
-                          guidance_rescale=args.guidance_rescale, progress=_progress(args))
+                          guidance_rescale=args.guidance_rescale, progress=_progress(args), batch_size=args.batch_size)
     s = _text_settings(args) | {"Denoising strength": args.strength}
     _save(args, pipe, images, args.prompt, args.negative_prompt, s, seed)
     return 0
@@ -196,7 +201,8 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 def _cmd_upscale(args: argparse.Namespace) -> int:
     pipe, seed = _pipeline(args), _seed(args)
     images = pipe.upscale(args.init_image, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed,
-                          n=args.n, height=args.height, width=args.width, progress=_progress(args))
+                          n=args.n, height=args.height, width=args.width, progress=_progress(args),
+                          batch_size=args.batch_size)
     _save(args, pipe, images, "", "", _base_settings(args), seed)
     return 0
 
@@ -204,7 +210,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     pipe, seed = _pipeline(args), _seed(args)
     images = pipe.sample(args.class_label, n=args.n, seed=seed, steps=args.steps, sampler=args.sampler,
-                         cfg_scale=args.cfg, height=args.height, width=args.width, progress=_progress(args))
+                         cfg_scale=args.cfg, height=args.height, width=args.width, progress=_progress(args),
+                         batch_size=args.batch_size)
     s = _base_settings(args)
     if args.class_label is not None:
         s["Class label"] = args.class_label

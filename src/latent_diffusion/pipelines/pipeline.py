@@ -2,6 +2,9 @@
 
 Seeds: image i of a call with ``seed`` s and ``n`` images draws its initial noise (and its ancestral noise) from
 ``torch.Generator("cpu").manual_seed(s + i)`` alone, so it equals the single-image run with seed s + i.
+
+Batches: ``batch_size`` images are sampled together (default: all n; 1 gives one progress bar per image, which the
+CLI does), and the prompt is encoded once per call whatever the split.
 """
 
 from __future__ import annotations
@@ -127,10 +130,11 @@ class Pipeline:
             if not isinstance(p, str):
                 raise LDMError(f"prompts must be strings, got {type(p).__name__}")
             self.check_prompt(p)
-        with torch.no_grad():
-            c = self.model.get_learned_conditioning([prompt])
-            u = self.model.get_learned_conditioning([negative_prompt]) if cfg_scale != 1.0 else None
-        return c.expand(n, *c.shape[1:]), u
+        guided = cfg_scale != 1.0
+        with torch.no_grad():  # one text-encoder batch for prompt and negative prompt, once per call
+            emb = self.model.get_learned_conditioning([prompt, negative_prompt] if guided else [prompt])
+        c, u = emb[:1], (emb[1:] if guided else None)
+        return c.expand(n, *c.shape[1:]), u  # uncond stays (1, ...): guidance broadcasts it
 
     def _noise(self, seed: int, n: int, height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
         device, dtype = self._device_dtype()
@@ -153,10 +157,22 @@ class Pipeline:
 
     def _run(self, model: Any, noise: torch.Tensor, gens: list[torch.Generator], *, steps: int, sampler: str,
              cfg_scale: float, cond: Any, uncond: Any, guidance_rescale: float = 0.0, callback: Callback | None = None,
-             progress: bool = False, start_step: int = 0, init_latents: torch.Tensor | None = None) -> torch.Tensor:
-        return sample(sampler, model, noise, steps, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
-                      guidance_rescale=guidance_rescale, generator=gens, callback=callback, progress=progress,
-                      start_step=start_step, init_latents=init_latents)
+             progress: bool = False, start_step: int = 0, init_latents: torch.Tensor | None = None,
+             batch_size: int | None = None) -> torch.Tensor:
+        """Sample the n rows of ``noise`` in batches of ``batch_size`` (None: all at once), one progress bar per
+        batch ("image i/n" when batches are single images). Per-sample generators make the split invisible."""
+        n = noise.shape[0]
+        size = n if batch_size is None else batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise LDMError(f"batch_size must be a positive integer or None (all images at once), got {batch_size!r}")
+        out = []
+        for start in range(0, n, size):
+            rows = slice(start, min(start + size, n))
+            out.append(sample(sampler, model, noise[rows], steps, cond=_take(cond, rows, n),
+                              uncond=_take(uncond, rows, n), cfg_scale=cfg_scale, guidance_rescale=guidance_rescale,
+                              generator=gens[rows], callback=callback, progress=_bar_label(progress, rows, n),
+                              start_step=start_step, init_latents=_take(init_latents, rows, n)))
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def _inpaint_concat(self, image: torch.Tensor, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """CompVis / diffusers 9-channel inpainting: c_concat = [mask at latent size, masked-image latents]."""
@@ -169,7 +185,7 @@ class Pipeline:
     def txt2img(self, prompt: str, negative_prompt: str = "", *, steps: int = 20, sampler: str = "dpmpp_2m",
                 cfg_scale: float = 7.5, seed: int = 0, n: int = 1, height: int = 512, width: int = 512,
                 guidance_rescale: float = 0.0, callback: Callback | None = None, progress: bool = False,
-                output: str = "pil") -> list[Image.Image] | torch.Tensor:
+                batch_size: int | None = None, output: str = "pil") -> list[Image.Image] | torch.Tensor:
         self._require("txt2img", "text", "inpaint")
         self._check_common(steps, sampler, cfg_scale, n)
         self._check_size(height, width)
@@ -181,13 +197,15 @@ class Pipeline:
                                        height // f, width // f)
             cond, uncond = _with_concat(cond, uncond, cat, n)
         z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
-                      uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress)
+                      uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress,
+                      batch_size=batch_size)
         return self._decode(z, output)
 
     def img2img(self, image: Image.Image | str | os.PathLike, prompt: str, negative_prompt: str = "", *,
                 strength: float = 0.75, steps: int = 20, sampler: str = "dpmpp_2m", cfg_scale: float = 7.5,
                 seed: int = 0, n: int = 1, guidance_rescale: float = 0.0, callback: Callback | None = None,
-                progress: bool = False, output: str = "pil") -> list[Image.Image] | torch.Tensor:
+                progress: bool = False, batch_size: int | None = None,
+                output: str = "pil") -> list[Image.Image] | torch.Tensor:
         """SDEdit: encode ``image``, noise it to the level ``strength`` of the way up, denoise."""
         self._require("img2img", "text")
         self._check_common(steps, sampler, cfg_scale, n)
@@ -204,14 +222,14 @@ class Pipeline:
         noise, gens = self._noise(seed, n, height, width)
         z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
                       uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress,
-                      start_step=start, init_latents=z0)
+                      batch_size=batch_size, start_step=start, init_latents=z0)
         return self._decode(z, output)
 
     def inpaint(self, image: Image.Image | str | os.PathLike, mask: Image.Image | str | os.PathLike, prompt: str,
                 negative_prompt: str = "", *, strength: float = 1.0, steps: int = 20, sampler: str = "dpmpp_2m",
                 cfg_scale: float = 7.5, seed: int = 0, n: int = 1, guidance_rescale: float = 0.0,
                 callback: Callback | None = None, progress: bool = False,
-                output: str = "pil") -> list[Image.Image] | torch.Tensor:
+                batch_size: int | None = None, output: str = "pil") -> list[Image.Image] | torch.Tensor:
         """Repaint where ``mask`` is white. 9-channel inpainting models get [mask, masked-image latents] as
         c_concat; ordinary text models keep the unmasked latents by blending at every step (exact at the end)."""
         self._require("inpaint", "text", "inpaint")
@@ -235,12 +253,12 @@ class Pipeline:
             z0 = self._encode(x).expand(n, -1, -1, -1)
             # a latent is repainted if any of its f×f pixels is
             keep = 1.0 - F.max_pool2d(m, f).to(z0.device, z0.dtype)
-            model = masked_denoiser(self.model, z0, keep)
+            model = masked_denoiser(self.model, z0[:1], keep)  # rows are equal
         if strength < 1.0:
             start, init = start_step_for_strength(steps, strength), self._encode(x).expand(n, -1, -1, -1)
         z = self._run(model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
                       uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress,
-                      start_step=start, init_latents=init)
+                      batch_size=batch_size, start_step=start, init_latents=init)
         if keep is not None:
             z = final_blend(z, z0, keep)
         return self._decode(z, output)
@@ -248,7 +266,8 @@ class Pipeline:
     def upscale(self, low_res_image: Image.Image | str | os.PathLike, prompt: str = "", *, steps: int = 50,
                 sampler: str = "ddim", cfg_scale: float = 1.0, seed: int = 0, n: int = 1,
                 height: int | None = None, width: int | None = None, callback: Callback | None = None,
-                progress: bool = False, output: str = "pil") -> list[Image.Image] | torch.Tensor:
+                progress: bool = False, batch_size: int | None = None,
+                output: str = "pil") -> list[Image.Image] | torch.Tensor:
         """CompVis LDM super-resolution (concat): c_concat = the low-res image at latent resolution.
 
         The output is ``f`` times the input unless height / width are given."""
@@ -273,12 +292,12 @@ class Pipeline:
         cond = lo.to(device, dtype).expand(n, -1, -1, -1)
         noise, gens = self._noise(seed, n, height, width)
         z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=1.0, cond=cond, uncond=None,
-                      callback=callback, progress=progress)
+                      callback=callback, progress=progress, batch_size=batch_size)
         return self._decode(z, output)
 
     def sample(self, class_label: int | None = None, *, n: int = 1, seed: int = 0, steps: int = 50,
                sampler: str = "ddim", cfg_scale: float = 1.0, height: int | None = None, width: int | None = None,
-               callback: Callback | None = None, progress: bool = False,
+               callback: Callback | None = None, progress: bool = False, batch_size: int | None = None,
                output: str = "pil") -> list[Image.Image] | torch.Tensor:
         """Class-conditional (``class_label``) or unconditional sampling. Guidance (cfg_scale != 1) on a class model
         needs a "no class" label: CompVis's convention of 1001 classes with class 1000 = "no class" (cin256-v2)."""
@@ -305,7 +324,7 @@ class Pipeline:
                 raise LDMError(f"an unconditional model has nothing to guide; use cfg_scale=1, got {cfg_scale}")
         noise, gens = self._noise(seed, n, height, width)
         z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
-                      uncond=uncond, callback=callback, progress=progress)
+                      uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
         return self._decode(z, output)
 
     def _n_classes(self) -> int:
@@ -323,6 +342,24 @@ class Pipeline:
 
 
 NULL_CLASS_CONVENTION = 1000  # CompVis class-conditional LDMs with guidance: label 1000 of 1001 means "no class"
+
+
+def _take(c: Any, rows: slice, n: int) -> Any:
+    """Rows ``rows`` of per-image conditioning (tensors with n rows, dicts of them); shared (1-row) parts as given."""
+    if isinstance(c, dict):
+        return {k: _take(v, rows, n) for k, v in c.items()}
+    if isinstance(c, torch.Tensor) and c.shape[0] == n:
+        return c[rows]
+    return c
+
+
+def _bar_label(progress: bool | str, rows: slice, n: int) -> bool | str:
+    """The progress bar's description for the batch ``rows`` of n images (False: no bar)."""
+    if not progress:
+        return False
+    if isinstance(progress, str):
+        return progress
+    return f"image {rows.start + 1}/{n}" if rows.stop - rows.start == 1 else f"images {rows.start + 1}-{rows.stop}/{n}"
 
 
 def _with_concat(cond: torch.Tensor, uncond: torch.Tensor | None, cat: torch.Tensor, n: int) -> tuple[Any, Any]:
