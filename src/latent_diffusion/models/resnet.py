@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import Conv2d
+
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding, ``[cos | sin]`` order as CompVis (diffusers: flip_sin_to_cos=True, shift 0).
@@ -28,11 +30,17 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in fp32 whatever the input dtype (CompVis ``normalization``)."""
+    """GroupNorm computed in fp32 whatever the input dtype (CompVis ``normalization``).
+
+    On CPU the native kernel already accumulates bf16/fp16 inputs in fp32 and takes fp32 affine weights as they
+    are (mixed dtype), so the explicit ``.float()`` round trip there only adds two copies of the activation per
+    call (the input of a GroupNorm under bf16 autocast is the bf16 output of a conv or add). Elsewhere we keep the
+    round trip, as CompVis does.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return super().forward(x)
+        if x.dtype == torch.float32 or x.device.type == "cpu":
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
@@ -47,7 +55,7 @@ class Downsample(nn.Module):
         super().__init__()
         out_channels = out_channels or channels
         if use_conv:
-            self.op: nn.Module = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1)
+            self.op: nn.Module = Conv2d(channels, out_channels, 3, stride=2, padding=1)
         else:
             if out_channels != channels:
                 raise ValueError("Downsample without conv cannot change the channel count")
@@ -64,7 +72,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.use_conv = use_conv
         if use_conv:
-            self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+            self.conv = Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -88,7 +96,7 @@ class ResBlock(nn.Module):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -101,14 +109,14 @@ class ResBlock(nn.Module):
             normalization(out_channels),
             nn.SiLU(),
             nn.Dropout(p=dropout),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            Conv2d(out_channels, out_channels, 3, padding=1),
         )
         nn.init.zeros_(self.out_layers[3].weight)
         nn.init.zeros_(self.out_layers[3].bias)
         if out_channels == channels:
             self.skip_connection: nn.Module = nn.Identity()
         else:
-            self.skip_connection = nn.Conv2d(channels, out_channels, 3 if use_conv else 1, padding=1 if use_conv else 0)
+            self.skip_connection = Conv2d(channels, out_channels, 3 if use_conv else 1, padding=1 if use_conv else 0)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W), emb: (B, E)
