@@ -1,0 +1,124 @@
+"""Training / validation image streams for the stage-1 autoencoders.
+
+The training stream is a pure function of the position ``k`` in it: epoch ``e = k // n`` visits the source in the
+order ``randperm(n, seed=(seed, e))`` and item ``k``'s crop / flip come from a generator seeded with ``(seed, k)``.
+So a run resumed at step ``s`` sees exactly the batches an uninterrupted run would, whatever the worker count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch.utils.data import Dataset
+
+from .images import DataError, ImageFolder
+
+
+class ImageSource(Protocol):
+    def __len__(self) -> int: ...
+    def get(self, i: int, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclass
+class ImageDataConfig:
+    """Where stage-1 images come from. ``source``: shapes (procedural ShapesWorld) | photos (bundled) | folder."""
+
+    source: str = "shapes"
+    root: str | None = None  # folder: training images
+    val_root: str | None = None  # folder: held-out images (default: centre crops of the training folder)
+    size: int = 64  # crop / image size
+    resize: int | None = None  # folder: shorter side resized to this first (None = native resolution)
+    flip: bool = True
+    seed: int = 0
+    num_val: int = 64  # held-out images for validation metrics and reconstruction grids
+    shapes_length: int = 100_000
+    photo_downscale: int = 2
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in ("shapes", "photos", "folder"):
+            raise ValueError(f"data.source must be 'shapes', 'photos' or 'folder', got {self.source!r}")
+        if self.source == "folder" and not self.root:
+            raise ValueError("data.source='folder' needs data.root (a folder of images)")
+        if self.size < 8:
+            raise ValueError(f"data.size must be >= 8, got {self.size}")
+
+
+class ShapesSource:
+    """ShapesWorld images (B, 3, size, size) in [-1, 1]; flips are left out (the world is already symmetric)."""
+
+    def __init__(self, size: int, seed: int, length: int) -> None:
+        from .shapes import ShapesWorld, ShapesWorldConfig
+
+        self.world = ShapesWorld(ShapesWorldConfig(size=size, seed=seed, length=length))
+
+    def __len__(self) -> int:
+        return len(self.world)
+
+    def get(self, i: int, generator: torch.Generator) -> torch.Tensor:
+        return self.world[i]["image"]
+
+
+def _mix(*xs: int) -> int:
+    """A 63-bit seed from a tuple of ints (splitmix-style; stable across Python versions, unlike hash())."""
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h = (h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class StreamDataset(Dataset):
+    """Items ``start .. start + length - 1`` of the endless shuffled stream over ``source`` (see module doc)."""
+
+    def __init__(self, source: ImageSource, seed: int, start: int, length: int) -> None:
+        if len(source) == 0:
+            raise DataError("the image source is empty")
+        self.source, self.seed, self.start, self.length = source, seed, start, length
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            self._perm = (epoch, torch.randperm(len(self.source), generator=g))
+        return self._perm[1]
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        k = self.start + j
+        n = len(self.source)
+        idx = int(self._order(k // n)[k % n])
+        return self.source.get(idx, torch.Generator().manual_seed(_mix(self.seed, 1_000_003, k)))
+
+
+class FixedDataset(Dataset):
+    """The first ``n`` items of ``source`` with per-index seeded crops: the same images every time."""
+
+    def __init__(self, source: ImageSource, n: int, seed: int) -> None:
+        self.source, self.n, self.seed = source, n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        return self.source.get(j % len(self.source), torch.Generator().manual_seed(_mix(self.seed, 7, j)))
+
+
+def build_sources(cfg: ImageDataConfig) -> tuple[ImageSource, ImageSource]:
+    """(train source, held-out source)."""
+    if cfg.source == "shapes":
+        return (ShapesSource(cfg.size, cfg.seed, cfg.shapes_length),
+                ShapesSource(cfg.size, cfg.seed + 1_000_000, max(cfg.num_val, 1)))
+    if cfg.source == "photos":
+        from .photos import PhotoPatches
+
+        return (PhotoPatches(cfg.size, "train", cfg.photo_downscale, cfg.flip),
+                PhotoPatches(cfg.size, "heldout", cfg.photo_downscale, flip=False))
+    train = ImageFolder(cfg.root, cfg.size, resize=cfg.resize, flip=cfg.flip)  # type: ignore[arg-type]
+    val = ImageFolder(cfg.val_root or cfg.root, cfg.size, resize=cfg.resize, flip=False,  # type: ignore[arg-type]
+                      random_crop=cfg.val_root is not None)
+    return train, val
