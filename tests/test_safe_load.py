@@ -99,6 +99,44 @@ def test_safetensors_round_trip_with_metadata(tmp_path, dtype):
     assert os.listdir(tmp_path) == ["m.safetensors"]  # no temp file left behind
 
 
+def test_reading_into_memory_gives_the_same_tensors(tmp_path):
+    """mmap=False: every dtype, 0-d and empty tensors, read by plain file reads into fresh storages."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"t.{d}": (torch.randn(3, 5, generator=g) * 10).to(d) for d in
+               (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int8,
+                torch.uint8, torch.bool, torch.float8_e4m3fn)}
+    tensors |= {"scalar": torch.tensor(3.5), "empty": torch.zeros(0, 4), "big": torch.randn(1000, 257, generator=g)}
+    path = save_safetensors_atomic(tensors, tmp_path / "m.safetensors", metadata={"k": "v"})
+    loaded, extras = read_state_dict(path, mmap=False)
+    assert loaded.keys() == tensors.keys() and extras == {"k": "v"}
+    for key, tensor in tensors.items():
+        assert loaded[key].dtype == tensor.dtype and loaded[key].shape == tensor.shape, key
+        bits = [t.reshape(-1).view(torch.uint8) for t in (loaded[key], tensor)]
+        assert torch.equal(*bits), key  # bitwise (fp8 too)
+    storages = {t.untyped_storage().data_ptr() for t in loaded.values() if t.numel()}
+    assert len(storages) == len(tensors) - 1  # one storage each: freeing or replacing one frees its memory
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_reading_into_memory_maps_nothing(tmp_path):
+    """A mapped file's pages count in RSS as long as any of its tensors lives (on top of converted copies)."""
+    path = save_safetensors_atomic({f"w{i}": torch.randn(1024, 1024) for i in range(16)}, tmp_path / "m.safetensors")
+    before = _rss_file_kib()
+    loaded, _ = read_state_dict(path, mmap=False)
+    assert sum(float(t.sum()) for t in loaded.values()) != 0  # touch every page
+    assert _rss_file_kib() - before < 16 * 1024  # 64 MiB of tensors, none of it file-backed
+    del loaded
+    mapped, _ = read_state_dict(path)
+    sum(float(t.sum()) for t in mapped.values())
+    if _rss_file_kib() - before < 48 * 1024:
+        pytest.skip("this safetensors build does not map files; nothing to compare against")
+
+
 def test_save_handles_shared_and_non_contiguous_tensors(tmp_path):
     base = torch.arange(16.0).reshape(4, 4)
     tensors = {"a": base, "tied": base, "t": base.t(), "row": base[1]}

@@ -88,7 +88,7 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
     ``use_ema=True`` swaps the ``model_ema.*`` weights into the UNet (an error if the file has none).
     ``dtype`` casts the UNet, first stage and conditioner (schedule buffers stay float32).
     """
-    sd, extras = read_state_dict(path)
+    sd, extras = read_state_dict(path, mmap=False)  # the model uses every tensor; see read_state_dict
     cfg = resolve_config(config, sd, extras, parameterization)
     with torch.device("meta"):  # no random init of ~1 B parameters: the file's tensors are assigned in place
         model = LatentDiffusion(cfg)

@@ -24,6 +24,7 @@ import zipfile
 from typing import Any
 
 import numpy
+import safetensors
 import safetensors.torch
 import torch
 from torch._weights_only_unpickler import _get_allowed_globals  # private, but torch is pinned
@@ -220,7 +221,43 @@ def _split_checkpoint(path: str, obj: Any) -> tuple[dict[str, torch.Tensor], dic
     return tensors, extras
 
 
-def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+                       "F8_E5M2": torch.float8_e5m2}
+
+
+def _read_safetensors_in_memory(path: str) -> dict[str, torch.Tensor]:
+    """Each tensor in its own freshly allocated CPU storage, filled by plain reads — no memory map.
+
+    The library validates the layout first (dtypes, shapes against offsets, overlaps); its header is then walked
+    here. A memory-mapped file stays mapped, and its touched pages count in the process's RSS, as long as any one
+    of its tensors lives — so weights later replaced by a converted copy (a dtype cast, a channels_last layout)
+    would be held twice. Read this way, a replaced tensor's memory is simply freed.
+    """
+    with safetensors.safe_open(path, framework="pt") as f:
+        names = list(f.keys())
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        header, base = json.loads(fh.read(header_len)), 8 + header_len
+        for name in names:
+            info = header[name]
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has dtype {info['dtype']!r}; readable dtypes: "
+                                      f"{', '.join(_SAFETENSORS_DTYPES)}")
+            tensor = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            if end > begin:
+                fh.seek(base + begin)
+                view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())  # the tensor's own bytes
+                if fh.readinto(view) != end - begin:
+                    raise CheckpointError(f"{path}: tensor {name!r} is cut short; the file is truncated")
+            out[name] = tensor
+    return out
+
+
+def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cpu", mmap: bool = True,
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint as ``(flat tensor state dict, extras)``.
 
@@ -228,6 +265,9 @@ def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
     extras holds the plain top-level entries of a Lightning checkpoint (``global_step``, ``epoch``, ...), plus
     ``skipped_entries`` (top-level entries that are not plain data) and ``dropped_keys`` (state-dict entries that are
     not tensors) when there are any.
+
+    ``mmap`` (.safetensors): True maps the file (lazy, cheap when only some tensors or only shapes are needed);
+    False reads every tensor into its own memory, the better choice for building a whole model from the file.
     """
     path = os.fspath(path)
     suffix = pathlib.Path(path).suffix.lower()
@@ -238,7 +278,11 @@ def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
         return _split_checkpoint(path, read_pickle(path, device=device))
     metadata = _check_safetensors(path, _preflight(path))
     try:
+        if not mmap:
+            return {k: v.to(device) for k, v in _read_safetensors_in_memory(path).items()}, dict(metadata)
         return safetensors.torch.load_file(path, device=str(device)), dict(metadata)
+    except CheckpointError:
+        raise
     except Exception as exc:  # the library's own checks (dtype/shape vs offsets, overlaps, ...)
         raise CheckpointError(f"could not read {path} as .safetensors: {exc}") from exc
 
