@@ -1,0 +1,42 @@
+"""`ldm eval <task>` end to end on a tiny random checkpoint: reports written, wrong task refused."""
+
+import argparse
+import json
+
+import pytest
+
+from latent_diffusion.checkpoint import save_checkpoint
+from latent_diffusion.errors import LDMError
+from latent_diffusion.eval.task_cli import add_eval_task_commands
+from latent_diffusion.tiny import tiny_model
+
+
+def run(argv: list[str]) -> int:
+    """``ldm eval ...`` as the CLI runs it (the sub-commands this module adds)."""
+    parser = argparse.ArgumentParser(prog="ldm eval")
+    add_eval_task_commands(parser.add_subparsers(dest="eval_command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def sd1(tmp_path_factory) -> str:
+    return str(save_checkpoint(tiny_model("sd1"), tmp_path_factory.mktemp("ck") / "tiny-sd1.safetensors"))
+
+
+def test_eval_txt2img_writes_json_and_markdown(sd1: str, tmp_path, capsys) -> None:
+    j, m = tmp_path / "r.json", tmp_path / "r.md"
+    rc = run(["txt2img", "--ckpt", sd1, "--n", "2", "--steps", "1", "--cfg", "1", "3", "--n-real", "8",
+              "--json", str(j), "--markdown", str(m), "--quiet"])
+    assert rc == 0
+    rows = json.loads(j.read_text())["rows"]
+    assert [r["cfg_scale"] for r in rows] == [1.0, 3.0] and all("fid" in r for r in rows)
+    assert m.read_text().startswith("| CFG | adherence |")
+    assert "| 3 |" in capsys.readouterr().out
+    with pytest.raises(LDMError, match="already exists"):  # no silent overwrite
+        run(["txt2img", "--ckpt", sd1, "--n", "1", "--json", str(j)])
+
+
+def test_eval_of_a_different_task_is_refused(sd1: str) -> None:
+    with pytest.raises(LDMError, match="cannot evaluate class on this model"):
+        run(["class", "--ckpt", sd1, "--n", "1"])
