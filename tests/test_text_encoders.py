@@ -179,8 +179,8 @@ def test_frozen_encoders_stay_frozen_and_encode():
 def test_build_conditioner_kinds_and_errors():
     assert build_conditioner(ConditionerConfig(kind="none")) is None
     assert isinstance(build_conditioner(ConditionerConfig(kind="class", n_classes=5, embed_dim=8)), ClassEmbedder)
-    with pytest.raises(ConfigError, match=r"'bert'.*'none', 'class', 'clip', 'open_clip'"):
-        build_conditioner(ConditionerConfig(kind="bert"))
+    with pytest.raises(ConfigError, match=r"'t5'.*'none', 'class', 'clip', 'open_clip'"):
+        build_conditioner(ConditionerConfig(kind="t5"))
     with pytest.raises(ConfigError, match="layer"):
         build_conditioner(ConditionerConfig(kind="clip", width=32, layers=2, heads=4, layer="hidden"))
     with pytest.raises(ConfigError, match="divisible"):

