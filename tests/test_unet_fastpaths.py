@@ -60,3 +60,15 @@ def test_unet_same_output_with_and_without_grad_and_backward_runs():
         with torch.inference_mode():
             torch.testing.assert_close(unet(x, t, context=ctx), out.detach(), rtol=0, atol=1e-6)
 
+
+
+def test_layout_switch_inside_inference_mode_leaves_trainable_weights():
+    """The first forward (which switches conv weights to channels_last) may run under inference_mode, as sampling
+    does; training afterwards must still work."""
+    unet = UNetModel(CONFIGS["sd1"])
+    randomize(unet)
+    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([5.0]), torch.randn(1, 3, 24)
+    with torch.inference_mode():
+        unet(x, t, context=ctx)
+    unet(x, t, context=ctx).square().mean().backward()
+    assert all(p.grad is not None for p in unet.parameters())

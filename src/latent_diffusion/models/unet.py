@@ -125,7 +125,7 @@ class UNetModel(nn.Module):
         if x.device.type != "cpu" or x.ndim != 4:
             return torch.contiguous_format
         if not self.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last):
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: training may follow sampling
                 for m in self.modules():
                     if isinstance(m, nn.Conv2d):
                         m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
