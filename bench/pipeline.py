@@ -15,7 +15,9 @@ other load hit both alike; medians over ``--repeats``. Per child: seconds per de
 from per-step callbacks; step 1 also pays one-off costs), the whole call, the decode (last step -> images), peak RSS
 while loading (``ru_maxrss``) and while generating (``VmHWM`` after resetting it through /proc/self/clear_refs).
 The fp32 children also save their final latents and the parent reports max |ours - diffusers| as a sanity check.
-Writes ``--out/pipeline-<timestamp>.json`` and prints a Markdown table; ratios are ours / diffusers (< 1: ours wins).
+Writes ``--out/pipeline-<timestamp>.json`` (default bench-results/) and prints a Markdown table; ratios are
+ours / diffusers (< 1: ours wins). CPU seconds per step (process time, all threads) move less than wall time when
+other processes share the cores; read both.
 ``--src`` runs "ours" from another source tree (e.g. ``git archive HEAD src | tar -x -C /tmp/snap`` for a fixed
 commit while the working tree changes); the default is this checkout's ``src``.
 """
@@ -181,7 +183,8 @@ def child(args: argparse.Namespace) -> dict:
             "s_per_step": statistics.median(steps_s[1:]) if len(steps_s) > 1 else steps_s[0], "steps_s": steps_s,
             "cpu_s_per_step": statistics.median(cpu_steps_s[1:]) if len(steps_s) > 1 else cpu_steps_s[0],
             "call_s": t_end - t0, "decode_s": t_end - marks[-1], "load_peak_rss": load_peak,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            # clear_refs also resets ru_maxrss: the whole-process peak is the larger of the two phases' peaks
+            "peak_rss": max(load_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
             "rss_before_call": rss_before, "gen_peak_rss": gen_peak if reset else None, "rss_after_call": rss_after,
             "image_size": list(images[0].size),
             "loadavg_1min_at_start": load_at_start}
@@ -298,7 +301,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
     p.add_argument("--src", default=str(ROOT / "src"), help="source tree 'ours' is imported from in the children")
     p.add_argument("--ckpt", default=None, help="reuse (or keep) the random checkpoint at this path")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for pipeline-<time>.json")
     p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--save-latents", default=None, help=argparse.SUPPRESS)
