@@ -22,7 +22,7 @@ KW = dict(steps=3, height=32, width=32)
 
 @pytest.fixture(scope="module")
 def sd1() -> Pipeline:
-    return Pipeline(tiny_model("sd1"))
+    return Pipeline(tiny_model("sd1"), precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_inpaint_keeps_unmasked_latents_exactly(sd1: Pipeline, image: Image.Imag
 
 
 def test_inpaint_with_a_9_channel_model_runs() -> None:
-    pipe = Pipeline(tiny_model("sd1-inpaint"))
+    pipe = Pipeline(tiny_model("sd1-inpaint"), precision="fp32")
     src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     out = pipe.inpaint(src, _mask(), "a dog", steps=3, n=2, cfg_scale=2.0)
     assert len(out) == 2 and out[0].size == (32, 32)
@@ -105,11 +105,11 @@ def test_inpaint_with_a_9_channel_model_runs() -> None:
 
 
 def test_class_and_unconditional_sampling() -> None:
-    c = Pipeline(tiny_model("class"))
+    c = Pipeline(tiny_model("class"), precision="fp32")
     assert [im.size for im in c.sample(3, n=2, steps=3, height=32, width=32)] == [(32, 32)] * 2
     with pytest.raises(LDMError, match="no 'no class' label"):  # 10 classes: nothing to guide against
         c.sample(3, n=1, steps=3, cfg_scale=2.0, height=32, width=32)
-    u = Pipeline(tiny_model("uncond-vq"))
+    u = Pipeline(tiny_model("uncond-vq"), precision="fp32")
     assert len(u.sample(n=2, steps=3, height=32, width=32)) == 2
 
 
@@ -118,7 +118,7 @@ def test_upscale_concat_model_runs() -> None:
     cfg = dataclasses.replace(base, conditioning_key="concat",
                               unet=dataclasses.replace(base.unet, in_channels=base.unet.out_channels + 3))
     torch.manual_seed(0)
-    pipe = Pipeline(LatentDiffusion(cfg).eval())
+    pipe = Pipeline(LatentDiffusion(cfg).eval(), precision="fp32")
     low = Image.new("RGB", (16, 16), (200, 30, 30))
     out = pipe.upscale(low, steps=2)
     assert out[0].size == (32, 32)
@@ -153,9 +153,9 @@ def test_nonpositive_n_is_an_error(sd1: Pipeline) -> None:
 
 def test_wrong_task_names_the_family() -> None:
     with pytest.raises(LDMError, match="class-conditional"):
-        Pipeline(tiny_model("class")).txt2img("x", **KW)
+        Pipeline(tiny_model("class"), precision="fp32").txt2img("x", **KW)
     with pytest.raises(LDMError, match="Stable Diffusion 1.x"):
-        Pipeline(tiny_model("sd1")).sample(1, steps=2)
+        Pipeline(tiny_model("sd1"), precision="fp32").sample(1, steps=2)
 
 
 def test_long_prompt_warns_with_the_dropped_count(sd1: Pipeline) -> None:
@@ -167,7 +167,7 @@ def test_long_prompt_warns_with_the_dropped_count(sd1: Pipeline) -> None:
 
 
 def test_inpaint_blending_with_a_v_model_keeps_unmasked_latents() -> None:
-    pipe = Pipeline(tiny_model("sd2"))
+    pipe = Pipeline(tiny_model("sd2"), precision="fp32")
     src = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     z = pipe.inpaint(src, _mask(), "x", sampler="euler", steps=3, cfg_scale=1.0, output="latent")
     z0 = pipe.model.encode_first_stage(pil_to_tensor(src))
@@ -187,7 +187,7 @@ def test_mask_of_another_size_is_an_error(sd1: Pipeline, image: Image.Image) -> 
 
 def test_9_channel_concat_is_mask_then_masked_image_latents() -> None:
     """CompVis hybrid: UNet input = cat([x, c_concat]); diffusers: cat([latents, mask, masked_image_latents])."""
-    pipe = Pipeline(tiny_model("sd1-inpaint"))
+    pipe = Pipeline(tiny_model("sd1-inpaint"), precision="fp32")
     src = pil_to_tensor(Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)))
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., :16, :16] = 1.0
@@ -233,7 +233,7 @@ def test_more_steps_than_the_model_has_timesteps_is_an_error(sd1: Pipeline) -> N
 
 
 def test_nan_latents_stop_sampling_and_name_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    pipe = Pipeline(tiny_model("sd1"))
+    pipe = Pipeline(tiny_model("sd1"), precision="fp32")
     calls = []
 
     def poisoned(x, t, cond=None):

@@ -126,7 +126,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def ours(checkpoint) -> Pipeline:
-    return Pipeline.from_checkpoint(checkpoint[0])
+    pipe = Pipeline.from_checkpoint(checkpoint[0])
+    pipe.set_fast_paths("fp32")  # parity with diffusers' fp32 pipeline (the default is bf16 on AMX / AVX-512 BF16)
+    return pipe
 
 
 @pytest.fixture(scope="module")

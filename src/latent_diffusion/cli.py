@@ -8,6 +8,7 @@ import sys
 
 from .errors import LDMError
 from .eval.cli_commands import add_eval_commands
+from .bench.cli_commands import add_bench_commands
 from .pipelines.cli_commands import add_generate_commands
 from .train.cli_commands import add_train_commands
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--force", action="store_true", help="overwrite an existing file")
     mk.set_defaults(func=_cmd_make_tiny)
     add_generate_commands(sub)
+    add_bench_commands(sub)
     add_train_commands(sub)
     add_eval_commands(sub)
     return p

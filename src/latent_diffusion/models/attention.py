@@ -47,15 +47,31 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+        self.slice_size: int | None = None  # attention slicing: queries per SDPA call (set_attention_slice)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         q = _heads_first(self.to_q(x), self.heads)
         k = _heads_first(self.to_k(context), self.heads)
         v = _heads_first(self.to_v(context), self.heads)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        if self.slice_size and q.shape[2] > self.slice_size:  # low memory: (N, M) scores one query chunk at a time
+            out = torch.cat([F.scaled_dot_product_attention(qc, k, v) for qc in q.split(self.slice_size, dim=2)], 2)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
         b, _, n, _ = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def set_attention_slice(model: nn.Module, slice_size: int | None) -> int:
+    """Attention slicing: every ``CrossAttention`` in ``model`` computes its scores ``slice_size`` queries at a time
+    (None: all at once). Same result up to float rounding; bounds the (N, M) score memory of math-kernel SDPA.
+    Returns the number of layers set."""
+    if slice_size is not None and (isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1):
+        raise ValueError(f"attention slice size must be a positive integer or None, got {slice_size!r}")
+    layers = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    for m in layers:
+        m.slice_size = slice_size
+    return len(layers)
 
 
 class GEGLU(nn.Module):

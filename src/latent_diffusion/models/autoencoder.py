@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AutoencoderConfig
+from .tiling import Tiling, tiled_apply
 
 
 def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - the CompVis name
@@ -203,16 +204,47 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(cfg)
         self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.tiling: Tiling | None = None  # enable_tiling(): overlapping tiles for large images
+        self.slicing = False  # enable_slicing(): one image of a batch at a time
 
     @property
     def downsample_factor(self) -> int:
         return self.cfg.downsample_factor
 
+    def enable_tiling(self, tile: int = 32, overlap: int = 8) -> None:
+        """Encode / decode maps larger than ``tile`` latent pixels in overlapping, blended tiles (models/tiling.py):
+        peak memory follows the tile, not the image. ``tile=None`` via ``disable_tiling`` turns it off."""
+        self.tiling = Tiling(tile, overlap)
+
+    def disable_tiling(self) -> None:
+        self.tiling = None
+
+    def enable_slicing(self, enabled: bool = True) -> None:
+        """Run a batch through the encoder / decoder one image at a time (same result, less peak memory)."""
+        self.slicing = enabled
+
+    def _sliced(self, fn, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - tensor -> tensor
+        if self.slicing and x.shape[0] > 1:
+            return torch.cat([fn(x[i:i + 1]) for i in range(x.shape[0])])
+        return fn(x)
+
+    def _moments(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.downsample_factor
+        if self.tiling is not None and max(x.shape[-2:]) > self.tiling.tile * f:
+            return tiled_apply(lambda t: self.quant_conv(self.encoder(t)), x, self.tiling, step=f, scale=1 / f)
+        return self.quant_conv(self.encoder(x))
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.tiling is not None and max(z.shape[-2:]) > self.tiling.tile:
+            return tiled_apply(lambda t: self.decoder(self.post_quant_conv(t)), z, self.tiling, step=1,
+                               scale=self.downsample_factor)
+        return self.decoder(self.post_quant_conv(z))
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian(self.quant_conv(self.encoder(x)))
+        return DiagonalGaussian(self._sliced(self._moments, x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))
+        return self._sliced(self._decode, z)
 
     def forward(self, x: torch.Tensor, sample_posterior: bool = True,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:

@@ -32,6 +32,17 @@ def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: fl
     p.add_argument("--out", required=True, help="output folder; files are named 00000-<seed>.png, 00001-...")
     p.add_argument("--force", action="store_true", help="allow overwriting existing files")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no messages")
+    f = p.add_argument_group("speed and memory (docs/performance.md)")
+    f.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="UNet compute precision: bf16 = autocast, weights as loaded; auto (default) = bf16 on a CPU "
+                        "with AVX-512 BF16 / AMX (or a bf16 GPU) when the weights are fp32, else fp32")
+    f.add_argument("--deepcache", type=int, default=None, metavar="N",
+                   help="DeepCache: reuse the UNet's deep features on N-1 of every N steps (faster, slightly "
+                        "different images)")
+    f.add_argument("--attention-slice", type=int, default=None, metavar="Q",
+                   help="compute attention Q queries at a time (lower peak memory)")
+    f.add_argument("--vae-tiling", action="store_true", help="decode (and encode) large images in overlapping tiles")
+    f.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first call)")
 
 
 def _text_args(p: argparse.ArgumentParser, *, prompt_required: bool = True) -> None:
@@ -99,8 +110,22 @@ def _pipeline(args: argparse.Namespace):  # -> Pipeline
         from ..default_model import default_model_path
 
         args.ckpt = str(default_model_path())
-    return Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
+    pipe = Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
                                     device=args.device, use_ema=args.ema)
+    _fast_paths(pipe, args)
+    return pipe
+
+
+def _fast_paths(pipe: Any, args: argparse.Namespace) -> None:
+    """--precision, --deepcache, --attention-slice, --compile, --vae-tiling."""
+    pipe.set_fast_paths(args.precision, deepcache=args.deepcache, attention_slice=args.attention_slice,
+                        compile=args.compile)
+    if args.vae_tiling:
+        first_stage = pipe.model.first_stage_model
+        if not hasattr(first_stage, "enable_tiling"):
+            raise LDMError("--vae-tiling needs a KL-autoencoder first stage; this model has "
+                           f"{type(first_stage).__name__ if first_stage is not None else 'none'}")
+        first_stage.enable_tiling()
 
 
 def _progress(args: argparse.Namespace) -> bool:

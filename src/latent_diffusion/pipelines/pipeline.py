@@ -23,6 +23,7 @@ from ..diffusion.samplers import get_sampler, randn, sample, start_step_for_stre
 from ..errors import LDMError
 from ..models.conditioners import TEXT_KINDS
 from .blend import final_blend, masked_denoiser
+from .fastpaths import FastPaths, resolve_precision, sampling_context
 from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -34,11 +35,29 @@ def generators(seed: int, n: int) -> list[torch.Generator]:
 
 
 class Pipeline:
-    def __init__(self, model: Any, *, checkpoint_path: str | os.PathLike | None = None) -> None:
+    def __init__(self, model: Any, *, checkpoint_path: str | os.PathLike | None = None, precision: str = "auto",
+                 **fast: Any) -> None:
         self.model = model
         self.cfg = model.cfg
         self.checkpoint_path = checkpoint_path
         self._hash: str | None = None
+        self.set_fast_paths(precision, **fast)
+
+    def set_fast_paths(self, precision: str = "auto", *, deepcache: int | None = None, deepcache_branch: int = 0,
+                       attention_slice: int | None = None, compile: bool = False) -> FastPaths:
+        """How sampling runs (fastpaths.py, docs/performance.md). ``precision``: "auto" (bf16 autocast for the UNet
+        where the CPU / GPU has native bf16 and the weights are fp32, else fp32), "fp32" or "bf16"; ``deepcache``:
+        reuse the UNet's deep features on ``deepcache - 1`` of every ``deepcache`` calls (None: off);
+        ``attention_slice``: queries per attention call (None: all); ``compile``: ``torch.compile`` the UNet."""
+        if deepcache is not None and (isinstance(deepcache, bool) or not isinstance(deepcache, int) or deepcache < 1):
+            raise LDMError(f"deepcache must be an integer >= 1 (the reuse interval; 1 = off) or None, got {deepcache!r}")
+        if attention_slice is not None and (isinstance(attention_slice, bool) or not isinstance(attention_slice, int)
+                                            or attention_slice < 1):
+            raise LDMError(f"attention_slice must be a positive integer or None, got {attention_slice!r}")
+        device, dtype = self._device_dtype()
+        self.fast = FastPaths(resolve_precision(precision, device, dtype), deepcache, deepcache_branch,
+                              attention_slice, compile)
+        return self.fast
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, config: Any = None, *,
@@ -182,10 +201,12 @@ class Pipeline:
         out = []
         for start in range(0, n, size):
             rows = slice(start, min(start + size, n))
-            out.append(sample(sampler, model, noise[rows], steps, cond=_take(cond, rows, n),
-                              uncond=_take(uncond, rows, n), cfg_scale=cfg_scale, guidance_rescale=guidance_rescale,
-                              generator=gens[rows], callback=callback, progress=_bar_label(progress, rows, n),
-                              start_step=start_step, init_latents=_take(init_latents, rows, n)))
+            with sampling_context(self.model, self.fast, noise.device):  # autocast, DeepCache, ... per run
+                z = sample(sampler, model, noise[rows], steps, cond=_take(cond, rows, n),
+                           uncond=_take(uncond, rows, n), cfg_scale=cfg_scale, guidance_rescale=guidance_rescale,
+                           generator=gens[rows], callback=callback, progress=_bar_label(progress, rows, n),
+                           start_step=start_step, init_latents=_take(init_latents, rows, n))
+            out.append(z.to(noise.dtype))  # bf16 autocast may hand back bf16 latents
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def _inpaint_concat(self, image: torch.Tensor, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -1,0 +1,30 @@
+"""``ldm bench [CASE ...] [--quick] [--out DIR]``: argument parsing only; the cases live in this package."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .runner import CASES
+
+
+def add_bench_commands(sub: Any) -> None:
+    b = sub.add_parser("bench", help="benchmark ours against diffusers (unet, vae, pipeline, samplers, train, "
+                                     "fastpaths); writes bench-results.json and plots")
+    b.add_argument("cases", nargs="*", metavar="CASE", help=f"cases to run (default: all): {', '.join(CASES)}")
+    b.add_argument("--quick", action="store_true", help="tiny shapes, one thread: a smoke test (seconds)")
+    b.add_argument("--out", default="bench-results", help="folder for bench-results.json, .md and PNG plots")
+    b.add_argument("--repeats", type=int, default=None, help="timed calls per side (default: per case)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; --quick: 1)")
+    b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    b.add_argument("--no-rerun", action="store_true",
+                   help="keep timing rounds that other processes disturbed (default: rerun them, up to 5 tries)")
+    b.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .runner import run_bench
+
+    run_bench(args.cases, out=args.out, quick=args.quick, repeats=args.repeats, threads=args.threads,
+              plots=not args.no_plots, rerun=not args.no_rerun)
+    return 0

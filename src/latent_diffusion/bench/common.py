@@ -1,0 +1,205 @@
+"""Shared pieces of ``ldm bench``: machine description, measured GEMM peak, interleaved timing, FLOP counting,
+peak-memory probes, and the report (``bench-results.json``, PNG plots, Markdown tables).
+
+Every case runs ours and the reference in the same process run on the same weights and inputs and reports
+ratios (ours / reference: < 1 means ours is faster or smaller). diffusers is imported lazily, only by the cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch.utils import flop_counter
+
+from ..errors import LDMError
+
+SCHEMA = "ldm-bench/1"
+RERUN_DISTURBED = True  # interleaved_times reruns rounds disturbed by other processes (off in --quick)
+ISA_FLAGS = ["avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"]
+
+
+def require_diffusers():  # noqa: ANN201 - the module
+    """diffusers is the reference of every case; it is in the [bench] / [test] extras, never a dependency."""
+    try:
+        import diffusers
+    except ImportError as e:
+        raise LDMError("ldm bench compares against diffusers, which is not installed; "
+                       "install the extra: pip install 'latent-diffusion[bench]'") from e
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
+    return diffusers
+
+
+def cpu_flags() -> tuple[str, set[str]]:
+    """(CPU model name, its /proc/cpuinfo flags); ("", empty) where unreadable."""
+    cpu: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for key, _, value in (line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines()):
+            cpu.setdefault(key.strip(), value.strip())
+    return cpu.get("model name", platform.processor()), set(cpu.get("flags", "").split())
+
+
+def machine_info() -> dict:
+    """CPU model, the ISA flags that matter for bf16 (avx512_bf16, amx_*), torch version and threads."""
+    model, flags = cpu_flags()
+    env = {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "KMP_", "MALLOC_", "GOMP_", "LD_PRELOAD"))}
+    return {"cpu": model, "isa": {f: f in flags for f in ISA_FLAGS}, "logical_cpus": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(), "env": env, "python": platform.python_version()}
+
+
+def machine_line(info: dict) -> str:
+    isa = " ".join(k for k, v in info["isa"].items() if v) or "none of " + ", ".join(ISA_FLAGS)
+    return (f"CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs)  ISA: {isa}\n"
+            f"torch {info['torch']}, {info['threads']} threads, mkldnn={info['mkldnn']}")
+
+
+def gemm_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Measured GFLOP/s of an n³ matmul, fp32 and bf16 (best of ``repeats`` after one warm-up)."""
+    out = {}
+    for name, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        times, _ = interleaved_times({"mm": lambda: torch.mm(a, b)}, repeats)
+        out[name] = 2 * n**3 / min(times["mm"]) / 1e9
+    return out
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes together have been busy since boot (/proc/stat; 0.0 where unreadable)."""
+    with contextlib.suppress(OSError):
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # idle, iowait are not busy
+    return 0.0
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                      max_tries: int = 5) -> tuple[dict[str, list[float]], int]:
+    """Seconds per call for each fn, repeats interleaved (a, b, b, a, ...) after ``warmup`` calls of each, and
+    the number of rounds discarded: on a shared machine a second process on one of 2 cores stalls every OpenMP
+    barrier of ours, so a round in which others used over 5% of the CPUs is run again, after a back-off."""
+    for fn in list(fns.values()) * warmup:
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    discarded = 0
+    for i in range(repeats):
+        order = list(fns.items())[:: -1 if i % 2 else 1]  # alternate who goes first
+        for attempt in range(max_tries):
+            busy0, own0, wall0, rnd = busy_cpu_seconds(), time.process_time(), time.perf_counter(), {}
+            for name, fn in order:
+                t0 = time.perf_counter()
+                fn()
+                rnd[name] = time.perf_counter() - t0
+            others = busy_cpu_seconds() - busy0 - (time.process_time() - own0)
+            quiet = others <= 0.05 * (time.perf_counter() - wall0) * (os.cpu_count() or 1)
+            if quiet or not RERUN_DISTURBED or attempt == max_tries - 1:
+                break
+            discarded += 1
+            time.sleep(min(2**attempt, 4))
+        for name, t in rnd.items():
+            times[name].append(t)
+    return times, discarded
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call. CPU SDPA dispatches to an op the stock counter lacks; counted like the other SDPAs."""
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v)}
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+# -- memory ----------------------------------------------------------------------------------------------------
+def _rss() -> tuple[int, int]:
+    """(VmRSS, VmHWM) of this process in bytes; (0, 0) where /proc is missing."""
+    with contextlib.suppress(OSError, KeyError):
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
+    return 0, 0
+
+
+@contextlib.contextmanager
+def peak_rss_growth() -> Iterator[dict]:
+    """Yields a dict that gets ``peak_bytes``: how far this process's peak RSS rose above its RSS at entry.
+    Linux resets the high-water mark through /proc/self/clear_refs ("5"); where that fails the value is None."""
+    gc.collect()
+    out: dict = {"peak_bytes": None}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        ok = True
+    except OSError:
+        ok = False
+    base, _ = _rss()
+    try:
+        yield out
+    finally:
+        _, peak = _rss()
+        if ok:
+            out["peak_bytes"] = max(0, peak - base)
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+
+# -- report ----------------------------------------------------------------------------------------------------
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def bar_plot(path: Path, title: str, labels: list[str], series: dict[str, list[float]], ylabel: str,
+             log: bool = False) -> Path:
+    """Grouped bars (one group per label, one bar per series) written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(labels) * max(1, len(series))), 3.6))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def line_plot(path: Path, title: str, xs: list[float], series: dict[str, list[float]], xlabel: str, ylabel: str,
+              log: bool = True) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, values in series.items():
+        ax.plot(xs, values, marker="o", linestyle="--" if name.endswith("(diffusers)") else "-", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,82 @@
+"""Runs the chosen ``ldm bench`` cases and writes ``bench-results.json``, PNG plots and a Markdown report."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ..errors import LDMError
+from . import common
+from .common import SCHEMA, gemm_peak, machine_info, machine_line
+
+CASES = ("unet", "vae", "pipeline", "samplers", "train", "fastpaths")
+DEFAULT_CASES = ("unet", "vae", "samplers", "train", "fastpaths", "pipeline")
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-results", quick: bool = False,
+              repeats: int | None = None, threads: int | None = None, plots: bool = True, rerun: bool = True,
+              log: Callable[[str], None] = print) -> dict:
+    """Run ``cases`` (default: all), write ``out/bench-results.json`` (+ PNGs unless ``plots=False``), return the
+    report. ``quick``: tiny shapes, one thread, one repeat — a smoke test of every case and of the schema.
+    ``rerun``: rerun timing rounds other processes disturbed (off in quick mode; off on a machine that is never
+    quiet, where the interleaving alone keeps the ratios fair)."""
+    cases = list(cases or DEFAULT_CASES)
+    bad = [c for c in cases if c not in CASES]
+    if bad:
+        raise LDMError(f"unknown bench case(s) {', '.join(map(repr, bad))}; accepted: {', '.join(CASES)}")
+    if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
+        raise LDMError(f"repeats must be a positive integer, got {repeats!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LDMError(f"--out must be a folder, but {out} is a file")
+    common.RERUN_DISTURBED = rerun and not quick
+    with _threads(threads or (1 if quick else None)):
+        info = machine_info()
+        log(machine_line(info))
+        peak = gemm_peak(256, 2) if quick else gemm_peak()
+        log(f"GEMM peak ({'256' if quick else '2048'}³): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+        report = {"schema": SCHEMA, "quick": quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": info,
+                  "gemm_peak_gflops": peak, "cases": {}}
+        for case in cases:
+            module = importlib.import_module(f".{case}", __package__)
+            t0 = time.perf_counter()
+            section = module.run(quick=quick, repeats=repeats, peak=peak, log=log)
+            section["wall_s"] = time.perf_counter() - t0
+            report["cases"][case] = section
+    out.mkdir(parents=True, exist_ok=True)
+    if plots:
+        for case, section in report["cases"].items():
+            module = importlib.import_module(f".{case}", __package__)
+            section["plots"] = [p.name for p in module.plot(section, out)]
+    (out / "bench-results.json").write_text(json.dumps(report, indent=2, default=str))
+    md = markdown_report(report)
+    (out / "bench-results.md").write_text(md)
+    log("\n" + md)
+    log(f"wrote {out / 'bench-results.json'}")
+    return report
+
+
+def markdown_report(report: dict) -> str:
+    info, peak = report["machine"], report["gemm_peak_gflops"]
+    parts = [f"# ldm bench{' (--quick)' if report['quick'] else ''}", "", "```", machine_line(info), "```", "",
+             f"Measured GEMM peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s", ""]
+    for case, section in report["cases"].items():
+        parts += [f"## {case}", "", section["table"], ""]
+    return "\n".join(parts)

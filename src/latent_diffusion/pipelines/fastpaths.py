@@ -1,0 +1,91 @@
+"""Sampling fast paths a ``Pipeline`` applies around its denoising loop: precision (bf16 autocast), DeepCache-style
+feature reuse, attention slicing and ``torch.compile``. Measured in ``ldm bench fastpaths`` (docs/performance.md).
+
+Precision: "fp32" runs as loaded; "bf16" runs the UNet under ``torch.autocast(device, torch.bfloat16)`` with the
+weights kept as loaded (the text encoder and the VAE stay in the weights' dtype); "auto" is bf16 on a CPU with
+native bf16 GEMMs (AVX-512 BF16 or AMX) when the weights are fp32, and on CUDA devices that support bf16,
+else fp32. fp16 is never chosen on a CPU: it has no fast CPU kernels and overflows where bf16 does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX-BF16 in /proc/cpuinfo (False where unreadable)."""
+    from ..bench.common import cpu_flags
+
+    flags = cpu_flags()[1]
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def resolve_precision(precision: str, device: torch.device | str, dtype: torch.dtype) -> str:
+    """"auto" | "fp32" | "bf16" → the precision to run: "fp32" or "bf16"."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if precision != "auto":
+        return precision
+    if dtype != torch.float32:  # weights already reduced (--dtype): autocast adds nothing
+        return "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "fp32"
+
+
+@dataclass
+class FastPaths:
+    """``precision``: resolved "fp32" / "bf16"; ``deepcache``: reuse interval (None or 1 = off) and ``deepcache_branch``;
+    ``attention_slice``: queries per attention call (None = all); ``compile``: ``torch.compile`` the UNet."""
+
+    precision: str = "fp32"
+    deepcache: int | None = None
+    deepcache_branch: int = 0
+    attention_slice: int | None = None
+    compile: bool = False
+
+
+@contextlib.contextmanager
+def sampling_context(model: Any, fast: FastPaths, device: torch.device) -> Iterator[None]:
+    """Around one sampling run: autocast, and the UNet swapped for its DeepCache / compiled form, restored after."""
+    from ..models.attention import set_attention_slice
+    from ..models.deepcache import DeepCacheUNet
+
+    wrapper = model.model  # DiffusionWrapper: calls self.diffusion_model(x, t, context=..., y=...)
+    unet = wrapper.diffusion_model
+    runner = unet
+    if fast.deepcache and fast.deepcache > 1:
+        if fast.compile:
+            raise ConfigError("compile and deepcache cannot be combined (DeepCache calls parts of the UNet); pick one")
+        runner = DeepCacheUNet(unet, fast.deepcache, fast.deepcache_branch)
+    elif fast.compile:
+        runner = _compiled(model, unet)
+    if fast.attention_slice:
+        set_attention_slice(unet, fast.attention_slice)
+    wrapper.diffusion_model = runner
+    try:
+        with torch.autocast(device.type, torch.bfloat16, enabled=fast.precision == "bf16"):
+            yield
+    finally:
+        wrapper.diffusion_model = unet
+        if fast.attention_slice:
+            set_attention_slice(unet, None)
+
+
+def _compiled(model: Any, unet: torch.nn.Module) -> Any:
+    """``torch.compile`` of the UNet, kept on the model so later sampling runs reuse the compiled code."""
+    cache = model.__dict__.setdefault("_ldm_compiled", {})
+    if id(unet) not in cache:
+        cache[id(unet)] = torch.compile(unet, dynamic=False)
+    return cache[id(unet)]

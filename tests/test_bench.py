@@ -1,0 +1,68 @@
+"""``ldm bench --quick``: every case runs on tiny shapes and writes bench-results.json in the documented schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latent_diffusion.cli import main
+
+pytest.importorskip("diffusers")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+CASES = ["unet", "vae", "samplers", "train", "fastpaths", "pipeline"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", *CASES, "--quick", "--out", str(out)]) == 0
+    return out, json.loads((out / "bench-results.json").read_text())
+
+
+def test_top_level_schema(report) -> None:
+    out, r = report
+    assert r["schema"] == "ldm-bench/1" and r["quick"] is True
+    assert {"cpu", "isa", "torch", "threads"} <= set(r["machine"]) and "amx_bf16" in r["machine"]["isa"]
+    assert r["gemm_peak_gflops"]["fp32"] > 0 and r["gemm_peak_gflops"]["bf16"] > 0
+    assert list(r["cases"]) == CASES
+    for case, section in r["cases"].items():
+        assert {"results", "table", "wall_s", "plots"} <= set(section), case
+        assert section["table"].startswith("|") and section["results"]
+        assert all((out / png).stat().st_size > 0 for png in section["plots"])
+    assert (out / "bench-results.md").read_text().startswith("# ldm bench")
+
+
+def test_ours_and_diffusers_side_by_side(report) -> None:
+    cases = report[1]["cases"]
+    for r in cases["unet"]["results"]:
+        assert r["ours_s"] > 0 and r["diffusers_s"] > 0 and r["ratio"] == pytest.approx(r["ours_s"] / r["diffusers_s"])
+        assert 0 < r["peak_fraction"]["ours"] and r["gflop_per_call"] > 0
+    assert cases["unet"]["results"][0]["max_abs_err"] < 1e-4  # fp32: same weights, same numbers
+    for r in cases["vae"]["results"]:
+        assert r["ours_s"] > 0 and r["diffusers_s"] > 0
+        if r["precision"] == "fp32" and not r["tiled"]:
+            assert r["max_abs_vs_diffusers"] < 1e-4
+    assert [r["tiled"] for r in cases["vae"]["large"]] == [False, True]
+    for r in cases["samplers"]["results"]:
+        assert r["ours_err"] == pytest.approx(r["diffusers_err"], rel=1e-2, abs=1e-4)  # the same discretisations
+    for r in cases["train"]["results"]:
+        assert r["first_loss"]["ours"] == pytest.approx(r["first_loss"]["diffusers"], rel=1e-3)
+    fast = {r["case"]: r for r in cases["fastpaths"]["results"]}
+    assert fast["fp32"]["rel_diff_vs_fp32"] == 0.0 and fast["fp32 + deepcache 3"]["rel_diff_vs_fp32"] > 0
+
+
+def test_unknown_case_is_a_clear_error(tmp_path, capsys) -> None:
+    assert main(["bench", "nope", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "unet" in err
+
+
+def test_sd15_unet_shape_is_the_yaml_one() -> None:
+    from pathlib import Path
+
+    from latent_diffusion.bench.unet import SD15_UNET
+    from latent_diffusion.config import DiffusionConfig
+
+    assert DiffusionConfig.from_yaml(Path(__file__).parent / "data" / "v1-inference.yaml").unet == SD15_UNET
