@@ -28,7 +28,9 @@ def add_train_autoencoder_command(tsub: Any) -> None:
 
 from ..eval.task_cli import add_train_judge_command  # noqa: E402 - the evaluation judge (not a generator)
 
-_STAGE_ADDERS = [add_train_autoencoder_command, add_train_judge_command]
+from .ldm_cli import add_train_ldm_command  # noqa: E402 - stage 2 (latent diffusion)
+
+_STAGE_ADDERS = [add_train_autoencoder_command, add_train_ldm_command, add_train_judge_command]
 
 
 def add_train_commands(sub: Any) -> None:

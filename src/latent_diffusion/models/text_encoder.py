@@ -1,0 +1,173 @@
+"""The paper's "BERT-like" conditioner trained from scratch (CompVis ``BERTEmbedder`` / ``TransformerEmbedder``).
+
+Keys follow the x-transformers ``TransformerWrapper`` CompVis used, under ``cond_stage_model.transformer.``:
+``token_emb.weight``, ``pos_emb.emb.weight``, ``attn_layers.layers.{2i}.{0: norm, 1: attention}``,
+``attn_layers.layers.{2i+1}.{0: norm, 1: feed-forward net.0.0 / net.2}``, ``norm``, ``to_logits`` (kept for the key
+layout; unused for embeddings). Attention: ``to_q`` / ``to_k`` / ``to_v`` without bias, ``to_out`` with bias.
+
+Tokenizers (no downloads, no BPE table: the vocabulary is part of the config):
+
+* ``WordTokenizer``: lower-cased words of a fixed list (default: every word ShapesWorld captions use);
+  ids ``0 [PAD]``, ``1 [UNK]``, ``2 [CLS]``, ``3 [SEP]``, then the words in order.
+* ``LayoutTokenizer``: a layout ``(class, x0, y0, x1, y1)`` per object → ``class`` token then the four box corners
+  quantised to ``bins`` levels (CompVis' layout-to-image conditioning: a token sequence through a transformer).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+PAD, UNK, CLS, SEP = range(4)
+
+
+class WordTokenizer:
+    def __init__(self, words: tuple[str, ...], max_length: int) -> None:
+        if len(set(words)) != len(words):
+            raise ConfigError("conditioner.words has duplicates")
+        self.words = tuple(words)
+        self.max_length = max_length
+        self.ids = {w: i + len(SPECIALS) for i, w in enumerate(words)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(SPECIALS) + len(self.words)
+
+    def split(self, text: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+", text.lower())
+
+    def unknown_words(self, text: str) -> list[str]:
+        return [w for w in self.split(text) if w not in self.ids]
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """``texts`` → (B, max_length) int64: [CLS] words... [SEP] [PAD]...; longer texts are cut."""
+        out = torch.full((len(texts), self.max_length), PAD, dtype=torch.int64)
+        for i, t in enumerate(texts):
+            ids = [CLS] + [self.ids.get(w, UNK) for w in self.split(t)][: self.max_length - 2] + [SEP]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+
+class LayoutTokenizer:
+    """(B, N, 5) rows ``(class, x0, y0, x1, y1)`` (class -1 = padding) → (B, max_length) int64 tokens."""
+
+    def __init__(self, n_classes: int, bins: int, max_length: int) -> None:
+        self.n_classes, self.bins, self.max_length = n_classes, bins, max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return len(SPECIALS) + self.n_classes + self.bins
+
+    def __call__(self, layout: torch.Tensor) -> torch.Tensor:
+        b, n, _ = layout.shape
+        cls = layout[..., 0].long()  # (B, N)
+        coords = (layout[..., 1:].clamp(0, 1) * (self.bins - 1)).round().long()  # (B, N, 4)
+        tok = torch.cat([(cls + len(SPECIALS))[..., None], coords + len(SPECIALS) + self.n_classes], dim=-1)
+        tok = torch.where((cls >= 0)[..., None], tok, torch.full_like(tok, PAD))  # (B, N, 5)
+        body = tok.reshape(b, n * 5)
+        seq = torch.cat([torch.full((b, 1), CLS), body, torch.full((b, 1), SEP)], dim=1)
+        out = torch.full((b, self.max_length), PAD, dtype=torch.int64)
+        k = min(self.max_length, seq.shape[1])
+        out[:, :k] = seq[:, :k]
+        return out
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape  # (B, N, D)
+        q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d / heads)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: float = 4.0) -> None:
+        super().__init__()
+        inner = int(dim * mult)
+        self.net = nn.Sequential(nn.Sequential(nn.Linear(dim, inner), nn.GELU()), nn.Dropout(0.0),
+                                 nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Encoder(nn.Module):
+    """Pre-norm transformer: ``layers`` alternate [norm, attention, (residual)] and [norm, feed-forward]."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for _ in range(depth):
+            self.layers.append(nn.ModuleList([nn.LayerNorm(dim), Attention(dim, heads)]))
+            self.layers.append(nn.ModuleList([nn.LayerNorm(dim), FeedForward(dim, mlp_ratio)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for norm, block in self.layers:
+            x = x + block(norm(x))
+        return x
+
+
+class AbsolutePositionalEmbedding(nn.Module):
+    def __init__(self, dim: int, max_len: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(max_len, dim)
+
+    def forward(self, n: int, device: torch.device) -> torch.Tensor:
+        return self.emb(torch.arange(n, device=device))  # (N, D)
+
+
+class TransformerWrapper(nn.Module):
+    def __init__(self, num_tokens: int, max_seq_len: int, dim: int, depth: int, heads: int,
+                 mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.token_emb = nn.Embedding(num_tokens, dim)
+        self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len)
+        self.attn_layers = Encoder(dim, depth, heads, mlp_ratio)
+        self.norm = nn.LayerNorm(dim)
+        self.to_logits = nn.Linear(dim, num_tokens)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.emb.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.token_emb(tokens) + self.pos_emb(tokens.shape[1], tokens.device)  # (B, N, D)
+        return self.norm(self.attn_layers(x))  # embeddings (return_embeddings=True in CompVis)
+
+
+class TransformerEmbedder(nn.Module):
+    """Trainable text (or layout) encoder: tokens → (B, max_length, width) context for cross-attention."""
+
+    def __init__(self, tokenizer: WordTokenizer | LayoutTokenizer, width: int, layers: int, heads: int,
+                 mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if width % heads:
+            raise ConfigError(f"conditioner.width={width} must be divisible by conditioner.heads={heads}")
+        self.tknz_fn = tokenizer
+        self.max_length = tokenizer.max_length
+        self.transformer = TransformerWrapper(tokenizer.vocab_size, tokenizer.max_length, width, layers, heads,
+                                              mlp_ratio)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.transformer(tokens)
+
+    def encode(self, c) -> torch.Tensor:  # noqa: ANN001 - list of captions, or a (B, N, 5) layout tensor
+        """Captions (list[str]) or layouts (B, N, 5) → (B, max_length, width)."""
+        tokens = self.tknz_fn(c)
+        return self(tokens.to(self.transformer.token_emb.weight.device))
+
+    def check_prompt(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` this encoder has never seen (they become [UNK])."""
+        return self.tknz_fn.unknown_words(prompt) if isinstance(self.tknz_fn, WordTokenizer) else []

@@ -1,0 +1,260 @@
+"""Stage 2: the LatentDiffusion LightningModule (the paper's and SD's training loop on an existing engine).
+
+Frozen first stage (KL / VQ autoencoder, or pixel space), ``scale_factor`` = 1/σ̂ of the first global batch's latents
+unless given (a ``scale_factor`` buffer, so it is in every checkpoint); ε / x0 / v objectives through
+``diffusion.parameterization``; optional min-SNR weighting and offset noise; condition dropout to the null condition
+(empty caption, the last class, an empty layout, zeros) for classifier-free guidance; an EMA of the UNet
+(``model_ema.*``, CompVis ``LitEma``) updated after every optimiser step.
+
+Every random draw of micro-batch ``b`` on rank ``r`` (timesteps, noise, dropout, posterior samples) comes from
+``Generator().manual_seed(seed_of(seed, b, r))``, and the data window is addressed by ``b`` too (``ldm_data``), so a
+run resumed from a checkpoint continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .first_stage import load_first_stage_into
+from ..data.shapes import NUM_SEGMENT_CLASSES
+from ..diffusion.parameterization import alpha_sigma_from_alphas_cumprod, v_target
+from ..errors import ConfigError, LDMError
+from ..models.ldm import LatentDiffusion
+from .ldm_config import LDMTrainConfig, check_scale_factor
+from .ldm_data import StepWindow, TaskSource, build_world, seed_of
+
+
+class NonFiniteLossError(LDMError, FloatingPointError):
+    """The training loss became NaN / Inf."""
+
+
+def build_training_model(cfg: LDMTrainConfig) -> LatentDiffusion:
+    """The LatentDiffusion to train: fresh UNet (seeded), first stage loaded from ``first_stage_path`` and frozen."""
+    mcfg = copy.deepcopy(cfg.model)
+    if mcfg.conditioner.kind == "bert" and not mcfg.conditioner.words:
+        from ..data.shapes import vocabulary
+
+        mcfg.conditioner.words = tuple(vocabulary())  # the vocabulary travels with the checkpoint's config
+    torch.manual_seed(cfg.run.seed)  # weight init only; everything later uses explicit generators
+    model = LatentDiffusion(mcfg)
+    if cfg.first_stage_path is not None:
+        load_first_stage_into(model, cfg.first_stage_path)
+    if model.first_stage_model is not None:
+        model.first_stage_model.requires_grad_(False).eval()
+    cond = model.cond_stage_model
+    if cond is not None and hasattr(cond, "transformer") and hasattr(cond.transformer, "to_logits"):
+        cond.transformer.to_logits.requires_grad_(False)  # kept for the key layout; not used for embeddings
+    if mcfg.conditioner.kind == "minilm":
+        cond.load_pretrained()
+    model.use_scale_factor_buffer()
+    model.enable_ema(cfg.diffusion.ema_decay)
+    if not cfg.diffusion.ema_warmup:
+        model.model_ema.num_updates.fill_(-1)
+    return model
+
+
+def snr_weight(alpha: torch.Tensor, sigma: torch.Tensor, gamma: float | None, parameterization: str) -> torch.Tensor:
+    """Min-SNR-γ loss weight per sample (1 when ``gamma`` is None), for a loss on the given output."""
+    if gamma is None:
+        return torch.ones_like(alpha)
+    snr = (alpha / sigma) ** 2
+    clipped = snr.clamp(max=gamma)
+    return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[parameterization]
+
+
+class LatentDiffusionModule(L.LightningModule):
+    def __init__(self, cfg: LDMTrainConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = build_training_model(cfg)
+        _ = self.first_stage_sha256  # fingerprint the file the weights were just read from
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))  # micro-batches on this rank
+        self.source: TaskSource | None = None
+        self.log_sink: Any = None
+        self.last_good: tuple[int, str] | None = None  # (step, path) of the latest checkpoint written
+
+    # -- freezing -----------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "LatentDiffusionModule":
+        super().train(mode)
+        if self.model.first_stage_model is not None:
+            self.model.first_stage_model.eval()
+        return self
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = list(self.model.model.parameters())
+        if self.model.cond_stage_model is not None:
+            params += [p for p in self.model.cond_stage_model.parameters() if p.requires_grad]
+        return params
+
+    # -- data ----------------------------------------------------------------------------------------------
+    @property
+    def rank_info(self) -> tuple[int, int]:
+        t = self._trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def setup(self, stage: str) -> None:
+        if self.source is not None:
+            return
+        cfg = self.cfg
+        self.source = TaskSource(build_world(cfg), cfg.task, cfg.data.mask)
+        if cfg.diffusion.cache_latents:
+            if cfg.task == "inpaint":
+                raise ConfigError("diffusion.cache_latents cannot be used with task 'inpaint' (masked images are "
+                                  "encoded per step)")
+            self.source.cache(lambda x: self._raw_latents(x, None))
+        self._init_scale_factor()
+
+    def _init_scale_factor(self) -> None:
+        given = self.cfg.diffusion.scale_factor
+        if given is None:  # 1/σ̂ of the first global batch (rank 0's micro-batch 0): identical on every rank
+            first = StepWindow(self.source, self.cfg.run.seed, 0, 1, self.cfg.run.batch_size)
+            items = [first[k] for k in range(len(first))]
+            z = (torch.stack([i["latent"] for i in items]) if "latent" in items[0]
+                 else self._raw_latents(torch.stack([i["image"] for i in items]), None))
+            std = float(z.float().flatten().std())
+            if not math.isfinite(std) or std <= 0:
+                raise ConfigError(f"cannot estimate scale_factor: the first batch's latents have std {std} "
+                                  "(a broken first stage?); set diffusion.scale_factor")
+            given = 1.0 / std
+        check_scale_factor(given, "scale_factor")
+        self.model.scale_factor.fill_(given)
+        self.model.cfg.scale_factor = float(self.model.scale_factor)
+
+    def train_dataloader(self) -> DataLoader:
+        r, acc = self.cfg.run, self.cfg.optim.accumulate
+        done = int(self.batches_seen)
+        count = max(0, min(r.epoch_steps * acc, r.max_steps * acc - done))
+        rank, world = self.rank_info
+        window = StepWindow(self.source, r.seed, done, count, r.batch_size, rank, world)
+        return DataLoader(window, batch_size=r.batch_size, shuffle=False, drop_last=True, num_workers=0)
+
+    # -- latents and conditions ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _raw_latents(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """Images (B, 3, H, W) → unscaled latents (posterior mean, or a sample when ``g`` is given)."""
+        fs = self.model.first_stage_model
+        x = x.to(self.device)
+        if fs is None:
+            return x
+        if hasattr(fs, "quantize"):
+            return fs.encode(x)
+        post = fs.encode(x)
+        if g is None:
+            return post.mode()
+        return post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(post.mean)
+
+    def latents(self, batch: dict, g: torch.Generator) -> torch.Tensor:
+        if "latent" in batch:
+            z = batch["latent"]
+        else:
+            z = self._raw_latents(batch["image"], g if self.cfg.diffusion.sample_posterior else None)
+        return z.float() * self.model.scale_factor  # (B, C, h, w)
+
+    def condition(self, batch: dict, z: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor] | None:
+        """The UNet's c_concat / c_crossattn / c_adm for this batch, with condition dropout applied."""
+        task, b = self.cfg.task, z.shape[0]
+        drop = torch.rand(b, generator=g) < self.cfg.diffusion.cond_drop_prob  # (B,)
+        keep = (~drop).to(z.device, z.dtype).view(b, 1, 1, 1)
+        cond_model, key = self.model.cond_stage_model, self.model.cfg.conditioning_key
+        if task == "unconditional":
+            return None
+        if task == "class":
+            n = self.model.cfg.conditioner.n_classes if cond_model is not None else self.model.cfg.unet.num_classes
+            labels = torch.where(drop, torch.full_like(batch["class_label"], n - 1), batch["class_label"]).to(z.device)
+            return {"c_adm": labels} if key == "adm" else {"c_crossattn": cond_model(labels)}
+        if task in ("txt2img", "inpaint"):
+            out: dict[str, torch.Tensor] = {}
+            if task == "inpaint":
+                m = batch["mask"].to(z)  # (B, 1, H, W), 1 = hole
+                masked = self.latents({"image": batch["image"] * (1 - batch["mask"])}, g)
+                out["c_concat"] = torch.cat([F.interpolate(m, size=z.shape[-2:]), masked], dim=1)
+            if cond_model is not None:
+                captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]
+                out["c_crossattn"] = cond_model.encode(captions).to(z.device)
+            return out
+        if task == "layout":
+            lay = batch["layout"].clone()
+            lay[drop] = torch.tensor([-1.0, 0, 0, 0, 0])
+            return {"c_crossattn": cond_model.encode(lay.to(z.device))}
+        if task == "semantic":
+            onehot = F.one_hot(batch["segmentation"].long(), NUM_SEGMENT_CLASSES).permute(0, 3, 1, 2).to(z)
+            return {"c_concat": F.interpolate(onehot, size=z.shape[-2:], mode="area") * keep}
+        if task == "superres":
+            lo = batch["lowres"].to(z)
+            if lo.shape[-2:] != z.shape[-2:]:
+                lo = F.interpolate(lo, size=z.shape[-2:], mode="bicubic", align_corners=False)
+            return {"c_concat": lo * keep}
+        raise ConfigError(f"unknown task {task!r}")
+
+    # -- the step ------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        step = int(self.batches_seen)
+        rank, _ = self.rank_info
+        g = torch.Generator().manual_seed(seed_of(self.cfg.run.seed, step, rank))
+        z = self.latents(batch, g)  # x0: (B, C, h, w)
+        cond = self.condition(batch, z, g)
+        b, T, d = z.shape[0], self.model.num_timesteps, self.cfg.diffusion
+        t = torch.randint(0, T, (b,), generator=g)
+        noise = torch.randn(z.shape, generator=g)
+        if d.offset_noise:
+            noise = noise + d.offset_noise * torch.randn(b, z.shape[1], 1, 1, generator=g)
+        t, noise = t.to(z.device), noise.to(z)
+        alpha, sigma = alpha_sigma_from_alphas_cumprod(self.model.alphas_cumprod[t].view(b, 1, 1, 1))
+        x_t = alpha * z + sigma * noise
+        out = self.model.apply_model(x_t, t, cond).float()
+        p = self.model.parameterization
+        target = {"eps": noise, "x0": z, "v": v_target(z, noise, alpha, sigma)}[p]
+        mse = (out - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        loss = (snr_weight(alpha, sigma, d.min_snr_gamma, p).flatten() * mse).mean()
+        if not torch.isfinite(loss):
+            where = (f"the last good checkpoint is {self.last_good[1]} (step {self.last_good[0]})"
+                     if self.last_good else "no checkpoint was written before it")
+            raise NonFiniteLossError(f"training loss is {loss.detach().item()} at step {self.optimizer_steps(step)} "
+                                     f"(micro-batch {step}); training stopped, {where}")
+        self.batches_seen += 1
+        if self.log_sink is not None and rank == 0 and (step + 1) % self.cfg.run.log_every == 0:
+            self.log_sink({"step": self.optimizer_steps(step + 1), "loss": float(loss.detach()),
+                           "lr": self.optimizers().param_groups[0]["lr"]})
+        return loss
+
+    def optimizer_steps(self, micro_batches: int) -> int:
+        return micro_batches // self.cfg.optim.accumulate
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        optimizer.step(closure=optimizer_closure)
+        self.model.model_ema.update(self.model.model)
+
+    def configure_optimizers(self) -> dict:
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(self.trainable_parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        warm = max(1, o.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ldm_train_config"] = self.cfg.to_dict()
+        checkpoint["ldm_first_stage_sha256"] = self.first_stage_sha256
+
+    @property
+    def first_stage_sha256(self) -> str | None:
+        """Fingerprint of ``first_stage_path`` as read at start (a resumed run must see the same file)."""
+        if not hasattr(self, "_fs_sha"):
+            self._fs_sha = file_sha256(self.cfg.first_stage_path) if self.cfg.first_stage_path else None
+        return self._fs_sha
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,71 @@
+"""``ldm train ldm --config ... [--resume PATH]``: stage-2 training from the command line.
+
+``add_train_ldm_command(tsub)`` adds the ``ldm`` stage to ``ldm train``'s sub-commands; ``python -m
+latent_diffusion.train.ldm_cli`` runs the same command stand-alone (Lightning's DDP launcher re-runs this
+command line once per extra process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training YAML, e.g. configs/ldm/txt2img-shapes.yaml")
+    p.add_argument("--resume", default=None, help="Lightning checkpoint to continue from (OUT_DIR/checkpoints/last.ckpt)")
+    p.add_argument("--out-dir", default=None, help="override run.out_dir")
+    p.add_argument("--max-steps", type=int, default=None, help="override run.max_steps")
+    p.add_argument("--devices", type=int, default=None, help="override run.devices (processes; CPU uses gloo DDP)")
+    p.add_argument("--export", default=None, help="also write the trained model (EMA weights) to this .safetensors")
+    p.add_argument("--export-dtype", choices=sorted(DTYPES), default="fp32",
+                   help="storage dtype of --export (fp16 halves the file; loading casts back to fp32)")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder / export file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no per-step lines")
+    p.set_defaults(func=_cmd_train_ldm)
+
+
+def add_train_ldm_command(tsub: Any) -> None:
+    p = tsub.add_parser("ldm", help="stage 2: train a latent diffusion model (txt2img, class, layout, semantic, "
+                        "superres, inpaint, unconditional) on a frozen first stage")
+    _add_arguments(p)
+
+
+def _cmd_train_ldm(args: argparse.Namespace) -> int:
+    import torch
+
+    from .ldm_config import LDMTrainConfig
+    from .ldm_run import train_ldm
+
+    cfg = LDMTrainConfig.from_yaml(args.config)
+    changes = {k: v for k, v in (("out_dir", args.out_dir), ("max_steps", args.max_steps), ("devices", args.devices))
+               if v is not None}
+    if changes:
+        cfg = cfg.replace_run(**changes)
+    summary = train_ldm(cfg, resume=args.resume, force=args.force, export=args.export,
+                        export_dtype=getattr(torch, DTYPES[args.export_dtype]),
+                        progress=not args.quiet and sys.stderr.isatty(), echo=not args.quiet)
+    if not args.quiet and summary.get("world_size", 1) >= 1:
+        print(f"done: {summary['steps']} steps in {summary['train_seconds']} s -> {cfg.run.out_dir}/model.safetensors"
+              + (f" and {args.export}" if args.export else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import LDMError
+
+    p = argparse.ArgumentParser(prog="ldm train ldm", description="stage 2: train a latent diffusion model")
+    _add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except LDMError as e:
+        print(f"ldm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

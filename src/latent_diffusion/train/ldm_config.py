@@ -1,0 +1,224 @@
+"""Typed config of a stage-2 (latent diffusion) training run, read from YAML; unknown keys are an error.
+
+Sections: ``model`` (our ``DiffusionConfig``: UNet, schedule, parameterisation, conditioner, first stage),
+``task`` (what the data supplies as the condition), ``first_stage_path`` (a trained autoencoder file, frozen),
+``data`` (ShapesWorld), ``diffusion`` (training-only knobs: loss weighting, condition dropout, EMA, caching),
+``optim`` and ``run``. The task decides which item fields become the condition; the model config must agree
+(e.g. ``superres`` needs a concat UNet with ``in_channels = latent + 3``), checked by ``check_task``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import DiffusionConfig, from_dict, to_dict
+from ..errors import ConfigError
+
+# task -> (conditioning_key(s) it works with, conditioner kinds it works with, extra concat channels)
+TASKS: dict[str, tuple[tuple[str | None, ...], tuple[str, ...]]] = {
+    "unconditional": ((None,), ("none",)),
+    "class": (("crossattn", "adm"), ("class", "none")),
+    "txt2img": (("crossattn",), ("bert", "minilm", "clip", "open_clip")),
+    "layout": (("crossattn",), ("layout",)),
+    "semantic": (("concat",), ("none",)),
+    "superres": (("concat",), ("none",)),
+    "inpaint": (("concat", "hybrid"), ("none", "bert", "minilm", "clip", "open_clip")),
+}
+
+
+@dataclass
+class ShapesDataConfig:
+    dataset: str = "shapes"  # only ShapesWorld for now
+    size: int = 64
+    seed: int = 0
+    length: int = 100_000  # distinct items; the stream reshuffles them every pass
+    object_weights: tuple[float, ...] | None = None  # P(1, 2, 3 objects)
+    backgrounds: tuple[str, ...] | None = None  # None = all
+    mask: str = "both"  # inpaint masks: box | stroke | both (alternating per item)
+
+    def __post_init__(self) -> None:
+        if self.dataset != "shapes":
+            raise ValueError(f"data.dataset must be 'shapes', got {self.dataset!r}")
+        if self.mask not in ("box", "stroke", "both"):
+            raise ValueError(f"data.mask must be 'box', 'stroke' or 'both', got {self.mask!r}")
+
+
+@dataclass
+class DiffusionTrainConfig:
+    min_snr_gamma: float | None = None  # Hang et al. 2023: weight min(SNR, γ) (per parameterisation); None = off
+    offset_noise: float = 0.0  # ε += offset · N(0, 1) per (sample, channel)
+    cond_drop_prob: float = 0.1  # replace the condition by the null one (empty caption / null class / zeros)
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # CompVis LitEma: decay_n = min(decay, (1 + n) / (10 + n))
+    scale_factor: float | None = None  # None: 1 / std of the first batch's latents (paper appendix G)
+    cache_latents: bool = False  # encode data.length items once (posterior mean), then train on the cache
+    sample_posterior: bool = False  # KL: sample z ~ q(z|x) instead of its mean (ignored with cache_latents)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError(f"diffusion.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"diffusion.ema_decay must be in [0, 1], got {self.ema_decay}")
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise ValueError(f"diffusion.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
+        check_scale_factor(self.scale_factor, "diffusion.scale_factor", allow_none=True)
+
+
+@dataclass
+class LDMOptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear learning-rate warm-up (optimiser steps)
+    grad_clip: float | None = 1.0
+    accumulate: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.accumulate < 1:
+            raise ValueError(f"optim.accumulate must be >= 1, got {self.accumulate}")
+
+
+@dataclass
+class LDMRunConfig:
+    max_steps: int = 1000  # optimiser steps
+    batch_size: int = 16  # per process
+    precision: str = "32"  # 32 | bf16-mixed (never fp16 on CPU)
+    seed: int = 0
+    epoch_steps: int = 250  # optimiser steps between checkpoints (one Lightning "epoch")
+    log_every: int = 25
+    out_dir: str = "runs/ldm"
+    num_threads: int | None = None
+    devices: int = 1  # processes (CPU: gloo DDP when > 1)
+    strategy: str = "auto"  # auto | ddp | fsdp (GPU)
+    accelerator: str = "cpu"
+    sample_every_epoch: bool = True  # write a sample grid of a few prompts at each checkpoint
+    sample_steps: int = 20
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("32", "bf16-mixed"):
+            raise ValueError(f"run.precision must be '32' or 'bf16-mixed' (no fp16 on CPU), got {self.precision!r}")
+        for name in ("max_steps", "batch_size", "epoch_steps", "log_every", "devices"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
+
+
+# fields that may differ between a run and its resumption (they do not change the result's definition)
+RESUMABLE_CHANGES = ("run.max_steps", "run.out_dir", "run.num_threads", "run.log_every", "run.sample_every_epoch",
+                     "run.sample_steps")
+
+
+@dataclass
+class LDMTrainConfig:
+    task: str = "txt2img"
+    model: DiffusionConfig = field(default_factory=DiffusionConfig)
+    first_stage_path: str | None = None  # autoencoder .safetensors (ours or an LDM / SD file); None = random init
+    data: ShapesDataConfig = field(default_factory=ShapesDataConfig)
+    diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+    optim: LDMOptimConfig = field(default_factory=LDMOptimConfig)
+    run: LDMRunConfig = field(default_factory=LDMRunConfig)
+
+    def __post_init__(self) -> None:
+        check_task(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "LDMTrainConfig":
+        data = dict(data or {})
+        sections = {"data": ShapesDataConfig, "diffusion": DiffusionTrainConfig, "optim": LDMOptimConfig,
+                    "run": LDMRunConfig}
+        accepted = sorted([*sections, "model", "task", "first_stage_path"])
+        unknown = sorted(set(data) - set(accepted))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in {where}; accepted: {accepted}")
+        parts: dict[str, Any] = {}
+        for name, typ in sections.items():
+            value = data.get(name) or {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: section {name!r} must be a mapping, got {type(value).__name__}")
+            parts[name] = from_dict(typ, value, where=f"{where}.{name}")
+        try:
+            model = DiffusionConfig.from_dict(data.get("model") or {})
+            return cls(task=data.get("task", "txt2img"), model=model, first_stage_path=data.get("first_stage_path"),
+                       **parts)
+        except (ValueError, TypeError) as e:
+            if isinstance(e, ConfigError):
+                raise ConfigError(f"{where}: {e}") from e
+            raise ConfigError(f"{where}: {e}") from e
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "LDMTrainConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text())
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p} must hold a mapping (task, model, data, diffusion, optim, run)")
+        return cls.from_dict(data, where=str(p))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def replace_run(self, **changes: Any) -> "LDMTrainConfig":
+        return dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
+
+
+def check_scale_factor(value: Any, name: str, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    import math
+
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite number > 0 (1/std of the latents), got {value!r}")
+
+
+def extra_concat_channels(task: str, latent_channels: int, n_segment_classes: int = 41) -> int:
+    """Channels the task concatenates to the UNet input."""
+    return {"semantic": n_segment_classes, "superres": 3, "inpaint": 1 + latent_channels}.get(task, 0)
+
+
+def check_task(cfg: LDMTrainConfig) -> None:
+    """The task must be one the dataset supplies and the model config must be able to take its condition."""
+    from ..data.shapes import NUM_SEGMENT_CLASSES, TASKS as DATA_TASKS
+
+    if cfg.task not in DATA_TASKS:
+        raise ConfigError(f"task {cfg.task!r} is not one the {cfg.data.dataset!r} dataset can supply; "
+                          f"it supplies: {list(DATA_TASKS)}")
+    keys, kinds = TASKS[cfg.task]
+    m = cfg.model
+    if m.conditioning_key not in keys:
+        raise ConfigError(f"task {cfg.task!r} needs model.conditioning_key in {list(keys)}, got {m.conditioning_key!r}")
+    if m.conditioner.kind not in kinds:
+        raise ConfigError(f"task {cfg.task!r} needs model.conditioner.kind in {list(kinds)}, got {m.conditioner.kind!r}")
+    latent = m.unet.out_channels
+    want = latent + extra_concat_channels(cfg.task, latent, NUM_SEGMENT_CLASSES)
+    if m.unet.in_channels != want:
+        raise ConfigError(f"task {cfg.task!r} with {latent} latent channels needs model.unet.in_channels = {want}, "
+                          f"got {m.unet.in_channels}")
+    if m.first_stage != "none" and m.autoencoder.embed_dim != latent:
+        raise ConfigError(f"model.autoencoder.embed_dim={m.autoencoder.embed_dim} (latent channels) does not match "
+                          f"model.unet.out_channels={latent}")
+    if m.first_stage == "none" and latent != 3:
+        raise ConfigError(f"pixel-space training (first_stage: none) needs model.unet.out_channels = 3, got {latent}")
+    check_scale_factor(m.scale_factor, "model.scale_factor")
+
+
+def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two config dicts differ."""
+    out: list[str] = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, name + ".")
+        elif va != vb:
+            out.append(name)
+    return out

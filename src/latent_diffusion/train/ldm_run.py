@@ -1,0 +1,230 @@
+"""Run a stage-2 training: output folder, checkpoints (atomic), resume checks, export, sample grids.
+
+``out_dir/``: ``config.yaml``, ``log.jsonl`` (step, loss, lr), ``checkpoints/last.ckpt`` (Lightning, resumable:
+weights, EMA, optimiser, scheduler, step counter, the training config), ``model.safetensors`` (CompVis keys with
+``model_ema.*``, the config and ``scale_factor`` inside; written at every checkpoint), ``samples/step-N.png``,
+``summary.json``. Checkpoints are written every ``run.epoch_steps`` optimiser steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import secrets
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from ..checkpoint import save_checkpoint
+from ..errors import ConfigError
+from ..models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
+from .ldm import LatentDiffusionModule
+from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, diff_configs
+
+CKPT = "checkpoints/last.ckpt"
+EXPORT = "model.safetensors"
+SAMPLE_PROMPTS = ("a red circle above a blue square", "a green triangle left of a yellow star",
+                  "a purple cross below an orange circle", "a cyan square right of a pink triangle")
+
+
+def save_lightning_atomic(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` (all ranks call it; rank 0 writes) to a temp file, fsync, ``os.replace``."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    if trainer.is_global_zero:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    name = trainer.strategy.broadcast(str(tmp))
+    trainer.save_checkpoint(name)
+    if trainer.is_global_zero:
+        with open(name, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(name, path)
+
+
+def inference_model(model: LatentDiffusion, *, use_ema: bool = True, keep_ema: bool = False) -> LatentDiffusion:
+    """A copy for sampling / export: EMA weights in the UNet (if ``use_ema``), ``model_ema`` dropped unless kept."""
+    m = copy.deepcopy(model).eval()
+    if use_ema and m.model_ema is not None:
+        m.model_ema.copy_to(m.model)
+    if not keep_ema:
+        m.model_ema = None
+    return m
+
+
+def export_model(model: LatentDiffusion, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+                 use_ema: bool = True, keep_ema: bool = True, overwrite: bool = False,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """CompVis-layout ``.safetensors`` of the trained model. ``dtype`` is the storage type of the weights (fp16 halves
+    the file; ``load_checkpoint`` casts back); the schedule and ``scale_factor`` stay float32."""
+    m = inference_model(model, use_ema=use_ema and not keep_ema, keep_ema=keep_ema)
+    keep32 = set(SCHEDULE_BUFFERS) | {"scale_factor"}
+    with torch.no_grad():
+        for name, t in list(m.named_parameters()) + list(m.named_buffers()):
+            if t.is_floating_point() and name not in keep32 and not name.startswith("model_ema.decay"):
+                t.data = t.data.to(dtype)
+    return save_checkpoint(m, path, overwrite=overwrite, metadata=metadata)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class JsonlLog:
+    def __init__(self, path: Path, echo: bool) -> None:
+        self.path, self.echo = path, echo
+
+    def truncate_after(self, step: int) -> None:
+        if self.path.exists():
+            rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", -1) <= step))
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.echo:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+class CheckpointEveryEpoch(L.Callback):
+    """After every ``run.epoch_steps`` optimiser steps: Lightning checkpoint, exported model, a sample grid."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: LatentDiffusionModule) -> None:  # type: ignore[override]
+        step = module.optimizer_steps(int(module.batches_seen))
+        save_lightning_atomic(trainer, self.out_dir / CKPT)
+        module.last_good = (step, str(self.out_dir / CKPT))
+        if trainer.is_global_zero:
+            export_model(module.model, self.out_dir / EXPORT, overwrite=True, metadata={"train_step": str(step)})
+            r = module.cfg.run
+            if r.sample_every_epoch and module.cfg.task == "txt2img":
+                try:  # a preview only: a failure here must never stop a training run
+                    write_sample_grid(module.model, self.out_dir / "samples" / f"step-{step:06d}.png",
+                                      steps=r.sample_steps)
+                except Exception as e:  # noqa: BLE001
+                    warnings.warn(f"sample grid at step {step} failed ({type(e).__name__}: {e}); training goes on",
+                                  stacklevel=1)
+            if module.log_sink is not None:
+                module.log_sink({"step": step, "checkpoint": str(self.out_dir / CKPT),
+                                 "seconds": round(time.perf_counter() - module.t0, 1)})
+
+
+def write_sample_grid(model: LatentDiffusion, path: Path, *, prompts: tuple[str, ...] = SAMPLE_PROMPTS,
+                      n: int = 4, steps: int = 20, cfg_scale: float = 3.0, seed: int = 0) -> Path:
+    """Rows = prompts, columns = seeds, sampled with the EMA weights (DDIM)."""
+    from ..pipelines.pipeline import Pipeline
+    from .grid import image_grid
+
+    pipe = Pipeline(inference_model(model))
+    size = pipe.cfg.autoencoder.resolution if pipe.cfg.first_stage != "none" else 64
+    rows = [pipe.txt2img(p, steps=steps, sampler="ddim", cfg_scale=cfg_scale, seed=seed, n=n, height=size,
+                         width=size) for p in prompts]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows, labels=list(prompts), scale=2, label_width=150).save(path)
+    return path
+
+
+def check_resume(cfg: LDMTrainConfig, resume: str) -> int:
+    """The step stored in ``resume``; a ConfigError naming the fields where its config differs from ``cfg``."""
+    from ..safe_load import read_pickle
+
+    if not Path(resume).is_file():
+        raise ConfigError(f"--resume {resume}: no such checkpoint file")
+    ckpt = read_pickle(resume)
+    saved = ckpt.get("ldm_train_config") if isinstance(ckpt, dict) else None
+    if saved is None:
+        raise ConfigError(f"--resume {resume} is not a stage-2 (ldm) training checkpoint of this project")
+    diff = [k for k in diff_configs(saved, cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+    if diff:
+        def get(d: dict, dotted: str) -> Any:
+            for part in dotted.split("."):
+                d = d.get(part) if isinstance(d, dict) else None
+            return d
+        detail = "; ".join(f"{k}: checkpoint {get(saved, k)!r}, config {get(cfg.to_dict(), k)!r}" for k in diff[:8])
+        raise ConfigError(f"--resume {resume} was trained with a different config ({len(diff)} field(s) differ: "
+                          f"{detail}); resume with the run's own config ({Path(resume).parents[1] / 'config.yaml'})")
+    saved_sha = ckpt.get("ldm_first_stage_sha256")
+    if saved_sha and cfg.first_stage_path:
+        from .ldm import file_sha256
+
+        if Path(cfg.first_stage_path).is_file() and file_sha256(cfg.first_stage_path) != saved_sha:
+            raise ConfigError(f"first_stage_path {cfg.first_stage_path} is not the file this run started from (its "
+                              f"sha256 changed since {resume} was written); put the original back or start a new run")
+    return int(ckpt["state_dict"]["batches_seen"]) // cfg.optim.accumulate
+
+
+def build_trainer(cfg: LDMTrainConfig, out_dir: Path, progress: bool, callbacks: list) -> L.Trainer:
+    r = cfg.run
+    strategy: Any = r.strategy
+    if r.devices > 1 and r.strategy in ("auto", "ddp"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="gloo" if r.accelerator == "cpu" else None)
+    return L.Trainer(accelerator=r.accelerator, devices=r.devices, strategy=strategy, precision=r.precision,
+                     max_epochs=math.ceil(r.max_steps / r.epoch_steps), reload_dataloaders_every_n_epochs=1,
+                     accumulate_grad_batches=cfg.optim.accumulate, gradient_clip_val=cfg.optim.grad_clip,
+                     use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                     limit_val_batches=0, default_root_dir=str(out_dir),
+                     callbacks=[CheckpointEveryEpoch(out_dir), *callbacks])
+
+
+def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = False, export: str | None = None,
+              export_dtype: torch.dtype = torch.float32, progress: bool | None = None, echo: bool = True,
+              callbacks: list | None = None) -> dict[str, Any]:
+    """Train (or resume) and return the summary (also written to ``out_dir/summary.json``)."""
+    out_dir = Path(cfg.run.out_dir)
+    if export is not None and Path(export).exists() and not force:
+        raise ConfigError(f"export target {export} already exists; pass --force to replace it")
+    start = check_resume(cfg, resume) if resume is not None else 0
+    if resume is None and (out_dir / "log.jsonl").exists() and not force:
+        raise ConfigError(f"{out_dir} already holds a training run; pass --resume {out_dir / CKPT} to continue it "
+                          "or --force to start over")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(out_dir / "log.jsonl", echo)
+    if resume is None:
+        (out_dir / "log.jsonl").unlink(missing_ok=True)
+    else:
+        log.truncate_after(start)
+    cfg.to_yaml(out_dir / "config.yaml")
+    if cfg.run.num_threads:
+        torch.set_num_threads(cfg.run.num_threads)
+    module = LatentDiffusionModule(cfg)
+    module.log_sink, module.t0 = log, time.perf_counter()
+    if resume is not None:
+        module.last_good = (start, resume)
+    progress = sys.stdout.isatty() if progress is None else progress
+    trainer = build_trainer(cfg, out_dir, progress, list(callbacks or []))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*IterableDataset.*")
+        trainer.fit(module, ckpt_path=resume)
+    seconds = time.perf_counter() - t0
+    steps = module.optimizer_steps(int(module.batches_seen))
+    summary = {"task": cfg.task, "steps": steps, "train_seconds": round(seconds, 1),
+               "scale_factor": float(module.model.scale_factor), "world_size": trainer.world_size,
+               "unet_params": sum(p.numel() for p in module.model.model.parameters()),
+               "digest": weights_digest(module.model)}
+    rank = trainer.global_rank
+    if trainer.world_size > 1:
+        (out_dir / f"digest-rank{rank}.txt").write_text(summary["digest"])
+    if trainer.is_global_zero:
+        export_model(module.model, out_dir / EXPORT, overwrite=True, metadata={"train_step": str(steps)})
+        if export is not None:
+            export_model(module.model, export, dtype=export_dtype, keep_ema=False, overwrite=True,
+                         metadata={"train_step": str(steps)})
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

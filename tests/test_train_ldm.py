@@ -1,0 +1,116 @@
+"""Stage-2 LightningModule: objectives, scale factor, condition dropout, EMA, tasks as configuration, export."""
+
+import math
+
+import pytest
+import torch
+from ldm_tiny_config import tiny
+
+from latent_diffusion.checkpoint import load_checkpoint
+from latent_diffusion.errors import ConfigError
+from latent_diffusion.train.ldm import LatentDiffusionModule, snr_weight
+from latent_diffusion.train.ldm_config import LDMTrainConfig
+from latent_diffusion.train.ldm_data import StepWindow
+from latent_diffusion.train.ldm_run import train_ldm
+
+
+def _module(**sections) -> LatentDiffusionModule:
+    m = LatentDiffusionModule(LDMTrainConfig.from_dict(tiny(**sections)))
+    m.setup("fit")
+    return m
+
+
+def _batch(m: LatentDiffusionModule, micro: int = 0) -> dict:
+    w = StepWindow(m.source, m.cfg.run.seed, micro, 1, m.cfg.run.batch_size)
+    return torch.utils.data.default_collate([w[k] for k in range(len(w))])
+
+
+def test_scale_factor_is_one_over_std_of_first_batch():
+    m = _module()
+    items = _batch(m)
+    z = m._raw_latents(items["image"], None)
+    torch.testing.assert_close(float(m.model.scale_factor), 1.0 / float(z.flatten().std()), rtol=1e-6, atol=0)
+    m2 = _module(diffusion={"scale_factor": 0.5})
+    assert float(m2.model.scale_factor) == 0.5
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
+def test_objectives_give_finite_loss_and_gradients(parameterization):
+    m = _module(model={"parameterization": parameterization}, diffusion={"min_snr_gamma": 5.0})
+    loss = m.training_step(_batch(m), 0)
+    loss.backward()
+    assert math.isfinite(float(loss.detach()))
+    assert m.model.model.diffusion_model.out[-1].weight.grad.abs().sum() > 0
+    assert m.model.cond_stage_model.transformer.token_emb.weight.grad is not None  # text encoder trains jointly
+    assert m.model.first_stage_model.encoder.conv_in.weight.grad is None  # first stage frozen
+
+
+def test_min_snr_weights():
+    alpha, sigma = torch.tensor([0.99, 0.5]), torch.tensor([0.141, 0.866])
+    snr = (alpha / sigma) ** 2
+    w = snr_weight(alpha, sigma, 5.0, "eps")
+    torch.testing.assert_close(w, snr.clamp(max=5) / snr)
+    torch.testing.assert_close(snr_weight(alpha, sigma, None, "v"), torch.ones(2))
+    torch.testing.assert_close(snr_weight(alpha, sigma, 5.0, "v"), snr.clamp(max=5) / (snr + 1))
+
+
+def test_condition_dropout_uses_empty_caption():
+    m = _module(diffusion={"cond_drop_prob": 0.999})
+    batch = _batch(m)
+    z = m.latents(batch, torch.Generator().manual_seed(0))
+    c = m.condition(batch, z, torch.Generator().manual_seed(0))["c_crossattn"]
+    null = m.model.cond_stage_model.encode(["", ""])
+    torch.testing.assert_close(c, null)
+
+
+def test_training_step_is_deterministic_per_step():
+    m = _module()
+    a = m.training_step(_batch(m), 0)
+    m.batches_seen.zero_()
+    b = m.training_step(_batch(m), 0)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("task,model", [
+    ("class", {"conditioner": {"kind": "class", "n_classes": 41, "embed_dim": 16}}),
+    ("layout", {"conditioner": {"kind": "layout", "width": 16, "layers": 1, "heads": 2, "max_length": 17}}),
+    ("semantic", {"conditioning_key": "concat", "conditioner": {"kind": "none"}, "unet": {"in_channels": 44,
+                  "use_spatial_transformer": False, "context_dim": None}}),
+    ("superres", {"conditioning_key": "concat", "conditioner": {"kind": "none"}, "unet": {"in_channels": 6,
+                  "use_spatial_transformer": False, "context_dim": None}}),
+    ("inpaint", {"conditioning_key": "hybrid", "unet": {"in_channels": 7}}),
+    ("unconditional", {"conditioning_key": None, "conditioner": {"kind": "none"},
+                       "unet": {"use_spatial_transformer": False, "context_dim": None}}),
+])
+def test_every_task_is_configuration(task, model):
+    m = _module(task=task, model=model)
+    loss = m.training_step(_batch(m), 0)
+    assert math.isfinite(float(loss.detach()))
+
+
+def test_pixel_space_training():
+    m = _module(model={"first_stage": "none"}, diffusion={"scale_factor": 1.0})
+    assert m.model.first_stage_model is None
+    assert math.isfinite(float(m.training_step(_batch(m), 0)))
+
+
+def test_train_export_and_load(tmp_path):
+    cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(tmp_path / "run")}, diffusion={"cache_latents": True}))
+    summary = train_ldm(cfg, progress=False, echo=False, export=str(tmp_path / "m16.safetensors"),
+                        export_dtype=torch.float16)
+    assert summary["steps"] == 4
+    full = load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert full.model_ema is not None and float(full.model_ema.num_updates) == 4
+    assert float(full.scale_factor) == pytest.approx(summary["scale_factor"])
+    small = load_checkpoint(tmp_path / "m16.safetensors")  # fp16 storage, EMA weights in the UNet, cast to fp32
+    assert small.model_ema is None and next(small.model.parameters()).dtype == torch.float32
+    ema = load_checkpoint(tmp_path / "run" / "model.safetensors", use_ema=True)
+    for (n, a), (_, b) in zip(ema.model.named_parameters(), small.model.named_parameters()):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3, msg=n)
+    words = small.cfg.conditioner.words
+    assert "circle" in words and small.cond_stage_model.check_prompt("a red dragon") == ["dragon"]
+
+
+def test_yaml_recipe_parses():
+    cfg = LDMTrainConfig.from_yaml("configs/ldm/txt2img-shapes.yaml")
+    assert cfg.task == "txt2img" and cfg.model.conditioner.kind == "bert"
