@@ -140,3 +140,30 @@ def test_from_png_without_parameters_is_an_error(ckpts: dict, tmp_path: Path,
     Image.new("RGB", (32, 32)).save(plain)
     assert main(["txt2img", "--ckpt", str(ckpts["sd1"]), "--from-png", str(plain), "--out", str(tmp_path / "o")]) == 2
     assert "no 'parameters'" in capsys.readouterr().err
+
+
+def test_layout2img_semantic2img_and_named_classes(tmp_path: Path) -> None:
+    layout = save_checkpoint(tiny_model("layout"), tmp_path / "layout.safetensors")
+    semantic = save_checkpoint(tiny_model("semantic"), tmp_path / "semantic.safetensors")
+    cls = save_checkpoint(tiny_model("class"), tmp_path / "class.safetensors")
+    quick = ["--steps", "2", "--quiet", "--seed", "3"]
+    assert main(["layout2img", "--ckpt", str(layout), "--object", "red circle", "0.1", "0.1", "0.4", "0.4",
+                 "--object", "12", "0.5", "0.5", "0.9", "0.9", "--height", "32", "--width", "32", "--cfg", "2",
+                 "--out", str(tmp_path / "lay"), *quick]) == 0
+    _, _, s = parse_parameters(read_png_parameters(tmp_path / "lay" / "00000-3.png"))
+    assert s["Layout"] == "red circle 0.1 0.1 0.4 0.4; 12 0.5 0.5 0.9 0.9"
+    assert main(["layout2img", "--ckpt", str(layout), "--example", "2", "--height", "32", "--width", "32",
+                 "--out", str(tmp_path / "lay"), *quick]) == 0
+    assert main(["semantic2img", "--ckpt", str(semantic), "--example", "0", "--out", str(tmp_path / "sem"),
+                 *quick]) == 0
+    assert _pixels(tmp_path / "sem" / "00000-3.png").shape == (64, 64, 3)  # the map's size
+    assert main(["sample", "--ckpt", str(cls), "--class-label", "red circle", "--height", "32", "--width", "32",
+                 "--out", str(tmp_path / "cls"), *quick]) == 0
+    _, _, s = parse_parameters(read_png_parameters(tmp_path / "cls" / "00000-3.png"))
+    assert s["Class label"] == "0"
+
+
+def test_layout2img_without_a_layout_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    layout = save_checkpoint(tiny_model("layout"), tmp_path / "layout.safetensors")
+    assert main(["layout2img", "--ckpt", str(layout), "--out", str(tmp_path), "--quiet"]) != 0
+    assert "--object CLASS X0 Y0 X1 Y1" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def test_training_step_is_deterministic_per_step():
 
 
 @pytest.mark.parametrize("task,model", [
-    ("class", {"conditioner": {"kind": "class", "n_classes": 41, "embed_dim": 16}}),
+    ("class", {"conditioner": {"kind": "class", "n_classes": 41, "embed_dim": 16, "null_class": 40}}),
     ("layout", {"conditioner": {"kind": "layout", "width": 16, "layers": 1, "heads": 2, "max_length": 17}}),
     ("semantic", {"conditioning_key": "concat", "conditioner": {"kind": "none"}, "unet": {"in_channels": 44,
                   "use_spatial_transformer": False, "context_dim": None}}),

@@ -96,3 +96,14 @@ def test_resume_refuses_a_changed_first_stage_file(tmp_path):
     with pytest.raises(ConfigError, match="is not the file this run started from"):
         train_ldm(cfg.replace_run(max_steps=4), resume=str(tmp_path / "r" / "checkpoints" / "last.ckpt"),
                   progress=False, echo=False)
+
+
+def test_class_dropout_needs_a_null_label_outside_the_classes():
+    cond = {"conditioner": {"kind": "class", "n_classes": 41, "embed_dim": 16}}
+    with pytest.raises(ConfigError, match="null_class in \\[40, 41\\)"):
+        LDMTrainConfig.from_dict(tiny(task="class", model=cond))
+    with pytest.raises(ConfigError, match="null_class"):
+        LDMTrainConfig.from_dict(tiny(task="class", model={"conditioner": {**cond["conditioner"], "null_class": 3}}))
+    ok = LDMTrainConfig.from_dict(tiny(task="class", model={"conditioner": {**cond["conditioner"], "null_class": 40}}))
+    assert ok.model.conditioner.null_class == 40
+    assert LDMTrainConfig.from_dict(tiny(task="class", model=cond, diffusion={"cond_drop_prob": 0.0})).task == "class"

@@ -138,6 +138,9 @@ class ConditionerConfig:
     # ClassEmbedder
     n_classes: int = 1000
     embed_dim: int = 512
+    # the label that means "no class" (condition dropout, classifier-free guidance); None: the last label when the
+    # model has 1001 classes (CompVis cin256-v2), else none
+    null_class: int | None = None
     # text towers (CLIP / OpenCLIP)
     vocab_size: int = 49408
     max_length: int = 77

@@ -36,7 +36,18 @@ def tiny_config(family: str) -> DiffusionConfig:
                           num_heads=-1, num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True)
         return DiffusionConfig(unet=unet, conditioning_key=None, scale_factor=1.0, first_stage="vq",
                                autoencoder=VQConfig(**_AE, n_embed=64))
-    raise ConfigError(f"unknown tiny family {family!r}; accepted: sd1, sd1-inpaint, sd2, class, uncond-vq")
+    if family == "layout":  # ShapesWorld layout-to-image: (class, box) tokens -> cross-attention
+        unet = UNetConfig(**sd_unet | {"context_dim": 16}, num_heads=-1, num_head_channels=32)
+        return DiffusionConfig(unet=unet, scale_factor=1.0, autoencoder=AutoencoderConfig(**_AE),
+                               conditioner=ConditionerConfig(kind="layout", width=16, layers=1, heads=2,
+                                                             max_length=17, layout_classes=40, layout_bins=16))
+    if family == "semantic":  # ShapesWorld semantic maps: 41 one-hot channels concatenated
+        unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+                          in_channels=4 + 41)
+        return DiffusionConfig(unet=unet, conditioning_key="concat", scale_factor=1.0,
+                               autoencoder=AutoencoderConfig(**_AE))
+    raise ConfigError(f"unknown tiny family {family!r}; accepted: sd1, sd1-inpaint, sd2, class, uncond-vq, layout, "
+                      "semantic")
 
 
 def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:

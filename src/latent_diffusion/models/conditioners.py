@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ConditionerConfig
+from ..config import ConditionerConfig, DiffusionConfig
 from ..errors import ConfigError
 from ..tokenizer import clip_tokenize
 from .clip_text import ACTIVATIONS, LAYERS, CLIPTextModel
@@ -97,6 +97,24 @@ class FrozenOpenCLIPEmbedder(_FrozenTextEncoder):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens, layer=self.layer)  # (B, 77, 1024)
+
+
+def num_class_labels(cfg: DiffusionConfig) -> int | None:
+    """Labels a class-conditional model takes (ClassEmbedder or the UNet's label embedding); None if it takes none."""
+    if cfg.conditioner.kind == "class":
+        return cfg.conditioner.n_classes
+    return cfg.unet.num_classes
+
+
+def null_class(cfg: DiffusionConfig) -> int | None:
+    """The label meaning "no class" (condition dropout in training, the unconditional half of guidance):
+    ``conditioner.null_class`` when set, else the last of 1001 labels (CompVis cin256-v2), else None."""
+    n = num_class_labels(cfg)
+    if n is None:
+        return None
+    if cfg.conditioner.null_class is not None:
+        return cfg.conditioner.null_class
+    return n - 1 if n == 1001 else None
 
 
 def _check_text_config(cfg: ConditionerConfig) -> None:

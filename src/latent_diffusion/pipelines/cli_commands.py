@@ -1,4 +1,5 @@
-"""``ldm txt2img | img2img | inpaint | upscale | sample | info``: argument parsing and PNG writing only."""
+"""``ldm txt2img | img2img | inpaint | upscale | sample | layout2img | semantic2img | demo | info``: argument parsing
+and PNG writing only."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _NAME = re.compile(r"^(\d{5})-")
 
 
-def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: float) -> None:
+def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: float,
+                embedded: str = "text-to-image") -> None:
     p.add_argument("--ckpt", default=None,
-                   help="checkpoint (.safetensors / .ckpt); default: the embedded ShapesWorld text-to-image model")
+                   help=f"checkpoint (.safetensors / .ckpt); default: the embedded ShapesWorld {embedded} model")
     p.add_argument("--config", default=None, help="model YAML (ours or the original inference YAML)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
@@ -67,24 +69,43 @@ def add_generate_commands(sub: Any) -> None:
     i.add_argument("--strength", type=float, default=0.75)
     i.set_defaults(func=_cmd_img2img)
     m = sub.add_parser("inpaint", help="repaint the white part of --mask")
-    _model_args(m, sampler="dpmpp_2m", steps=20, cfg=7.5)
+    _model_args(m, sampler="dpmpp_2m", steps=20, cfg=7.5, embedded="inpainting")
     _text_args(m)
     m.add_argument("--init-image", required=True)
     m.add_argument("--mask", required=True, help="white = repaint, black = keep; same size as the image")
     m.add_argument("--strength", type=float, default=1.0)
     m.set_defaults(func=_cmd_inpaint)
     u = sub.add_parser("upscale", help="super-resolution with a concat-conditioned LDM")
-    _model_args(u, sampler="ddim", steps=50, cfg=1.0)
+    _model_args(u, sampler="ddim", steps=50, cfg=1.0, embedded="x4 super-resolution")
     u.add_argument("--init-image", required=True)
     u.add_argument("--height", type=int, default=None)
     u.add_argument("--width", type=int, default=None)
     u.set_defaults(func=_cmd_upscale)
     s = sub.add_parser("sample", help="class-conditional or unconditional sampling")
-    _model_args(s, sampler="ddim", steps=50, cfg=1.0)
-    s.add_argument("--class-label", type=int, default=None)
+    _model_args(s, sampler="ddim", steps=50, cfg=1.0,
+                embedded="class-conditional (with --class-label) or unconditional")
+    s.add_argument("--class-label", default=None,
+                   help="an integer class, or (ShapesWorld models) a name such as 'red circle'")
     s.add_argument("--height", type=int, default=None)
     s.add_argument("--width", type=int, default=None)
     s.set_defaults(func=_cmd_sample)
+    lay = sub.add_parser("layout2img", help="layout-to-image: objects with boxes")
+    _model_args(lay, sampler="ddim", steps=50, cfg=1.0, embedded="layout-to-image")
+    lay.add_argument("--object", nargs=5, action="append", metavar=("CLASS", "X0", "Y0", "X1", "Y1"),
+                     help="an object: class (integer or e.g. 'red circle') and its box in image fractions, "
+                          "x to the right, y down (repeatable)")
+    lay.add_argument("--example", type=int, default=None, metavar="I",
+                     help="take the layout of held-out ShapesWorld scene I (instead of --object)")
+    lay.add_argument("--height", type=int, default=None)
+    lay.add_argument("--width", type=int, default=None)
+    lay.set_defaults(func=_cmd_layout2img)
+    sem = sub.add_parser("semantic2img", help="semantic-map-to-image")
+    _model_args(sem, sampler="ddim", steps=50, cfg=1.0, embedded="semantic-map-to-image")
+    sem.add_argument("--map", default=None, help="label PNG (8-bit grayscale or palette): 0 = background, "
+                                                  "1 + class = object; the image gets its size")
+    sem.add_argument("--example", type=int, default=None, metavar="I",
+                     help="take the semantic map of held-out ShapesWorld scene I (instead of --map)")
+    sem.set_defaults(func=_cmd_semantic2img)
     d = sub.add_parser("demo", help="generate a grid for a few prompts with the embedded default model (no download)")
     d.add_argument("--out", default="out/demo", help="output folder (default ./out/demo; a new out/demo-N if taken)")
     d.add_argument("--n", type=int, default=4, help="images per prompt")
@@ -101,15 +122,15 @@ def add_generate_commands(sub: Any) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def _pipeline(args: argparse.Namespace):  # -> Pipeline
+def _pipeline(args: argparse.Namespace, task: str = "txt2img"):  # -> Pipeline
     import torch
 
     from .pipeline import Pipeline
 
     if args.ckpt is None:
-        from ..default_model import default_model_path
+        from ..default_model import task_model_path
 
-        args.ckpt = str(default_model_path())
+        args.ckpt = str(task_model_path(task))
     pipe = Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
                                     device=args.device, use_ema=args.ema)
     _fast_paths(pipe, args)
@@ -243,7 +264,7 @@ def _cmd_img2img(args: argparse.Namespace) -> int:
 
 
 def _cmd_inpaint(args: argparse.Namespace) -> int:
-    pipe, seed = _pipeline(args), _seed(args)
+    pipe, seed = _pipeline(args, "inpaint"), _seed(args)
     images = pipe.inpaint(args.init_image, args.mask, args.prompt, args.negative_prompt, strength=args.strength,
                           steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed, n=args.n,
                           guidance_rescale=args.guidance_rescale, progress=_progress(args), batch_size=args.batch_size)
@@ -253,7 +274,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    pipe, seed = _pipeline(args), _seed(args)
+    pipe, seed = _pipeline(args, "superres"), _seed(args)
     images = pipe.upscale(args.init_image, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed,
                           n=args.n, height=args.height, width=args.width, progress=_progress(args),
                           batch_size=args.batch_size)
@@ -262,7 +283,13 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    pipe, seed = _pipeline(args), _seed(args)
+    pipe = _pipeline(args, "unconditional" if args.class_label is None else "class")
+    seed = _seed(args)
+    if args.class_label is not None:
+        from .structured import class_from_name
+
+        label = args.class_label.strip()
+        args.class_label = int(label) if label.lstrip("-").isdigit() else class_from_name(label)
     images = pipe.sample(args.class_label, n=args.n, seed=seed, steps=args.steps, sampler=args.sampler,
                          cfg_scale=args.cfg, height=args.height, width=args.width, progress=_progress(args),
                          batch_size=args.batch_size)
@@ -270,6 +297,47 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.class_label is not None:
         s["Class label"] = args.class_label
     _save(args, pipe, images, "", "", s, seed)
+    return 0
+
+
+def _example(i: int) -> dict:
+    """Held-out ShapesWorld scene ``i`` (the evaluation seed, which no model trains on)."""
+    from ..data.shapes import ShapesWorld
+    from ..eval.judge_train import EVAL_SEED
+
+    if i < 0:
+        raise LDMError(f"--example must be >= 0, got {i}")
+    return ShapesWorld(size=64, seed=EVAL_SEED, length=i + 1)[i]
+
+
+def _cmd_layout2img(args: argparse.Namespace) -> int:
+    from ..data.shapes import class_name
+
+    if (args.object is None) == (args.example is None):
+        raise LDMError("layout2img needs the layout: --object CLASS X0 Y0 X1 Y1 (repeatable) or --example I")
+    if args.example is not None:
+        rows = _example(args.example)["layout"]
+        layout = [(class_name(int(r[0])), *(round(float(v), 4) for v in r[1:])) for r in rows if r[0] >= 0]
+    else:
+        layout = [(o[0] if not o[0].lstrip("-").isdigit() else int(o[0]), *o[1:]) for o in args.object]
+    pipe, seed = _pipeline(args, "layout"), _seed(args)
+    images = pipe.layout2img(layout, n=args.n, seed=seed, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg,
+                             height=args.height, width=args.width, progress=_progress(args),
+                             batch_size=args.batch_size)
+    text = "; ".join(f"{o[0]} {' '.join(str(v) for v in o[1:])}" for o in layout)
+    _save(args, pipe, images, "", "", _base_settings(args) | {"Layout": text}, seed)
+    return 0
+
+
+def _cmd_semantic2img(args: argparse.Namespace) -> int:
+    if (args.map is None) == (args.example is None):
+        raise LDMError("semantic2img needs the map: --map LABELS.png or --example I")
+    pipe, seed = _pipeline(args, "semantic"), _seed(args)
+    label_map = args.map if args.example is None else _example(args.example)["segmentation"]
+    images = pipe.semantic2img(label_map, n=args.n, seed=seed, steps=args.steps, sampler=args.sampler,
+                               progress=_progress(args), batch_size=args.batch_size)
+    what = args.map if args.example is None else f"ShapesWorld held-out scene {args.example}"
+    _save(args, pipe, images, "", "", _base_settings(args) | {"Semantic map": what}, seed)
     return 0
 
 

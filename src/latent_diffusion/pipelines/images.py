@@ -12,6 +12,16 @@ from PIL import Image
 from ..errors import LDMError
 
 
+def open_image(path: str | os.PathLike, what: str) -> Image.Image:
+    """Read the image file ``path`` fully into memory; a clear error naming ``what`` it was for otherwise."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, ValueError) as e:
+        raise LDMError(f"cannot read {what} {os.fspath(path)}: {e}") from None
+
+
 def load_image(image: Image.Image | str | os.PathLike) -> Image.Image:
     """Open ``image`` (a path or a PIL image) and convert it to 8-bit RGB.
 
@@ -19,12 +29,7 @@ def load_image(image: Image.Image | str | os.PathLike) -> Image.Image:
     is announced once with a warning so nobody is surprised by it.
     """
     if not isinstance(image, Image.Image):
-        try:
-            with Image.open(image) as im:
-                im.load()
-                image = im.copy()
-        except (OSError, ValueError) as e:
-            raise LDMError(f"cannot read image {os.fspath(image)}: {e}") from None
+        image = open_image(image, "image")
     mode = image.mode
     if mode == "RGB":
         return image
@@ -56,12 +61,7 @@ def tensor_to_pil(x: torch.Tensor) -> list[Image.Image]:
 def load_mask(mask: Image.Image | str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
     """Mask file / image → (1, 1, H, W) float in {0, 1}; 1 = repaint. Must have the image's size (W, H)."""
     if not isinstance(mask, Image.Image):
-        try:
-            with Image.open(mask) as im:
-                im.load()
-                mask = im.copy()
-        except (OSError, ValueError) as e:
-            raise LDMError(f"cannot read mask {os.fspath(mask)}: {e}") from None
+        mask = open_image(mask, "mask")
     if mask.size != size:
         raise LDMError(f"mask size {mask.size[0]}x{mask.size[1]} differs from the image size {size[0]}x{size[1]}; "
                        "give a mask of the same size (white = repaint, black = keep)")

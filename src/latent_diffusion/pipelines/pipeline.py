@@ -1,4 +1,5 @@
-"""``Pipeline``: one loaded model, the generation tasks it can do (txt2img, img2img, inpaint, upscale, sample).
+"""``Pipeline``: one loaded model, the generation tasks it can do (txt2img, img2img, inpaint, upscale, sample,
+layout2img, semantic2img).
 
 Seeds: image i of a call with ``seed`` s and ``n`` images draws its initial noise (and its ancestral noise) from
 ``torch.Generator("cpu").manual_seed(s + i)`` alone, so it equals the single-image run with seed s + i.
@@ -21,10 +22,11 @@ from ..checkpoint import family as family_name
 from ..checkpoint import load_checkpoint
 from ..diffusion.samplers import get_sampler, randn, sample, start_step_for_strength
 from ..errors import LDMError
-from ..models.conditioners import TEXT_KINDS
+from ..models.conditioners import TEXT_KINDS, null_class, num_class_labels
 from .blend import final_blend, masked_denoiser
 from .fastpaths import FastPaths, resolve_precision, sampling_context
 from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
+from .structured import LayoutLike, load_semantic_map, null_layout, parse_layout, semantic_concat
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 MAX_PROMPT_TOKENS = 75  # CLIP's 77 minus the start and end tokens
@@ -102,6 +104,8 @@ class Pipeline:
     def kind(self) -> str:
         """text | inpaint (9-channel hybrid) | class | uncond | concat (super-resolution and other image cond.)."""
         cfg, key = self.cfg, self.cfg.conditioning_key
+        if cfg.conditioner.kind == "layout":
+            return "layout"
         if cfg.conditioner.kind in TEXT_KINDS:
             if key == "hybrid" and cfg.unet.in_channels == cfg.unet.out_channels + 5:
                 return "inpaint"
@@ -110,8 +114,8 @@ class Pipeline:
             return "class"
         if key is None:
             return "uncond"
-        if key == "concat":
-            return "concat"
+        if key == "concat":  # 3 extra channels: a low-res RGB image; more: a one-hot semantic map
+            return "concat" if cfg.unet.in_channels - cfg.unet.out_channels == 3 else "semantic"
         return "other"
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
@@ -121,7 +125,8 @@ class Pipeline:
     def _require(self, task: str, *kinds: str) -> None:
         if self.kind not in kinds:
             hint = {"text": "txt2img / img2img / inpaint", "inpaint": "inpaint (or txt2img / img2img)",
-                    "class": "sample --class-label", "uncond": "sample", "concat": "upscale"}.get(self.kind, "none")
+                    "class": "sample --class-label", "uncond": "sample", "concat": "upscale",
+                    "layout": "layout2img", "semantic": "semantic2img"}.get(self.kind, "none")
             raise LDMError(f"{task} needs a {' or '.join(kinds)} model, but this is a {self.family} model; "
                            f"tasks it can do: {hint}")
 
@@ -338,20 +343,20 @@ class Pipeline:
         needs a "no class" label: CompVis's convention of 1001 classes with class 1000 = "no class" (cin256-v2)."""
         self._require("sample", "class", "uncond")
         self._check_common(steps, sampler, cfg_scale, n)
-        size = self.cfg.autoencoder.resolution if self.cfg.first_stage != "none" else 64
-        height, width = height or size, width or size
+        height, width = height or self._native_size(), width or self._native_size()
         self._check_size(height, width)
         cond = uncond = None
         if self.kind == "class":
-            n_classes = self._n_classes()
-            if class_label is None or not 0 <= int(class_label) < n_classes:
-                raise LDMError(f"{self.family} needs class_label in [0, {n_classes - 1}], got {class_label!r}")
-            if cfg_scale != 1.0 and n_classes != NULL_CLASS_CONVENTION + 1:
+            n_classes, null = num_class_labels(self.cfg), null_class(self.cfg)
+            real = n_classes if null is None else null  # labels from the null label on are not classes
+            if class_label is None or isinstance(class_label, bool) or not 0 <= int(class_label) < real:
+                raise LDMError(f"{self.family} needs class_label in [0, {real - 1}], got {class_label!r}")
+            if cfg_scale != 1.0 and null is None:
                 raise LDMError(f"{self.family} has {n_classes} classes and no 'no class' label to guide against "
-                               f"(CompVis convention: {NULL_CLASS_CONVENTION + 1} classes, the last one empty); "
-                               f"use cfg_scale=1, got {cfg_scale}")
+                               f"(conditioner.null_class unset; CompVis convention: 1001 classes, the last one "
+                               f"empty); use cfg_scale=1, got {cfg_scale}")
             cond = self._labels(int(class_label), n)
-            uncond = self._labels(NULL_CLASS_CONVENTION, n) if cfg_scale != 1.0 else None
+            uncond = self._labels(null, n) if cfg_scale != 1.0 else None
         else:
             if class_label is not None:
                 raise LDMError(f"this is an unconditional model ({self.family}); it takes no class label")
@@ -362,10 +367,51 @@ class Pipeline:
                       uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
         return self._decode(z, output)
 
-    def _n_classes(self) -> int:
-        if self.cfg.conditioner.kind == "class":
-            return self.cfg.conditioner.n_classes
-        return self.cfg.unet.num_classes
+    def layout2img(self, layout: LayoutLike, *, n: int = 1, seed: int = 0, steps: int = 50, sampler: str = "ddim",
+                   cfg_scale: float = 1.0, height: int | None = None, width: int | None = None,
+                   callback: Callback | None = None, progress: bool = False, batch_size: int | None = None,
+                   output: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """Layout-to-image (paper sec. 4.3.1): objects ``(class or "red circle", x0, y0, x1, y1)``, boxes in image
+        fractions, encoded as (class, quantised box) tokens for cross-attention. Guidance against the empty layout
+        (what condition dropout trained) when ``cfg_scale != 1``."""
+        self._require("layout2img", "layout")
+        self._check_common(steps, sampler, cfg_scale, n)
+        c = self.cfg.conditioner
+        per_object = 5
+        rows = parse_layout(layout, c.layout_classes, max_objects=(c.max_length - 1) // per_object)
+        height, width = height or self._native_size(), width or self._native_size()
+        self._check_size(height, width)
+        device, _ = self._device_dtype()
+        with torch.no_grad():  # layout and empty layout in one encoder batch
+            emb = self.model.cond_stage_model.encode(torch.stack([rows, null_layout(rows.shape[0])]).to(device))
+        cond, uncond = emb[:1].expand(n, -1, -1), (emb[1:] if cfg_scale != 1.0 else None)
+        noise, gens = self._noise(seed, n, height, width)
+        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
+                      uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
+        return self._decode(z, output)
+
+    def semantic2img(self, semantic_map: Any, *, n: int = 1, seed: int = 0, steps: int = 50, sampler: str = "ddim",
+                     callback: Callback | None = None, progress: bool = False, batch_size: int | None = None,
+                     output: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """Semantic-map-to-image (paper sec. 4.3.2): the one-hot label map (0 = background, 1 + class = object),
+        area-resized to the latent size, concatenated to the latents. The image has the map's size."""
+        self._require("semantic2img", "semantic")
+        self._check_common(steps, sampler, 1.0, n)
+        n_labels = self.cfg.unet.in_channels - self.cfg.unet.out_channels
+        labels = load_semantic_map(semantic_map, n_labels)
+        height, width = labels.shape
+        self._check_size(height, width)
+        device, dtype = self._device_dtype()
+        f = self.latent_factor
+        cond = semantic_concat(labels, n_labels, (height // f, width // f)).to(device, dtype).expand(n, -1, -1, -1)
+        noise, gens = self._noise(seed, n, height, width)
+        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=1.0, cond=cond, uncond=None,
+                      callback=callback, progress=progress, batch_size=batch_size)
+        return self._decode(z, output)
+
+    def _native_size(self) -> int:
+        """The resolution the model was trained at (its autoencoder's), 64 for pixel-space models."""
+        return self.cfg.autoencoder.resolution if self.cfg.first_stage != "none" else 64
 
     def _labels(self, label: int, n: int) -> torch.Tensor:
         device, _ = self._device_dtype()
@@ -374,9 +420,6 @@ class Pipeline:
             with torch.no_grad():
                 return self.model.get_learned_conditioning(labels)
         return labels  # UNet num_classes: routed to c_adm
-
-
-NULL_CLASS_CONVENTION = 1000  # CompVis class-conditional LDMs with guidance: label 1000 of 1001 means "no class"
 
 
 def _take(c: Any, rows: slice, n: int) -> Any:

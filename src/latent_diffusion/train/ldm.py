@@ -26,6 +26,7 @@ from .first_stage import load_first_stage_into
 from ..data.shapes import NUM_SEGMENT_CLASSES
 from ..diffusion.parameterization import alpha_sigma_from_alphas_cumprod, v_target
 from ..errors import ConfigError, LDMError
+from ..models.conditioners import null_class
 from ..models.ldm import LatentDiffusion
 from .ldm_config import LDMTrainConfig, check_scale_factor
 from .ldm_data import StepWindow, TaskSource, build_world, seed_of
@@ -166,8 +167,8 @@ class LatentDiffusionModule(L.LightningModule):
         if task == "unconditional":
             return None
         if task == "class":
-            n = self.model.cfg.conditioner.n_classes if cond_model is not None else self.model.cfg.unet.num_classes
-            labels = torch.where(drop, torch.full_like(batch["class_label"], n - 1), batch["class_label"]).to(z.device)
+            null = null_class(self.model.cfg)
+            labels = torch.where(drop, torch.full_like(batch["class_label"], null), batch["class_label"]).to(z.device)
             return {"c_adm": labels} if key == "adm" else {"c_crossattn": cond_model(labels)}
         if task in ("txt2img", "inpaint"):
             out: dict[str, torch.Tensor] = {}

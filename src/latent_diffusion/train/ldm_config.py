@@ -187,7 +187,7 @@ def extra_concat_channels(task: str, latent_channels: int, n_segment_classes: in
 
 def check_task(cfg: LDMTrainConfig) -> None:
     """The task must be one the dataset supplies and the model config must be able to take its condition."""
-    from ..data.shapes import NUM_SEGMENT_CLASSES, TASKS as DATA_TASKS
+    from ..data.shapes import NUM_CLASSES, NUM_SEGMENT_CLASSES, TASKS as DATA_TASKS
 
     if cfg.task not in DATA_TASKS:
         raise ConfigError(f"task {cfg.task!r} is not one the {cfg.data.dataset!r} dataset can supply; "
@@ -208,7 +208,23 @@ def check_task(cfg: LDMTrainConfig) -> None:
                           f"model.unet.out_channels={latent}")
     if m.first_stage == "none" and latent != 3:
         raise ConfigError(f"pixel-space training (first_stage: none) needs model.unet.out_channels = 3, got {latent}")
+    if cfg.task == "class":
+        _check_class_labels(cfg, NUM_CLASSES)
     check_scale_factor(m.scale_factor, "model.scale_factor")
+
+
+def _check_class_labels(cfg: LDMTrainConfig, data_classes: int) -> None:
+    from ..models.conditioners import null_class, num_class_labels
+
+    n, null = num_class_labels(cfg.model), null_class(cfg.model)
+    if n is None or n < data_classes:
+        raise ConfigError(f"task 'class' needs {data_classes} class labels (conditioner n_classes or unet.num_classes),"
+                          f" got {n}")
+    if cfg.diffusion.cond_drop_prob > 0 and (null is None or not data_classes <= null < n):
+        raise ConfigError(f"condition dropout (diffusion.cond_drop_prob={cfg.diffusion.cond_drop_prob}) needs a "
+                          f"'no class' label outside the dataset's {data_classes} classes: set "
+                          f"model.conditioner.null_class in [{data_classes}, {n}), e.g. n_classes = {data_classes + 1}"
+                          f" and null_class = {data_classes}; got null_class={null}")
 
 
 def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
