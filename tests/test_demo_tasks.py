@@ -1,0 +1,146 @@
+"""ldm demo --task ...: every task's grid (condition | samples | truth) from tiny random models standing in for the
+embedded ShapesWorld task models (default_model.ASSETS points at a temporary folder)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from latent_diffusion import default_model
+from latent_diffusion.checkpoint import save_checkpoint
+from latent_diffusion.errors import CheckpointError
+from latent_diffusion.models.ldm import LatentDiffusion
+from latent_diffusion.pipelines.demo import run_demo
+from latent_diffusion.pipelines.demo_tasks import class_rgb, render_layout, render_masked, render_semantic
+from latent_diffusion.tiny import tiny_config, tiny_model
+
+# 32-px scenes (the tiny models' AE size; the embedded models use 64): a quarter of the work of 64 px
+FAST = dict(n=1, steps=2, rows=2, size=32, progress=False, echo=False)
+PAD, SCALE, LABEL_W = 2, 2, 170  # demo grid: cells drawn at twice their size, 2-px gaps, 170-px label column
+
+
+def _superres() -> LatentDiffusion:  # concat model with a 3-channel (RGB) condition, as tests/test_pipeline.py
+    base = tiny_config("uncond-vq")
+    cfg = dataclasses.replace(base, conditioning_key="concat",
+                              unet=dataclasses.replace(base.unet, in_channels=base.unet.out_channels + 3))
+    torch.manual_seed(0)
+    return LatentDiffusion(cfg).eval()
+
+
+def _class_with_null() -> LatentDiffusion:  # ShapesWorld's 40 classes + the "no class" label, so cfg 3 is used
+    base = tiny_config("class")
+    cfg = dataclasses.replace(base, conditioner=dataclasses.replace(base.conditioner, n_classes=41, null_class=40))
+    torch.manual_seed(0)
+    return LatentDiffusion(cfg).eval()
+
+
+BUILDERS = {"class": _class_with_null, "unconditional": lambda: tiny_model("uncond-vq"),
+            "layout": lambda: tiny_model("layout"), "semantic": lambda: tiny_model("semantic"),
+            "superres": _superres, "inpaint": lambda: tiny_model("sd1-inpaint")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():  # tiny models gain nothing from 2 threads; on a CPU busy with training, OpenMP waits cost ~7x
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("assets")
+    for task, build in BUILDERS.items():
+        save_checkpoint(build(), d / default_model.TASK_MODELS[task])
+    return d
+
+
+@pytest.fixture
+def assets(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(default_model, "ASSETS", model_dir)
+    return model_dir
+
+
+def _grid_size(rows: int, cols: int, labels: bool) -> tuple[int, int]:
+    cell = 32 * SCALE
+    return (LABEL_W if labels else 0) + cols * (cell + PAD) + PAD, rows * (cell + PAD) + PAD
+
+
+# -- condition rendering -----------------------------------------------------------------------------
+def test_layout_is_drawn_as_class_coloured_boxes_on_grey() -> None:
+    layout = torch.tensor([[0, 0.25, 0.25, 0.5, 0.5], [-1, 0, 0, 0, 0]])  # a red circle's box, one padding row
+    im = render_layout(layout, 64)
+    assert im.size == (64, 64)
+    assert im.getpixel((24, 24)) == class_rgb(0) and im.getpixel((50, 50)) == (128, 128, 128)
+
+
+def test_semantic_map_is_coloured_by_class() -> None:
+    seg = torch.zeros(64, 64, dtype=torch.long)
+    seg[:8, :8] = 1 + 10  # class 10 = blue square
+    im = render_semantic(seg)
+    assert im.getpixel((2, 2)) == class_rgb(10) == (26, 64, 242) and im.getpixel((40, 40)) == (128, 128, 128)
+
+
+def test_masked_input_has_a_grey_hole() -> None:
+    image, mask = torch.ones(3, 64, 64), torch.zeros(1, 64, 64)
+    mask[:, :16, :16] = 1
+    im = render_masked(image, mask)
+    assert im.getpixel((4, 4)) == (128, 128, 128) and im.getpixel((40, 40)) == (255, 255, 255)
+
+
+# -- whole demos -------------------------------------------------------------------------------------
+# columns: condition? + n samples + ground truth?; labels: row text left of the grid
+LAYOUT = {"class": (0, 0, True), "unconditional": (0, 0, False), "layout": (1, 0, True), "semantic": (1, 0, True),
+          "superres": (1, 1, True), "inpaint": (1, 1, True)}
+
+
+@pytest.mark.parametrize("task", list(LAYOUT))
+def test_task_demo_writes_grid_and_samples(assets: Path, tmp_path: Path, task: str) -> None:
+    res = run_demo(tmp_path / "demo", task=task, **FAST)
+    cond, truth, labels = LAYOUT[task]
+    grid = tmp_path / "demo" / f"{task}.png"
+    assert res["grid"] == grid == res["grids"][task] and grid.is_file()
+    assert Image.open(grid).size == _grid_size(2, cond + 1 + truth, labels)
+    assert len(res["files"]) == 2 and all(f.is_file() and f.name.startswith(f"{task}-") for f in res["files"])
+    assert Image.open(res["files"][0]).size == (32, 32)
+
+
+def test_all_runs_present_models_and_names_the_skipped(assets: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    for t in ("class", "layout", "superres", "inpaint"):  # only unconditional and semantic "trained" so far
+        monkeypatch.setitem(default_model.TASK_MODELS, t, f"not-there-{t}.safetensors")
+    res = run_demo(tmp_path / "demo", task="all", **FAST | {"echo": True})
+    assert set(res["grids"]) == {"unconditional", "semantic"}
+    assert set(res["skipped"]) == {"txt2img", "class", "layout", "superres", "inpaint"}
+    out = capsys.readouterr().out
+    assert "layout: skipped" in out and "not-there-layout.safetensors" in out
+    assert str(tmp_path / "demo" / "semantic.png") in out
+
+
+def test_missing_model_for_named_task_is_an_error_naming_the_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(default_model, "ASSETS", tmp_path / "empty")
+    with pytest.raises(CheckpointError, match=r"layout model .*layout-shapes\.safetensors"):
+        run_demo(tmp_path / "demo", task="layout", **FAST)
+    assert not (tmp_path / "demo").exists()  # nothing written
+    with pytest.raises(CheckpointError, match="none of the embedded task models"):
+        run_demo(tmp_path / "demo", task="all", **FAST)
+
+
+def test_wrong_model_for_task_is_an_error(assets: Path, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(default_model.TASK_MODELS, "class", default_model.TASK_MODELS["semantic"])
+    with pytest.raises(CheckpointError, match="cannot do the class demo"):
+        run_demo(tmp_path / "demo", task="class", **FAST)
+
+
+def test_cli_task_demo_does_not_overwrite(assets: Path, tmp_path: Path, capsys) -> None:
+    from latent_diffusion.cli import main
+
+    args = ["demo", "--task", "semantic", "--out", str(tmp_path / "d"), "--n", "1", "--rows", "1", "--steps", "2",
+            "--quiet"]  # 64 px, as the embedded models
+    assert main(args) == 0 and main(args) == 0
+    assert (tmp_path / "d" / "semantic.png").is_file() and (tmp_path / "d-2" / "semantic.png").is_file()
+    assert main([*args, "--prompt", "a red circle"]) == 2
+    assert "--prompt is for the txt2img demo" in capsys.readouterr().err
