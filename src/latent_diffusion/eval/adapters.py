@@ -78,7 +78,7 @@ def text_generator(pipe: Any, s: SampleSettings, size: int) -> Callable[[list[st
     return generate
 
 
-def class_generator(pipe: Any, s: SampleSettings) -> Callable[[torch.Tensor], torch.Tensor]:
+def class_generator(pipe: Any, s: SampleSettings, cfg_scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
     check_task(pipe, "class")
 
     def generate(labels: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,8 @@ def class_generator(pipe: Any, s: SampleSettings) -> Callable[[torch.Tensor], to
         for c in labels.unique().tolist():  # one call per class; seeds seed + 1000·class + j
             idx = (labels == c).nonzero().flatten().tolist()
             z = pipe.sample(int(c), n=len(idx), seed=s.seed + 1000 * int(c), steps=s.steps, sampler=s.sampler,
-                            batch_size=s.batch_size, progress=_label(s, f"class {c}"), output="latent")
+                            cfg_scale=cfg_scale, batch_size=s.batch_size, progress=_label(s, f"class {c}"),
+                            output="latent")
             for j, img in zip(idx, decode(pipe, z)):
                 out[j] = img
         return torch.stack(out)
@@ -133,12 +134,13 @@ def inpaint_generator(pipe: Any, s: SampleSettings, cfg_scale: float = 1.0):  # 
     return generate
 
 
-def layout_generator(pipe: Any, s: SampleSettings) -> Callable[[torch.Tensor], torch.Tensor]:
+def layout_generator(pipe: Any, s: SampleSettings, cfg_scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
     check_task(pipe, "layout")
 
     def generate(layouts: torch.Tensor) -> torch.Tensor:
         return torch.cat([decode(pipe, pipe.layout2img(lay, steps=s.steps, sampler=s.sampler, seed=s.seed + i,
-                                                       output="latent")) for i, lay in enumerate(layouts)])
+                                                       cfg_scale=cfg_scale, output="latent"))
+                          for i, lay in enumerate(layouts)])
 
     return generate
 

@@ -29,16 +29,16 @@ _TASKS: dict[str, tuple[int, str]] = {
 def add_eval_task_commands(esub: Any) -> None:
     for task, (n, text) in _TASKS.items():
         p = esub.add_parser(task, help=text)
-        default = " (default: the embedded default model)" if task == "txt2img" else ""
-        p.add_argument("--ckpt", required=task != "txt2img", default=None, help=f"model .safetensors{default}")
+        p.add_argument("--ckpt", default=None,
+                       help=f"model .safetensors (default: the embedded ShapesWorld {task} model)")
         p.add_argument("--n", type=int, default=n, help=f"held-out scenes / samples (default {n})")
         p.add_argument("--steps", type=int, default=20)
         p.add_argument("--sampler", default="ddim")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--batch-size", type=int, default=16, help="images per sampling batch")
-        if task in ("txt2img", "inpaint"):
+        if task in ("txt2img", "inpaint", "class", "layout"):
             p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 5.0, 7.5] if task == "txt2img"
-                           else [1.0], help="classifier-free guidance scale(s)")
+                           else [1.0], help="classifier-free guidance scale(s), one table row each")
         if task in ("txt2img", "uncond"):
             p.add_argument("--n-real", type=int, default=None, help="real images for FID (default: max(--n, 256))")
         p.add_argument("--judge", default=None, help="judge weights (default: the committed assets/judge-shapes)")
@@ -129,27 +129,14 @@ def autoencoder_roundtrip(ae: Any, batch_size: int = 50) -> Any:
     return run
 
 
-def _default_model_path() -> Any:
-    from pathlib import Path
-
-    from ..errors import CheckpointError
-
-    try:
-        from ..default_model import default_model_path
-    except ImportError:  # the default-model module is not in this tree yet
-        path = Path(__file__).resolve().parent.parent / "assets" / "default-txt2img.safetensors"
-        if not path.is_file():
-            raise CheckpointError(f"the embedded default model {path} is missing; pass --ckpt") from None
-        return path
-    return default_model_path()
-
-
-def _load_pipeline(ckpt: str | None) -> Any:
+def _load_pipeline(ckpt: str | None, task: str) -> Any:
+    from ..default_model import task_model_path
     from ..pipelines.pipeline import Pipeline
 
-    if ckpt is None:
-        ckpt = str(_default_model_path())
-    return Pipeline.from_checkpoint(ckpt)
+    return Pipeline.from_checkpoint(ckpt if ckpt is not None else task_model_path(EMBEDDED.get(task, task)))
+
+
+EMBEDDED = {"uncond": "unconditional"}  # evaluation task name -> default_model.TASK_MODELS key
 
 
 def _cmd_eval_task(args: argparse.Namespace) -> int:
@@ -159,7 +146,7 @@ def _cmd_eval_task(args: argparse.Namespace) -> int:
     if args.n <= 0:
         raise LDMError(f"--n must be positive, got {args.n}")
     t0 = time.perf_counter()
-    rows = run_task(args.eval_task, _load_pipeline(args.ckpt), args)
+    rows = run_task(args.eval_task, _load_pipeline(args.ckpt, args.eval_task), args)
     cli = sys.argv[1:3] == ["eval", args.eval_task]  # run from the shell (not main(argv) from Python)
     meta = {"command": "ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if cli else None, "ckpt": args.ckpt or "default", "steps": args.steps, "sampler": args.sampler,
             "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1)}
@@ -190,9 +177,11 @@ def run_task(task: str, pipe: Any, args: argparse.Namespace) -> list[dict[str, A
         return tk.evaluate_txt2img(ad.text_generator(pipe, s, size), judge, data["captions"], args.cfg,
                                    metrics=metrics)
     if task == "class":
-        return [tk.evaluate_class(ad.class_generator(pipe, s), judge, data["labels"])]
+        return [{"cfg_scale": c} | tk.evaluate_class(ad.class_generator(pipe, s, c), judge, data["labels"])
+                for c in args.cfg]
     if task == "layout":
-        return [tk.evaluate_layout(ad.layout_generator(pipe, s), judge, data["layouts"])]
+        return [{"cfg_scale": c} | tk.evaluate_layout(ad.layout_generator(pipe, s, c), judge, data["layouts"])
+                for c in args.cfg]
     if task == "semantic":
         return [tk.evaluate_semantic(ad.semantic_generator(pipe, s), judge, data["segmentation"], size=(size, size))]
     if task == "superres":
