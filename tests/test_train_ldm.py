@@ -114,3 +114,13 @@ def test_train_export_and_load(tmp_path):
 def test_yaml_recipe_parses():
     cfg = LDMTrainConfig.from_yaml("configs/ldm/txt2img-shapes.yaml")
     assert cfg.task == "txt2img" and cfg.model.conditioner.kind == "bert"
+
+
+def test_max_minutes_stops_training_early_and_still_exports(tmp_path):
+    cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(tmp_path / "run"), "max_steps": 400, "epoch_steps": 400,
+                                             "max_minutes": 0.002}))  # 0.12 s of training
+    summary = train_ldm(cfg, progress=False, echo=False)
+    assert 0 < summary["steps"] < 400
+    assert load_checkpoint(tmp_path / "run" / "model.safetensors").model_ema is not None
+    with pytest.raises(ValueError, match="max_minutes must be > 0"):
+        LDMTrainConfig.from_dict(tiny(run={"max_minutes": 0}))

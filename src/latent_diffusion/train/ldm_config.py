@@ -88,6 +88,7 @@ class LDMOptimConfig:
 @dataclass
 class LDMRunConfig:
     max_steps: int = 1000  # optimiser steps
+    max_minutes: float | None = None  # also stop after this much training wall-clock (equal-compute comparisons)
     batch_size: int = 16  # per process
     precision: str = "32"  # 32 | bf16-mixed (never fp16 on CPU)
     seed: int = 0
@@ -104,13 +105,15 @@ class LDMRunConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("32", "bf16-mixed"):
             raise ValueError(f"run.precision must be '32' or 'bf16-mixed' (no fp16 on CPU), got {self.precision!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"run.max_minutes must be > 0 (or null: no time limit), got {self.max_minutes!r}")
         for name in ("max_steps", "batch_size", "epoch_steps", "log_every", "devices"):
             if getattr(self, name) < 1:
                 raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
 
 
 # fields that may differ between a run and its resumption (they do not change the result's definition)
-RESUMABLE_CHANGES = ("run.max_steps", "run.out_dir", "run.num_threads", "run.log_every", "run.sample_every_epoch",
+RESUMABLE_CHANGES = ("run.max_steps", "run.max_minutes", "run.out_dir", "run.num_threads", "run.log_every", "run.sample_every_epoch",
                      "run.sample_steps")
 
 

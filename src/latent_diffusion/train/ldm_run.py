@@ -16,6 +16,7 @@ import os
 import secrets
 import sys
 import time
+from datetime import timedelta
 import warnings
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ def build_trainer(cfg: LDMTrainConfig, out_dir: Path, progress: bool, callbacks:
         strategy = DDPStrategy(process_group_backend="gloo" if r.accelerator == "cpu" else None)
     return L.Trainer(accelerator=r.accelerator, devices=r.devices, strategy=strategy, precision=r.precision,
                      max_epochs=math.ceil(r.max_steps / r.epoch_steps), reload_dataloaders_every_n_epochs=1,
+                     max_time=None if r.max_minutes is None else timedelta(minutes=r.max_minutes),
                      accumulate_grad_batches=cfg.optim.accumulate, gradient_clip_val=cfg.optim.grad_clip,
                      use_distributed_sampler=False, logger=False, enable_checkpointing=False,
                      enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
