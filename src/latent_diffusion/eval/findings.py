@@ -1,0 +1,183 @@
+"""The paper's findings in miniature (docs/findings.md), measured with the judge on held-out ShapesWorld scenes.
+
+``python -m latent_diffusion.eval.findings samplers --class-ckpt C --uncond-ckpt U --out DIR``
+    sampler steps vs quality: class accuracy (class model, CFG 3) and FID (unconditional model) for DDIM, PLMS and
+    DPM++ 2M at 5 / 10 / 20 / 50 steps.
+``python -m latent_diffusion.eval.findings first-stage --run NAME=RUN_DIR ... --out DIR``
+    LDM-f at equal training compute: for each training run (its ``model.safetensors`` and ``summary.json``), the
+    steps it reached, class accuracy at CFG 1 and 3, and sampling throughput (images / s, 20 DDIM steps, batch 16).
+
+Each writes ``<name>.json`` and ``<name>.png`` into ``--out`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import LDMError
+
+SAMPLERS = ("ddim", "plms", "dpmpp_2m")
+STEPS = (5, 10, 20, 50)
+
+
+def _judge_and_data(n: int) -> tuple[Any, dict]:
+    from .judge import Judge
+    from .tasks import heldout
+
+    return Judge.load(None), heldout(n)
+
+
+def sampler_sweep(class_ckpt: str, uncond_ckpt: str, *, n_class: int = 80, n_uncond: int = 256,
+                  samplers: Sequence[str] = SAMPLERS, steps: Sequence[int] = STEPS, cfg_scale: float = 3.0,
+                  log: Any = print) -> list[dict[str, Any]]:
+    from ..pipelines.pipeline import Pipeline
+    from . import adapters as ad
+    from .distribution import DistributionMetrics
+    from .tasks import evaluate_class, evaluate_uncond, heldout
+
+    judge, data = _judge_and_data(n_class)
+    metrics = DistributionMetrics(judge, heldout(max(n_uncond, 256), offset=100_000)["images"], seed=0)
+    cls, unc = Pipeline.from_checkpoint(class_ckpt), Pipeline.from_checkpoint(uncond_ckpt)
+    rows = []
+    for sampler in samplers:
+        for k in steps:
+            s = ad.SampleSettings(steps=k, sampler=sampler)
+            acc = evaluate_class(ad.class_generator(cls, s, cfg_scale), judge, data["labels"])
+            dist = evaluate_uncond(ad.uncond_generator(unc, s), metrics, n_uncond)
+            rows.append({"sampler": sampler, "steps": k, "class_accuracy": acc["class_accuracy"],
+                         "fid": dist["fid"], "kid_mean": dist["kid_mean"]})
+            log(f"  {sampler} {k} steps: class accuracy {acc['class_accuracy']:.3f}, FID {dist['fid']:.3f}")
+    return rows
+
+
+def throughput(pipe: Any, *, steps: int = 20, batch: int = 16, repeats: int = 2) -> float:
+    """Images per second of ``pipe.sample`` (DDIM, decode included), the best of ``repeats`` timed calls."""
+    kw = dict(n=batch, steps=steps, sampler="ddim", batch_size=batch)
+    label = 0 if pipe.kind == "class" else None
+    pipe.sample(label, **kw | {"n": 2, "batch_size": 2, "steps": 2})  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        pipe.sample(label, **kw)
+        best = min(best, time.perf_counter() - t0)
+    return batch / best
+
+
+def first_stage_sweep(runs: dict[str, str], *, n: int = 80, cfg_scales: Sequence[float] = (1.0, 3.0),
+                      log: Any = print) -> list[dict[str, Any]]:
+    from ..pipelines.pipeline import Pipeline
+    from . import adapters as ad
+    from .tasks import evaluate_class
+
+    judge, data = _judge_and_data(n)
+    rows = []
+    for name, run in runs.items():
+        run_dir = Path(run)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        pipe = Pipeline.from_checkpoint(run_dir / "model.safetensors", use_ema=True)
+        row: dict[str, Any] = {"model": name, "f": pipe.latent_factor, "train_steps": summary["steps"],
+                               "train_seconds": summary["train_seconds"],
+                               "latent": list(pipe.model.cfg.unet.channel_mult), "scale_factor": summary["scale_factor"]}
+        for c in cfg_scales:
+            acc = evaluate_class(ad.class_generator(pipe, ad.SampleSettings(), c), judge, data["labels"])
+            row[f"class_accuracy_cfg{c:g}"] = acc["class_accuracy"]
+        row["images_per_s"] = throughput(pipe)
+        rows.append(row)
+        log(f"  {name}: {row}")
+    return rows
+
+
+def _plot_samplers(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        rs = [r for r in rows if r["sampler"] == sampler]
+        axes[0].plot([r["steps"] for r in rs], [100 * r["class_accuracy"] for r in rs], "o-", label=sampler)
+        axes[1].plot([r["steps"] for r in rs], [r["fid"] for r in rs], "o-", label=sampler)
+    for ax, title in zip(axes, ("class accuracy (%), CFG 3", "FID (judge features), unconditional")):
+        ax.set_xscale("log")
+        ax.set_xticks([5, 10, 20, 50], ["5", "10", "20", "50"])
+        ax.set_xlabel("sampling steps")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_first_stage(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = [r["model"] for r in rows]
+    axes[0].bar(names, [100 * r["class_accuracy_cfg3"] for r in rows])
+    axes[0].set_title("class accuracy (%), CFG 3, equal training time")
+    axes[1].bar(names, [r["images_per_s"] for r in rows])
+    axes[1].set_title("sampling throughput (images / s, 20 steps)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m latent_diffusion.eval.findings", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("samplers")
+    s.add_argument("--class-ckpt", required=True)
+    s.add_argument("--uncond-ckpt", required=True)
+    s.add_argument("--n-class", type=int, default=80)
+    s.add_argument("--n-uncond", type=int, default=256)
+    f = sub.add_parser("first-stage")
+    f.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR")
+    f.add_argument("--n", type=int, default=80)
+    for q in (s, f):
+        q.add_argument("--out", required=True, help="folder for the JSON and PNG")
+        q.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.what == "samplers":
+        rows = sampler_sweep(args.class_ckpt, args.uncond_ckpt, n_class=args.n_class, n_uncond=args.n_uncond)
+        name, plot = "sampler-steps", _plot_samplers
+    else:
+        runs = dict(r.split("=", 1) for r in args.run if "=" in r)
+        if len(runs) != len(args.run):
+            raise LDMError(f"--run takes NAME=RUN_DIR, got {args.run}")
+        rows = first_stage_sweep(runs, n=args.n)
+        name, plot = "first-stage", _plot_first_stage
+    meta = {"command": "python -m latent_diffusion.eval.findings " + " ".join(argv or []),
+            "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads()}
+    (out / f"{name}.json").write_text(json.dumps(meta | {"rows": rows}, indent=2) + "\n")
+    plot(rows, out / f"{name}.png")
+    print(_markdown(rows), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
