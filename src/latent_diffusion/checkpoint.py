@@ -3,7 +3,8 @@
 ``load_checkpoint`` reads ``.safetensors`` or (through an allow-list unpickler) ``.ckpt`` / ``.pt``, decides the
 config (given, stored in our own files' metadata, or inferred from the weights), builds the model, matches the
 optional parts real files may carry (schedule buffers, ``position_ids``, ``model_ema.*``, a ``scale_factor``
-buffer) and loads with ``strict=True`` semantics: missing, unexpected and mis-shaped keys are a ``KeyMismatchError``.
+buffer, the x4 upscaler's ``low_scale_model.*`` schedule) and loads with ``strict=True`` semantics: missing,
+unexpected and mis-shaped keys are a ``KeyMismatchError``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .errors import CheckpointError, ConfigError, KeyMismatchError
 from .infer import infer_config
 from .models.conditioners import FrozenCLIPEmbedder
 from .models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
+from .models.low_scale import LOW_SCALE_BUFFERS
 from .safe_load import read_state_dict, save_safetensors_atomic
 
 CONFIG_METADATA_KEY = "ldm_config"
@@ -49,6 +51,8 @@ def resolve_config(config: DiffusionConfig | dict | str | os.PathLike | None, sd
 def match_optional_parts(model: LatentDiffusion, keys: set[str]) -> None:
     """Make ``model.state_dict()`` carry exactly the optional entries present in ``keys``."""
     model.set_schedule_persistent("betas" in keys)
+    if getattr(model, "low_scale_model", None) is not None:
+        model.low_scale_model.set_persistent("low_scale_model.betas" in keys)
     if "scale_factor" in keys:
         model.use_scale_factor_buffer()
     if isinstance(model.cond_stage_model, FrozenCLIPEmbedder):
@@ -98,6 +102,9 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
     del sd
     for name in SCHEDULE_BUFFERS:  # fp16 files store the schedule in fp16 too; sampling wants float32
         setattr(model, name, getattr(model, name).float())
+    low = getattr(model, "low_scale_model", None)
+    for name in LOW_SCALE_BUFFERS if low is not None else ():
+        setattr(low, name, getattr(low, name).float())
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise CheckpointError(f"internal: tensors not materialised after loading {os.fspath(path)}: {left[:_SHOW]}")
@@ -127,6 +134,8 @@ def family(cfg: DiffusionConfig) -> str:
     inpaint = " inpainting" if unet.in_channels == unet.out_channels + 5 and cfg.conditioning_key == "hybrid" else ""
     if cond == "clip":
         return "Stable Diffusion 1.x" + inpaint
+    if cond == "open_clip" and cfg.low_scale is not None:
+        return "Stable Diffusion x4 upscaler"
     if cond == "open_clip":
         return "Stable Diffusion 2.x" + inpaint + (" (v-prediction)" if cfg.parameterization == "v" else "")
     f = cfg.autoencoder.downsample_factor if cfg.first_stage != "none" else 1

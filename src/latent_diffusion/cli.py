@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.set_defaults(func=_cmd_inspect)
     mk = sub.add_parser("make-tiny", help="write a tiny random checkpoint of a family (for tests and smoke runs)")
-    mk.add_argument("family", choices=["sd1", "sd2", "sd1-inpaint", "class", "uncond-vq"])
+    mk.add_argument("family", choices=["sd1", "sd2", "sd1-inpaint", "sd-x4-upscaler", "class", "uncond-vq"])
     mk.add_argument("--out", required=True)
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--force", action="store_true", help="overwrite an existing file")

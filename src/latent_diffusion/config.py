@@ -45,7 +45,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> 
 
 def _nested_config_type(f: dataclasses.Field) -> type | None:
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-    for c in (UNetConfig, AutoencoderConfig, VQConfig, ConditionerConfig, DiffusionConfig):
+    for c in (UNetConfig, AutoencoderConfig, VQConfig, ConditionerConfig, LowScaleConfig, DiffusionConfig):
         if c.__name__ in str(t):
             return c
     return None
@@ -87,7 +87,10 @@ class UNetConfig:
     conv_resample: bool = True
     dropout: float = 0.0
     legacy: bool = True
-    disable_self_attn: bool = False
+    # True: every attention layer's attn1 attends to the context instead of itself; a tuple: one flag per level of
+    # channel_mult (the x4 upscaler's disable_self_attentions), the middle block then follows disable_middle_self_attn
+    disable_self_attn: bool | tuple[bool, ...] = False
+    disable_middle_self_attn: bool = False
     use_new_attention_order: bool = False
 
     def __post_init__(self) -> None:
@@ -97,6 +100,16 @@ class UNetConfig:
             raise ValueError("use_spatial_transformer=True needs context_dim (the conditioning width)")
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
             raise ValueError(f"channel_mult must be positive integers, got {self.channel_mult}")
+        if isinstance(self.disable_self_attn, tuple) and len(self.disable_self_attn) != len(self.channel_mult):
+            raise ValueError(f"disable_self_attn needs one flag per channel_mult level ({len(self.channel_mult)}), "
+                             f"got {self.disable_self_attn}")
+
+    def self_attn_disabled(self, level: int | None) -> bool:
+        """Whether attention at ``level`` (None: the middle block) attends to the context in its attn1."""
+        flags = self.disable_self_attn
+        if not isinstance(flags, tuple):
+            return bool(flags)
+        return self.disable_middle_self_attn if level is None else bool(flags[level])
 
 
 @dataclass
@@ -162,6 +175,24 @@ class ConditionerConfig:
 
 
 @dataclass
+class LowScaleConfig:
+    """Stability's ``ImageConcatWithNoiseAugmentation`` (the x4 upscaler's ``low_scale_config``): the low-res RGB image
+    is noised with its own DDPM schedule to ``noise_level`` (< ``max_noise_level``) before it is concatenated, and the
+    level goes to the UNet as the class label (c_adm)."""
+
+    timesteps: int = 1000
+    beta_schedule: str = "linear"  # CompVis "linear": linspace(sqrt(b0), sqrt(b1)) ** 2
+    linear_start: float = 1e-4
+    linear_end: float = 2e-2
+    cosine_s: float = 8e-3
+    max_noise_level: int = 350
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_noise_level <= self.timesteps:
+            raise ValueError(f"max_noise_level must be in [1, timesteps={self.timesteps}], got {self.max_noise_level}")
+
+
+@dataclass
 class DiffusionConfig:
     """``LatentDiffusion`` top-level arguments: schedule, parameterisation, conditioning, scale factor."""
 
@@ -172,21 +203,23 @@ class DiffusionConfig:
     cosine_s: float = 8e-3
     parameterization: str = "eps"  # eps | x0 | v
     scale_factor: float = 0.18215
-    conditioning_key: str | None = "crossattn"  # None | crossattn | concat | hybrid | adm
+    conditioning_key: str | None = "crossattn"  # None | crossattn | concat | hybrid | adm | hybrid-adm
     first_stage: str = "kl"  # kl | vq | none (pixel space, f = 1)
     unet: UNetConfig = field(default_factory=UNetConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    low_scale: LowScaleConfig | None = None  # the x4 upscaler's noise augmentation of the low-res image
 
     def __post_init__(self) -> None:
         if self.parameterization not in ("eps", "x0", "v"):
             raise ValueError(f"parameterization must be 'eps', 'x0' or 'v', got {self.parameterization!r}")
         if self.first_stage not in ("kl", "vq", "none"):
             raise ValueError(f"first_stage must be 'kl', 'vq' or 'none' (pixel space), got {self.first_stage!r}")
-        if self.conditioning_key not in (None, "crossattn", "concat", "hybrid", "adm"):
-            raise ValueError(
-                f"conditioning_key must be None, 'crossattn', 'concat', 'hybrid' or 'adm', got {self.conditioning_key!r}"
-            )
+        if self.conditioning_key not in (None, "crossattn", "concat", "hybrid", "adm", "hybrid-adm"):
+            raise ValueError(f"conditioning_key must be None, 'crossattn', 'concat', 'hybrid', 'adm' or 'hybrid-adm', "
+                             f"got {self.conditioning_key!r}")
+        if self.conditioning_key == "hybrid-adm" and self.unet.num_classes is None:
+            raise ValueError("conditioning_key='hybrid-adm' routes c_adm to the UNet's label_emb: set unet.num_classes")
         if self.first_stage == "vq" and not isinstance(self.autoencoder, VQConfig):
             self.autoencoder = from_dict(VQConfig, to_dict(self.autoencoder) | {"double_z": False})
         if self.first_stage == "kl" and isinstance(self.autoencoder, VQConfig):

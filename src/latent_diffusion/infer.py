@@ -3,8 +3,10 @@
 Weights fix every shape; they cannot tell the number of attention heads, the prediction type or the scale factor.
 Those follow the released families: SD 1.x (context 768) → 8 heads; SD 2.x (context 1024 / linear projections) →
 64-channel heads; other CompVis LDMs → 32-channel heads (most of their configs); ε-prediction unless told
-``v``; scale factor 0.18215 for KL first stages, 1.0 for VQ, or the checkpoint's own ``scale_factor``. Give the
-original YAML for anything else.
+``v``; scale factor 0.18215 for KL first stages, 1.0 for VQ, or the checkpoint's own ``scale_factor``. A text model
+whose UNet also has a ``label_emb`` and extra input channels is the SD x4 upscaler (``hybrid-adm``): 8 heads,
+v-prediction, scale factor 0.08333 and the noise augmentation of x4-upscaling.yaml (max level 350; its schedule from
+``low_scale_model.betas`` when the file has them). Give the original YAML for anything else.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, UNetConfig, VQConfig
+from .config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, LowScaleConfig, UNetConfig, VQConfig
 from .diffusion.schedules import make_beta_schedule
 from .errors import CheckpointError
 
@@ -60,9 +62,15 @@ def infer_unet(sd: Mapping[str, torch.Tensor]) -> UNetConfig:
         context_dim = sd[UNET + block + "0.attn2.to_k.weight"].shape[1]
         cfg["context_dim"] = context_dim
         cfg["use_linear_in_transformer"] = sd[UNET + "middle_block.1.proj_in.weight"].ndim == 2
-        inner = sd[UNET + block + "0.attn1.to_q.weight"].shape[0]
-        cfg["disable_self_attn"] = sd[UNET + block + "0.attn1.to_k.weight"].shape[1] != inner
-        if context_dim == 1024 or cfg["use_linear_in_transformer"]:
+        cfg["disable_self_attn"] = _self_attn_disabled(sd, "middle_block.1.")
+        per_level = [_self_attn_disabled(sd, f"input_blocks.{1 + level * (nrb + 1)}.1.") for level in range(levels)]
+        if any(f is not None and f != cfg["disable_self_attn"] for f in per_level):  # the x4 upscaler
+            cfg["disable_middle_self_attn"] = cfg["disable_self_attn"]
+            cfg["disable_self_attn"] = tuple(bool(f) for f in per_level)
+        upscaler = UNET + "label_emb.weight" in sd and in_ch > cfg["out_channels"]
+        if upscaler:
+            cfg.update(num_heads=8, num_head_channels=-1)  # x4-upscaling.yaml
+        elif context_dim == 1024 or cfg["use_linear_in_transformer"]:
             cfg.update(num_heads=-1, num_head_channels=min(64, mc))  # SD 2.x
         elif context_dim == 768:
             cfg.update(num_heads=8, num_head_channels=-1)  # SD 1.x
@@ -71,6 +79,14 @@ def infer_unet(sd: Mapping[str, torch.Tensor]) -> UNetConfig:
     else:
         cfg.update(num_heads=-1, num_head_channels=min(32, mc))
     return UNetConfig(**cfg)
+
+
+def _self_attn_disabled(sd: Mapping[str, torch.Tensor], attention: str) -> bool | None:
+    """Whether the SpatialTransformer at ``attention`` attends to the context in attn1 (None: no attention there)."""
+    k = sd.get(UNET + attention + "transformer_blocks.0.attn1.to_k.weight")
+    if k is None:
+        return None
+    return k.shape[1] != sd[UNET + attention + "transformer_blocks.0.attn1.to_q.weight"].shape[0]
 
 
 def infer_autoencoder(sd: Mapping[str, torch.Tensor]) -> tuple[str, AutoencoderConfig]:
@@ -146,7 +162,11 @@ def infer_config(sd: Mapping[str, torch.Tensor], *, parameterization: str | None
     unet = infer_unet(sd)
     first, ae = infer_autoencoder(sd)
     cond = infer_conditioner(sd)
-    if cond.kind in ("clip", "open_clip", "class"):
+    low_scale = None
+    if cond.kind in ("clip", "open_clip") and unet.num_classes is not None and unet.in_channels > unet.out_channels:
+        key, low_scale = "hybrid-adm", _infer_low_scale(sd)  # the x4 upscaler
+        parameterization = parameterization or "v"
+    elif cond.kind in ("clip", "open_clip", "class"):
         key = "hybrid" if unet.in_channels > unet.out_channels else "crossattn"
     elif unet.num_classes is not None:
         key = "adm"
@@ -154,7 +174,17 @@ def infer_config(sd: Mapping[str, torch.Tensor], *, parameterization: str | None
         key = "concat" if unet.in_channels > unet.out_channels else None
     if "scale_factor" in sd:
         scale = float(sd["scale_factor"])
+    elif low_scale is not None:
+        scale = 0.08333  # x4-upscaling.yaml
     else:
         scale = 1.0 if first in ("vq", "none") else 0.18215
     return DiffusionConfig(parameterization=parameterization or "eps", scale_factor=scale, conditioning_key=key,
-                           first_stage=first, unet=unet, autoencoder=ae, conditioner=cond, **_infer_schedule(sd))
+                           first_stage=first, unet=unet, autoencoder=ae, conditioner=cond, low_scale=low_scale,
+                           **_infer_schedule(sd))
+
+
+def _infer_low_scale(sd: Mapping[str, torch.Tensor]) -> LowScaleConfig:
+    """x4-upscaling.yaml's noise augmentation; the schedule from ``low_scale_model.betas`` when present."""
+    schedule = _infer_schedule({k.removeprefix("low_scale_model."): v for k, v in sd.items()
+                                if k.startswith("low_scale_model.")})
+    return LowScaleConfig(**schedule, max_noise_level=350)

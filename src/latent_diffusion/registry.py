@@ -7,7 +7,11 @@ MODEL_TARGETS: dict[str, dict] = {
     "ldm.models.diffusion.ddpm.LatentDiffusion": {},
     "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": {},
     "ldm.models.diffusion.ddpm.LatentDepth2ImageDiffusion": {},
+    "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion": {},  # needs low_scale_config (yaml_compat)
 }
+
+# low_scale_config.target of a LatentUpscaleDiffusion (→ LowScaleConfig)
+LOW_SCALE_TARGETS = ("ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation",)
 
 UNET_TARGETS = ("ldm.modules.diffusionmodules.openaimodel.UNetModel",)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, UNetConfig, VQConfig
+from .config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, LowScaleConfig, UNetConfig, VQConfig
 from .errors import ConfigError
 from .models.ldm import LatentDiffusion
 
@@ -24,6 +24,16 @@ def tiny_config(family: str) -> DiffusionConfig:
     if family == "sd2":
         unet = UNetConfig(**sd_unet, num_heads=-1, num_head_channels=16, use_linear_in_transformer=True)
         return DiffusionConfig(unet=unet, autoencoder=AutoencoderConfig(**_AE), parameterization="v",
+                               conditioner=ConditionerConfig(kind="open_clip", output_dim=32, act="gelu",
+                                                             layer="penultimate", pad_with_zero=True, **_CLIP))
+    if family == "sd-x4-upscaler":  # x4-upscaling.yaml at toy size: KL-f4, 7 input channels, noise level as label
+        unet = UNetConfig(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(2, 4),
+                          num_heads=2, use_spatial_transformer=True, context_dim=32, legacy=False,
+                          use_linear_in_transformer=True, in_channels=7, num_classes=1000,
+                          disable_self_attn=(True, True, False))
+        return DiffusionConfig(unet=unet, autoencoder=AutoencoderConfig(**_AE | {"ch_mult": (1, 2, 2)}),
+                               parameterization="v", linear_start=1e-4, linear_end=2e-2, scale_factor=0.08333,
+                               conditioning_key="hybrid-adm", low_scale=LowScaleConfig(max_noise_level=350),
                                conditioner=ConditionerConfig(kind="open_clip", output_dim=32, act="gelu",
                                                              layer="penultimate", pad_with_zero=True, **_CLIP))
     if family == "class":
@@ -46,8 +56,8 @@ def tiny_config(family: str) -> DiffusionConfig:
                           in_channels=4 + 41)
         return DiffusionConfig(unet=unet, conditioning_key="concat", scale_factor=1.0,
                                autoencoder=AutoencoderConfig(**_AE))
-    raise ConfigError(f"unknown tiny family {family!r}; accepted: sd1, sd1-inpaint, sd2, class, uncond-vq, layout, "
-                      "semantic")
+    raise ConfigError(f"unknown tiny family {family!r}; accepted: sd1, sd1-inpaint, sd2, sd-x4-upscaler, class, "
+                      "uncond-vq, layout, semantic")
 
 
 def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:

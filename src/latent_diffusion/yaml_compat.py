@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from . import registry
-from .config import AutoencoderConfig, ConditionerConfig, DiffusionConfig, UNetConfig, VQConfig, from_dict
+from .config import (AutoencoderConfig, ConditionerConfig, DiffusionConfig, LowScaleConfig, UNetConfig, VQConfig,
+                     from_dict)
 from .errors import ConfigError
 
 # original keys with no effect on inference numerics
@@ -72,9 +73,9 @@ def _unet(section: dict[str, Any], where: str) -> UNetConfig:
     params = dict(section.get("params") or {})
     if params.get("dims", 2) != 2:
         raise ConfigError(f"{where}: only 2-D UNets are supported, got dims={params['dims']}")
-    if "disable_self_attentions" in params:
+    if "disable_self_attentions" in params:  # one flag per level; the middle block: disable_middle_self_attn
         flags = params.pop("disable_self_attentions")
-        params["disable_self_attn"] = bool(flags and flags[0])
+        params["disable_self_attn"] = tuple(bool(f) for f in flags) if flags else False
     known = {f for f in UNetConfig.__dataclass_fields__}
     _check_keys(params, known, _IGNORED_UNET, where)
     return from_dict(UNetConfig, {k: v for k, v in params.items() if k in known}, where=where)
@@ -110,16 +111,35 @@ def _cond_stage(section: Any, where: str) -> ConditionerConfig:
     return from_dict(ConditionerConfig, values, where=where)
 
 
+def _low_scale(section: Any, where: str) -> LowScaleConfig | None:
+    """``low_scale_config`` of a LatentUpscaleDiffusion: ImageConcatWithNoiseAugmentation's schedule and maximum."""
+    if section is None:
+        return None
+    target = section.get("target") if isinstance(section, dict) else section
+    if target not in registry.LOW_SCALE_TARGETS:
+        raise ConfigError(f"unknown target {target!r} in {where}; known targets: {list(registry.LOW_SCALE_TARGETS)}")
+    params = dict((section.get("params") if isinstance(section, dict) else None) or {})
+    _check_keys(params, {"noise_schedule_config", "max_noise_level"}, {"to_cuda"}, where)
+    schedule = dict(params.get("noise_schedule_config") or {})
+    known = {"timesteps", "beta_schedule", "linear_start", "linear_end", "cosine_s"}
+    _check_keys(schedule, known, set(), where + ".noise_schedule_config")
+    values = schedule | {"max_noise_level": params.get("max_noise_level", 1000)}  # the class's default
+    return from_dict(LowScaleConfig, values, where=where)
+
+
 def from_original(data: dict[str, Any], where: str = "original config") -> DiffusionConfig:
     model = data["model"]
     _target(model, registry.MODEL_TARGETS, where + ": model")
     params = dict(model.get("params") or {})
     top_known = {"linear_start", "linear_end", "timesteps", "parameterization", "scale_factor", "conditioning_key",
-                 "unet_config", "first_stage_config", "cond_stage_config", "beta_schedule", "cosine_s"}
+                 "unet_config", "first_stage_config", "cond_stage_config", "beta_schedule", "cosine_s",
+                 "low_scale_config"}
     _check_keys(params, top_known, _IGNORED_MODEL, where + ": model.params")
     for req in ("unet_config", "first_stage_config"):
         if req not in params:
             raise ConfigError(f"{where}: model.params.{req} is missing")
+    if (model["target"] == "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion") != ("low_scale_config" in params):
+        raise ConfigError(f"{where}: model.params.low_scale_config goes with (and only with) LatentUpscaleDiffusion")
     first, ae = _first_stage(params["first_stage_config"], where + ": first_stage_config")
     try:
         return _diffusion_config(params, first, ae, where)
@@ -143,4 +163,5 @@ def _diffusion_config(params: dict[str, Any], first: str, ae: AutoencoderConfig,
         unet=_unet(params["unet_config"], where + ": unet_config"),
         autoencoder=ae,
         conditioner=_cond_stage(params.get("cond_stage_config"), where + ": cond_stage_config"),
+        low_scale=_low_scale(params.get("low_scale_config"), where + ": low_scale_config"),
     )

@@ -1,7 +1,7 @@
 """``LatentDiffusion``: the UNet, the first stage, the conditioner and the schedule buffers in one module,
 laid out so its ``state_dict()`` keys are exactly those of CompVis / Stable Diffusion checkpoints:
 ``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``, ``betas``, ``alphas_cumprod``, ...,
-and ``model_ema.*`` when an EMA copy is held.
+``model_ema.*`` when an EMA copy is held, and ``low_scale_model.*`` for the x4 upscaler (``cfg.low_scale``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from ..diffusion.schedules import ddpm_buffers, make_beta_schedule
 from .autoencoder import AutoencoderKL
 from .conditioners import build_conditioner
 from .ema import LitEma
+from .low_scale import NoiseAugmentation
 from .unet import UNetModel
 from .vq import VQModel
 
@@ -32,14 +33,17 @@ class DiffusionWrapper(nn.Module):
                 c_crossattn: torch.Tensor | None = None, c_adm: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, C, h, w); c_concat: (B, C', h, w); c_crossattn: (B, M, D); c_adm: (B,) labels
         key = self.conditioning_key
-        if key in ("concat", "hybrid"):
+        if key in ("concat", "hybrid", "hybrid-adm"):
             if c_concat is None:
                 raise ValueError(f"conditioning_key={key!r} needs c_concat (B, C', h, w)")
             x = torch.cat([x, c_concat.to(x.dtype)], dim=1)
-        context = c_crossattn if key in ("crossattn", "hybrid") else None
-        if key in ("crossattn", "hybrid") and context is None:
+        cross = key in ("crossattn", "hybrid", "hybrid-adm")
+        if cross and c_crossattn is None:
             raise ValueError(f"conditioning_key={key!r} needs c_crossattn (B, M, context_dim)")
-        return self.diffusion_model(x, t, context=context, y=c_adm if key == "adm" else None)
+        adm = key in ("adm", "hybrid-adm")
+        if key == "hybrid-adm" and c_adm is None:
+            raise ValueError(f"conditioning_key={key!r} needs c_adm (B,) class labels / noise levels")
+        return self.diffusion_model(x, t, context=c_crossattn if cross else None, y=c_adm if adm else None)
 
 
 def build_first_stage(cfg: DiffusionConfig) -> nn.Module | None:
@@ -58,6 +62,8 @@ class LatentDiffusion(nn.Module):
         self.model = DiffusionWrapper(UNetModel(cfg.unet), cfg.conditioning_key)
         self.first_stage_model = build_first_stage(cfg)
         self.cond_stage_model = build_conditioner(cfg.conditioner)
+        if cfg.low_scale is not None:  # registered only when configured: other families keep their exact keys
+            self.low_scale_model = NoiseAugmentation(cfg.low_scale)
         self.model_ema: LitEma | None = None
         self.scale_factor: float | torch.Tensor = cfg.scale_factor
         with torch.device("cpu"):  # real values even when the model is built on "meta" for fast loading

@@ -49,7 +49,7 @@ class UNetModel(nn.Module):
                 layers: list[nn.Module] = [res(ch, mult * mc)]
                 ch = mult * mc
                 if ds in cfg.attention_resolutions:
-                    layers.append(self._attention(ch, upsample=False))
+                    layers.append(self._attention(ch, upsample=False, level=level))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_chans.append(ch)
             if level != len(cfg.channel_mult) - 1:
@@ -58,7 +58,8 @@ class UNetModel(nn.Module):
                 skip_chans.append(ch)
                 ds *= 2
 
-        self.middle_block = TimestepEmbedSequential(res(ch, ch), self._attention(ch, upsample=False), res(ch, ch))
+        self.middle_block = TimestepEmbedSequential(res(ch, ch), self._attention(ch, upsample=False, level=None),
+                                                   res(ch, ch))
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -66,7 +67,7 @@ class UNetModel(nn.Module):
                 layers = [res(ch + skip_chans.pop(), mc * mult)]
                 ch = mc * mult
                 if ds in cfg.attention_resolutions:
-                    layers.append(self._attention(ch, upsample=True))
+                    layers.append(self._attention(ch, upsample=True, level=level))
                 if level and i == cfg.num_res_blocks:
                     layers.append(res(ch, ch, up=True) if cfg.resblock_updown else Upsample(ch, cfg.conv_resample))
                     ds //= 2
@@ -76,8 +77,9 @@ class UNetModel(nn.Module):
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
 
-    def _attention(self, ch: int, upsample: bool) -> nn.Module:
-        """Heads / head width exactly as openaimodel derives them (including its ``legacy`` rule)."""
+    def _attention(self, ch: int, upsample: bool, level: int | None) -> nn.Module:
+        """Heads / head width exactly as openaimodel derives them (including its ``legacy`` rule); ``level``: the
+        channel_mult index (None: the middle block), for per-level ``disable_self_attn``."""
         cfg = self.cfg
         if cfg.num_head_channels == -1:
             num_heads, dim_head = cfg.num_heads, ch // cfg.num_heads
@@ -90,7 +92,7 @@ class UNetModel(nn.Module):
             dim_head = ch // num_heads if cfg.use_spatial_transformer else cfg.num_head_channels
         if cfg.use_spatial_transformer:
             return SpatialTransformer(ch, num_heads, dim_head, cfg.transformer_depth, cfg.dropout, cfg.context_dim,
-                                      cfg.disable_self_attn, cfg.use_linear_in_transformer)
+                                      cfg.self_attn_disabled(level), cfg.use_linear_in_transformer)
         heads = cfg.num_heads_upsample if upsample and cfg.num_heads_upsample != -1 else cfg.num_heads
         return AttentionBlock(ch, heads, dim_head, cfg.use_new_attention_order)
 

@@ -27,6 +27,8 @@ from .blend import final_blend, masked_denoiser
 from .fastpaths import FastPaths, resolve_precision, sampling_context
 from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
 from .structured import LayoutLike, load_semantic_map, null_layout, parse_layout, semantic_concat
+from .upscale import (DEFAULT_CFG_SCALE, DEFAULT_NOISE_LEVEL, check_noise_level, noised_low_res,
+                      upscale_conditioning)
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 MAX_PROMPT_TOKENS = 75  # CLIP's 77 minus the start and end tokens
@@ -107,6 +109,8 @@ class Pipeline:
         if cfg.conditioner.kind == "layout":
             return "layout"
         if cfg.conditioner.kind in TEXT_KINDS:
+            if key == "hybrid-adm" and cfg.low_scale is not None:
+                return "text_upscale"  # SD x4 upscaler
             if key == "hybrid" and cfg.unet.in_channels == cfg.unet.out_channels + 5:
                 return "inpaint"
             return "text" if key == "crossattn" else "other"
@@ -126,6 +130,7 @@ class Pipeline:
         if self.kind not in kinds:
             hint = {"text": "txt2img / img2img / inpaint", "inpaint": "inpaint (or txt2img / img2img)",
                     "class": "sample --class-label", "uncond": "sample", "concat": "upscale",
+                    "text_upscale": "upscale (with a prompt)",
                     "layout": "layout2img", "semantic": "semantic2img"}.get(self.kind, "none")
             raise LDMError(f"{task} needs a {' or '.join(kinds)} model, but this is a {self.family} model; "
                            f"tasks it can do: {hint}")
@@ -303,19 +308,31 @@ class Pipeline:
             z = final_blend(z, z0, keep)
         return self._decode(z, output)
 
-    def upscale(self, low_res_image: Image.Image | str | os.PathLike, prompt: str = "", *, steps: int = 50,
-                sampler: str = "ddim", cfg_scale: float = 1.0, seed: int = 0, n: int = 1,
-                height: int | None = None, width: int | None = None, callback: Callback | None = None,
-                progress: bool = False, batch_size: int | None = None,
+    def upscale(self, low_res_image: Image.Image | str | os.PathLike, prompt: str = "", negative_prompt: str = "", *,
+                steps: int = 50, sampler: str = "ddim", cfg_scale: float | None = None, noise_level: int | None = None,
+                seed: int = 0, n: int = 1, height: int | None = None, width: int | None = None,
+                callback: Callback | None = None, progress: bool = False, batch_size: int | None = None,
                 output: str = "pil") -> list[Image.Image] | torch.Tensor:
-        """CompVis LDM super-resolution (concat): c_concat = the low-res image at latent resolution.
+        """Super-resolution: c_concat = the low-res image at latent resolution. The output is ``f`` times the input
+        unless height / width are given.
 
-        The output is ``f`` times the input unless height / width are given."""
-        self._require("upscale", "concat")
+        CompVis LDM (concat): no prompt, no guidance (``cfg_scale`` None or 1), no ``noise_level``.
+        SD x4 upscaler (hybrid-adm, see upscale.py): the image is first noised to ``noise_level`` (default 20, in
+        [0, max_noise_level]) with generator i for image i; ``prompt`` / ``negative_prompt`` with ``cfg_scale``
+        (default 9, as diffusers) guide it."""
+        self._require("upscale", "concat", "text_upscale")
+        text = self.kind == "text_upscale"
+        cfg_scale = (DEFAULT_CFG_SCALE if text else 1.0) if cfg_scale is None else cfg_scale
         self._check_common(steps, sampler, cfg_scale, n)
-        if cfg_scale != 1.0:
+        if text:
+            noise_level = check_noise_level(DEFAULT_NOISE_LEVEL if noise_level is None else noise_level,
+                                            self.cfg.low_scale.max_noise_level)
+        elif noise_level is not None:
+            raise LDMError(f"this {self.family} model concatenates the image as it is; it takes no noise_level "
+                           f"(got {noise_level!r})")
+        elif cfg_scale != 1.0:
             raise LDMError(f"this {self.family} model has no unconditional input; use cfg_scale=1, got {cfg_scale}")
-        if prompt:
+        elif prompt or negative_prompt:
             warnings.warn("this upscaler takes no prompt; ignoring it", stacklevel=2)
         extra = self.cfg.unet.in_channels - self.cfg.unet.out_channels
         if extra != 3:
@@ -329,10 +346,19 @@ class Pipeline:
         lo = pil_to_tensor(pil)
         if lo.shape[-2:] != (height // f, width // f):
             lo = F.interpolate(lo, size=(height // f, width // f), mode="bicubic", align_corners=False).clamp(-1, 1)
-        cond = lo.to(device, dtype).expand(n, -1, -1, -1)
-        noise, gens = self._noise(seed, n, height, width)
-        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=1.0, cond=cond, uncond=None,
-                      callback=callback, progress=progress, batch_size=batch_size)
+        if not text:
+            cond = lo.to(device, dtype).expand(n, -1, -1, -1)
+            noise, gens = self._noise(seed, n, height, width)
+            z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=1.0, cond=cond,
+                          uncond=None, callback=callback, progress=progress, batch_size=batch_size)
+            return self._decode(z, output)
+        text_cond, text_uncond = self._text(prompt, negative_prompt, n, cfg_scale)
+        gens = generators(seed, n)  # per image: low-res noise first, then the initial latents (upscale.py)
+        c_concat, c_adm = noised_low_res(self.model, lo.to(device, dtype), noise_level, gens)
+        noise = randn((n, self.latent_channels, height // f, width // f), gens, device=device, dtype=dtype)
+        cond, uncond = upscale_conditioning(c_concat, c_adm, text_cond, text_uncond)
+        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
+                      uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
         return self._decode(z, output)
 
     def sample(self, class_label: int | None = None, *, n: int = 1, seed: int = 0, steps: int = 50,
