@@ -47,6 +47,11 @@ def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: fl
     f.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first call)")
 
 
+def _size_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--height", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--width", type=int, default=None, help="default: the model's native size")
+
+
 def _text_args(p: argparse.ArgumentParser, *, prompt_required: bool = True) -> None:
     p.add_argument("--prompt", required=prompt_required, default=None)
     p.add_argument("--negative-prompt", default="")
@@ -75,19 +80,21 @@ def add_generate_commands(sub: Any) -> None:
     m.add_argument("--mask", required=True, help="white = repaint, black = keep; same size as the image")
     m.add_argument("--strength", type=float, default=1.0)
     m.set_defaults(func=_cmd_inpaint)
-    u = sub.add_parser("upscale", help="super-resolution with a concat-conditioned LDM")
-    _model_args(u, sampler="ddim", steps=50, cfg=1.0, embedded="x4 super-resolution")
+    u = sub.add_parser("upscale", help="super-resolution: a concat-conditioned LDM or the SD x4 upscaler")
+    _model_args(u, sampler="ddim", steps=50, cfg=None, embedded="x4 super-resolution")
     u.add_argument("--init-image", required=True)
-    u.add_argument("--height", type=int, default=None)
-    u.add_argument("--width", type=int, default=None)
+    u.add_argument("--prompt", default="", help="SD x4 upscaler only: what the image shows")
+    u.add_argument("--negative-prompt", default="", help="SD x4 upscaler only")
+    u.add_argument("--noise-level", type=int, default=None,
+                   help="SD x4 upscaler only: noise added to the low-res image, 0..max_noise_level (default 20)")
+    _size_args(u)
     u.set_defaults(func=_cmd_upscale)
     s = sub.add_parser("sample", help="class-conditional or unconditional sampling")
     _model_args(s, sampler="ddim", steps=50, cfg=1.0,
                 embedded="class-conditional (with --class-label) or unconditional")
     s.add_argument("--class-label", default=None,
                    help="an integer class, or (ShapesWorld models) a name such as 'red circle'")
-    s.add_argument("--height", type=int, default=None)
-    s.add_argument("--width", type=int, default=None)
+    _size_args(s)
     s.set_defaults(func=_cmd_sample)
     lay = sub.add_parser("layout2img", help="layout-to-image: objects with boxes")
     _model_args(lay, sampler="ddim", steps=50, cfg=1.0, embedded="layout-to-image")
@@ -96,8 +103,7 @@ def add_generate_commands(sub: Any) -> None:
                           "x to the right, y down (repeatable)")
     lay.add_argument("--example", type=int, default=None, metavar="I",
                      help="take the layout of held-out ShapesWorld scene I (instead of --object)")
-    lay.add_argument("--height", type=int, default=None)
-    lay.add_argument("--width", type=int, default=None)
+    _size_args(lay)
     lay.set_defaults(func=_cmd_layout2img)
     sem = sub.add_parser("semantic2img", help="semantic-map-to-image")
     _model_args(sem, sampler="ddim", steps=50, cfg=1.0, embedded="semantic-map-to-image")
@@ -287,11 +293,20 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
+    from .upscale import DEFAULT_CFG_SCALE, DEFAULT_NOISE_LEVEL
+
     pipe, seed = _pipeline(args, "superres"), _seed(args)
-    images = pipe.upscale(args.init_image, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed,
+    text = pipe.kind == "text_upscale"
+    if args.cfg is None:  # the model's default: guidance for the x4 upscaler, none for a concat LDM
+        args.cfg = DEFAULT_CFG_SCALE if text else 1.0
+    images = pipe.upscale(args.init_image, args.prompt, args.negative_prompt, steps=args.steps,
+                          sampler=args.sampler, cfg_scale=args.cfg, noise_level=args.noise_level, seed=seed,
                           n=args.n, height=args.height, width=args.width, progress=_progress(args),
                           batch_size=args.batch_size)
-    _save(args, pipe, images, "", "", _base_settings(args), seed)
+    settings = _base_settings(args)
+    if text:
+        settings["Noise level"] = DEFAULT_NOISE_LEVEL if args.noise_level is None else args.noise_level
+    _save(args, pipe, images, args.prompt, args.negative_prompt, settings, seed)
     return 0
 
 
