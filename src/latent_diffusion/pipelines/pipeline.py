@@ -299,8 +299,9 @@ class Pipeline:
             # a latent is repainted if any of its f×f pixels is
             keep = 1.0 - F.max_pool2d(m, f).to(z0.device, z0.dtype)
             model = masked_denoiser(self.model, z0[:1], keep)  # rows are equal
-        if strength < 1.0:
-            start, init = start_step_for_strength(steps, strength), self._encode(x).expand(n, -1, -1, -1)
+        if strength < 1.0:  # the blending path has the image's latents already
+            init = z0 if z0 is not None else self._encode(x).expand(n, -1, -1, -1)
+            start = start_step_for_strength(steps, strength)
         z = self._run(model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
                       uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress,
                       batch_size=batch_size, start_step=start, init_latents=init)
