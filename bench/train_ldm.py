@@ -1,7 +1,7 @@
 """Training steps/s of the text-to-image recipe: our UNet vs diffusers' UNet2DConditionModel of the same shape.
 
     PYTHONPATH=src python bench/train_ldm.py [--config configs/ldm/txt2img-shapes.yaml] [--rounds 5] [--steps 5]
-                                             [--precision bf16|fp32] [--threads 1] [--out bench/results] [--nchw]
+                                             [--precision bf16|fp32] [--threads 1] [--out bench/results]
 
 Both loops are the same: a caption batch through the jointly trained text encoder, ε-prediction at random timesteps
 on latents of the recipe's shape, MSE, backward, AdamW step. The diffusers UNet starts from our weights (diffusers'
@@ -75,14 +75,8 @@ def main() -> None:
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="bench/results")
-    p.add_argument("--nchw", action="store_true",
-                   help="keep our UNet's activations NCHW in training (its CPU channels_last fast path is for sampling)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.nchw:  # experiment: the UNet's channels_last choice, switched off for this process
-        from latent_diffusion.models.unet import UNetModel
-
-        UNetModel._memory_format = lambda self, x: torch.contiguous_format
     cfg = LDMTrainConfig.from_yaml(args.config)
     cfg.model.first_stage = "none"  # the first stage is frozen and outside the loop (cached latents)
     torch.manual_seed(0)
@@ -111,7 +105,7 @@ def main() -> None:
             rates[name].append(args.steps / (time.perf_counter() - t0))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f} steps/s" for k, v in rates.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    result = {"config": args.config, "nchw": args.nchw, "batch_size": b, "latent_shape": list(shape), "precision": args.precision,
+    result = {"config": args.config, "batch_size": b, "latent_shape": list(shape), "precision": args.precision,
               "threads": args.threads, "rounds": args.rounds, "steps_per_round": args.steps,
               "unet_params": sum(p.numel() for p in ours.parameters()),
               "steps_per_s": med, "all_rounds": rates, "ratio_ours_over_diffusers": med["ours"] / med["diffusers"],

@@ -244,3 +244,13 @@ def test_nan_latents_stop_sampling_and_name_the_step(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(pipe.model, "apply_model", poisoned)
     with pytest.raises(NonFiniteError, match=r"dpmpp_2m: NaN/Inf in the latents after step 2/3 .*fp32 or bf16"):
         pipe.txt2img("x", sampler="dpmpp_2m", **KW)
+
+
+def test_inpaint_paste_back_keeps_every_pixel_outside_the_mask(sd1: Pipeline, image: Image.Image) -> None:
+    mask = _mask()
+    out = sd1.inpaint(image, mask, "a cat", steps=2, cfg_scale=1.0, paste_back=True)[0]
+    a, b = np.asarray(out), np.asarray(image)
+    outside = np.asarray(mask.convert("L")) < 128
+    assert (a[outside] == b[outside]).all() and (a[~outside] != b[~outside]).any()
+    with pytest.raises(LDMError, match="paste_back"):
+        sd1.inpaint(image, mask, "a cat", steps=2, paste_back=True, output="latent")

@@ -22,8 +22,10 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "semantic": [("mIoU", "miou", ".3f"), ("pixel accuracy", "pixel_accuracy", "%"), ("n", "n", "d")],
     "superres": [("PSNR (dB)", "psnr", ".2f"), ("SSIM", "ssim", ".3f"), ("bicubic PSNR", "psnr_bicubic", ".2f"),
                  ("bicubic SSIM", "ssim_bicubic", ".3f"), ("gain (dB)", "psnr_gain_db", "+.2f"), ("n", "n", "d")],
-    "inpaint": [("CFG", "cfg_scale", "g"), ("PSNR inside mask (dB)", "psnr_inside", ".2f"), ("max change outside (8-bit)", "max_change_outside",
-                ".1f"), ("mean change outside", "mean_change_outside", ".2f"), ("n", "n", "d")],
+    "inpaint": [("CFG", "cfg_scale", "g"), ("PSNR inside mask (dB)", "psnr_inside", ".2f"),
+                ("mean-colour fill PSNR (dB)", "psnr_inside_mean_fill", ".2f"),
+                ("max change outside (8-bit)", "max_change_outside", ".1f"),
+                ("mean change outside", "mean_change_outside", ".2f"), ("n", "n", "d")],
     "uncond": [("FID", "fid", ".3f"), ("KID", "kid_mean", ".4f"), ("precision", "precision", ".3f"),
                ("recall", "recall", ".3f"), ("n", "n", "d")],
 }

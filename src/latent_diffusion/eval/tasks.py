@@ -171,8 +171,18 @@ def evaluate_inpaint(generate: Callable[[torch.Tensor, torch.Tensor, list[str]],
     mse_in = torch.stack([e[m].mean() if m.any() else e.new_tensor(0.0) for e, m in zip(err, inside)])
     change = ((a - b).abs() * 255).masked_fill(inside, 0.0)
     outside_px = (~inside).sum().clamp_min(1)
-    return {"n": int(images.shape[0]), "psnr_inside": float((10 * torch.log10(1 / mse_in.clamp_min(1e-10))).mean()),
+    # baseline: the hole filled with the mean colour of the pixels around it (outside the mask)
+    keep = (~inside).float()
+    fill = (b * keep).sum((2, 3), keepdim=True) / keep.sum((2, 3), keepdim=True).clamp_min(1)
+    err_fill = (fill.expand_as(b) - b).pow(2)
+    mse_fill = torch.stack([e[m].mean() if m.any() else e.new_tensor(0.0) for e, m in zip(err_fill, inside)])
+    return {"n": int(images.shape[0]), "psnr_inside": _mean_psnr(mse_in), "psnr_inside_mean_fill": _mean_psnr(mse_fill),
             "max_change_outside": float(change.max()), "mean_change_outside": float(change.sum() / outside_px)}
+
+
+def _mean_psnr(mse: torch.Tensor) -> float:
+    """Mean over images of the PSNR (dB, signal range 1) of per-image MSEs."""
+    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
 
 
 # -- unconditional -----------------------------------------------------------------------------------------------

@@ -274,10 +274,15 @@ class Pipeline:
                 negative_prompt: str = "", *, strength: float = 1.0, steps: int = 20, sampler: str = "dpmpp_2m",
                 cfg_scale: float = 7.5, seed: int = 0, n: int = 1, guidance_rescale: float = 0.0,
                 callback: Callback | None = None, progress: bool = False,
-                batch_size: int | None = None, output: str = "pil") -> list[Image.Image] | torch.Tensor:
+                batch_size: int | None = None, output: str = "pil",
+                paste_back: bool = False) -> list[Image.Image] | torch.Tensor:
         """Repaint where ``mask`` is white. 9-channel inpainting models get [mask, masked-image latents] as
-        c_concat; ordinary text models keep the unmasked latents by blending at every step (exact at the end)."""
+        c_concat; ordinary text models keep the unmasked latents by blending at every step (exact at the end).
+        Either way the decoder redraws the whole image, so pixels outside the mask change by the autoencoder's round
+        trip; ``paste_back=True`` composites the input's pixels back outside the mask (``output="pil"`` only)."""
         self._require("inpaint", "text", "inpaint")
+        if paste_back and output != "pil":
+            raise LDMError("paste_back composites decoded pixels, so it needs output='pil' (latents have no pixels)")
         self._check_common(steps, sampler, cfg_scale, n)
         if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
             raise LDMError(f"inpaint strength must be in (0, 1], got {strength!r}")
@@ -307,6 +312,8 @@ class Pipeline:
                       batch_size=batch_size, start_step=start, init_latents=init)
         if keep is not None:
             z = final_blend(z, z0, keep)
+        if paste_back:
+            return [tensor_to_pil(x * (1 - m) + pil_to_tensor(im) * m)[0] for im in self._decode(z, "pil")]
         return self._decode(z, output)
 
     def upscale(self, low_res_image: Image.Image | str | os.PathLike, prompt: str = "", negative_prompt: str = "", *,
