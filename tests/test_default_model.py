@@ -16,7 +16,7 @@ def test_pipeline_uses_embedded_model_by_default():
                      output="latent")
     b = pipe.txt2img("a red circle above a blue square", steps=3, sampler="ddim", cfg_scale=3.0, height=64, width=64,
                      output="latent")
-    assert a.shape == (1, 3, 16, 16) and (a == b).all()
+    assert a.shape == (1, pipe.latent_channels, 16, 16) and (a == b).all()
 
 
 def test_demo_writes_grid_and_does_not_overwrite(tmp_path, capsys):
