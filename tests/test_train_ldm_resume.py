@@ -67,3 +67,18 @@ def test_two_process_ddp_ranks_end_identical(tmp_path):
     d0, d1 = (out / "digest-rank0.txt").read_text(), (out / "digest-rank1.txt").read_text()
     assert d0 == d1
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+
+
+def test_resume_with_more_steps_after_a_mid_epoch_end(tmp_path):
+    """A run whose max_steps is not a multiple of epoch_steps ends inside an epoch; extending it must still train to
+    the new max_steps (it used to stop one epoch window short)."""
+    from ldm_tiny_config import tiny
+
+    from latent_diffusion.train.ldm_config import LDMTrainConfig
+    from latent_diffusion.train.ldm_run import train_ldm
+
+    run = {"out_dir": str(tmp_path / "run"), "max_steps": 3, "epoch_steps": 2}
+    assert train_ldm(LDMTrainConfig.from_dict(tiny(run=run)), progress=False, echo=False)["steps"] == 3
+    longer = LDMTrainConfig.from_dict(tiny(run=run | {"max_steps": 6}))
+    summary = train_ldm(longer, resume=str(tmp_path / "run" / "checkpoints" / "last.ckpt"), progress=False, echo=False)
+    assert summary["steps"] == 6

@@ -11,13 +11,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import secrets
 import sys
 import time
-from datetime import timedelta
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +173,9 @@ def build_trainer(cfg: LDMTrainConfig, out_dir: Path, progress: bool, callbacks:
 
         strategy = DDPStrategy(process_group_backend="gloo" if r.accelerator == "cpu" else None)
     return L.Trainer(accelerator=r.accelerator, devices=r.devices, strategy=strategy, precision=r.precision,
-                     max_epochs=math.ceil(r.max_steps / r.epoch_steps), reload_dataloaders_every_n_epochs=1,
+                     # stop on optimiser steps, not epochs: a run that ended mid-epoch (max_steps not a multiple of
+                     # epoch_steps) and is resumed with a larger max_steps would otherwise stop one window short
+                     max_epochs=-1, max_steps=r.max_steps, reload_dataloaders_every_n_epochs=1,
                      max_time=None if r.max_minutes is None else timedelta(minutes=r.max_minutes),
                      accumulate_grad_batches=cfg.optim.accumulate, gradient_clip_val=cfg.optim.grad_clip,
                      use_distributed_sampler=False, logger=False, enable_checkpointing=False,
