@@ -18,6 +18,8 @@ from latent_diffusion.pipelines.demo import run_demo
 from latent_diffusion.pipelines.demo_tasks import class_rgb, render_layout, render_masked, render_semantic
 from latent_diffusion.tiny import tiny_config, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # 32-px scenes (the tiny models' AE size; the embedded models use 64): a quarter of the work of 64 px
 FAST = dict(n=1, steps=2, rows=2, size=32, progress=False, echo=False)
 PAD, SCALE, LABEL_W = 2, 2, 170  # demo grid: cells drawn at twice their size, 2-px gaps, 170-px label column
@@ -41,14 +43,6 @@ def _class_with_null() -> LatentDiffusion:  # ShapesWorld's 40 classes + the "no
 BUILDERS = {"class": _class_with_null, "unconditional": lambda: tiny_model("uncond-vq"),
             "layout": lambda: tiny_model("layout"), "semantic": lambda: tiny_model("semantic"),
             "superres": _superres, "inpaint": lambda: tiny_model("sd1-inpaint")}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # tiny models gain nothing from 2 threads; on a CPU busy with training, OpenMP waits cost ~7x
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,11 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, EulerDiscreteScheduler  # noqa: E402
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' np.array(tensor) on numpy 2
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # diffusers' np.array(tensor) on numpy 2
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1,
           clip_sample=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """(B, 4, 8, 8) latents: extra intra-op threads only add overhead (and thrash on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,8 @@ pytest.importorskip("diffusers")
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,  # noqa: E402
                        StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]
 
 LATENT_TOL, LATENT_SCALE = 1e-4, 5.0  # bound 1e-4 · max(1, max|ref| / 5), see the module docstring
 IMAGE_WITHIN_1 = 0.999
@@ -133,15 +134,6 @@ def schedule(original: dict) -> dict:
     return {"num_train_timesteps": p["timesteps"], "beta_start": p["linear_start"], "beta_end": p["linear_end"],
             "beta_schedule": "scaled_linear", "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False,
             "prediction_type": {"eps": "epsilon", "v": "v_prediction"}[p["parameterization"]]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """(2, 4|9, 16, 24) UNet inputs on a shared 2-core machine: extra intra-op threads only add overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

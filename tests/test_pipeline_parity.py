@@ -52,7 +52,8 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
                        StableDiffusionPipeline, UniPCMultistepScheduler)
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]
 
 LATENT_TOL = 1e-4  # relative to max(1, max|ref|), see the module docstring
 PROMPT, NEGATIVE = "a red circle above a blue square", "blurry, low quality"
@@ -103,15 +104,6 @@ def transformers_text_encoder(model) -> CLIPTextModel:
     sd = {k.removeprefix("transformer.text_model."): v for k, v in model.cond_stage_model.state_dict().items()}
     hf.load_state_dict(sd, strict=True)
     return hf.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """(2-4, 4, 16, 24) latents on a shared 2-core machine: extra intra-op threads only add overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

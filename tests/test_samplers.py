@@ -26,7 +26,8 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler,
                        UniPCMultistepScheduler)
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' np.array(tensor) on numpy 2
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # diffusers' np.array(tensor) on numpy 2
 TOL = 1e-4
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
           set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False)
@@ -37,15 +38,6 @@ ORACLES = {  # our name -> diffusers scheduler and the config on top of SD's
     "unipc": (UniPCMultistepScheduler, {}), "euler_a": (EulerAncestralDiscreteScheduler, {}),
     "ddpm": (DDPMScheduler, {}), "dpmpp_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """(B, 4, 8, 8) latents: extra intra-op threads only add overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class TinyModel:

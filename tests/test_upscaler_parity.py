@@ -50,7 +50,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMul
                        EulerAncestralDiscreteScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel)
 from diffusers.loaders import single_file_utils as sfu  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]
 
 LATENT_TOL = 1e-4
 PROMPT, NEGATIVE = "a red circle above a blue square", "blurry"
@@ -89,14 +90,6 @@ def original_yaml(cfg: DiffusionConfig) -> dict:
                                "params": {"embed_dim": embed_dim, "ddconfig": ddconfig}},
         "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
                               "params": {"freeze": True, "layer": "penultimate"}}}}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
