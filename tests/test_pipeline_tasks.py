@@ -14,8 +14,8 @@ from latent_diffusion.data.shapes import NUM_SEGMENT_CLASSES, ShapesWorld, class
 from latent_diffusion.errors import LDMError
 from latent_diffusion.models.ldm import LatentDiffusion
 from latent_diffusion.pipelines import Pipeline
-from latent_diffusion.pipelines.structured import (class_from_name, load_semantic_map, null_layout, parse_layout,
-                                                   semantic_concat)
+from latent_diffusion.pipelines.structured import (class_from_name, load_semantic_map, null_layout, pad_layout,
+                                                   parse_layout, semantic_concat)
 from latent_diffusion.tiny import tiny_config, tiny_model
 
 LAYOUT = [("red circle", 0.1, 0.1, 0.4, 0.4), (class_index("square", "blue"), 0.5, 0.5, 0.9, 0.9)]
@@ -106,3 +106,13 @@ def test_class_guidance_against_the_null_class() -> None:
     assert guided.shape == plain.shape and not torch.allclose(guided, plain)
     with pytest.raises(LDMError, match=r"class_label in \[0, 9\]"):  # the null label is not a class to ask for
         pipe.sample(10, steps=2, height=32, width=32)
+
+
+def test_layouts_are_padded_to_the_trained_row_count() -> None:
+    """Two objects given, three rows trained: the tokens must equal those of the padded (3, 5) layout."""
+    pipe = Pipeline(tiny_model("layout"), precision="fp32")
+    padded = pad_layout(parse_layout(LAYOUT, 40), 3)
+    assert padded.shape == (3, 5) and padded[2, 0] == -1
+    a = pipe.layout2img(LAYOUT, steps=2, seed=1, height=32, width=32, output="latent")
+    b = pipe.layout2img(padded, steps=2, seed=1, height=32, width=32, output="latent")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -26,7 +26,7 @@ from ..models.conditioners import TEXT_KINDS, null_class, num_class_labels
 from .blend import final_blend, masked_denoiser
 from .fastpaths import FastPaths, resolve_precision, sampling_context
 from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
-from .structured import LayoutLike, load_semantic_map, null_layout, parse_layout, semantic_concat
+from .structured import LayoutLike, load_semantic_map, null_layout, pad_layout, parse_layout, semantic_concat
 from .upscale import (DEFAULT_CFG_SCALE, DEFAULT_NOISE_LEVEL, check_noise_level, noised_low_res,
                       upscale_conditioning)
 
@@ -104,7 +104,8 @@ class Pipeline:
 
     @property
     def kind(self) -> str:
-        """text | inpaint (9-channel hybrid) | class | uncond | concat (super-resolution and other image cond.)."""
+        """text | inpaint (9-channel hybrid) | text_upscale (SD x4) | class | uncond | layout | concat (image
+        concatenated: super-resolution) | semantic (a one-hot label map concatenated) | other."""
         cfg, key = self.cfg, self.cfg.conditioning_key
         if cfg.conditioner.kind == "layout":
             return "layout"
@@ -374,7 +375,8 @@ class Pipeline:
                callback: Callback | None = None, progress: bool = False, batch_size: int | None = None,
                output: str = "pil") -> list[Image.Image] | torch.Tensor:
         """Class-conditional (``class_label``) or unconditional sampling. Guidance (cfg_scale != 1) on a class model
-        needs a "no class" label: CompVis's convention of 1001 classes with class 1000 = "no class" (cin256-v2)."""
+        needs a "no class" label: ``conditioner.null_class`` (our ShapesWorld model: 40), or CompVis's convention of
+        1001 classes with class 1000 = "no class" (cin256-v2)."""
         self._require("sample", "class", "uncond")
         self._check_common(steps, sampler, cfg_scale, n)
         height, width = height or self._native_size(), width or self._native_size()
@@ -411,8 +413,8 @@ class Pipeline:
         self._require("layout2img", "layout")
         self._check_common(steps, sampler, cfg_scale, n)
         c = self.cfg.conditioner
-        per_object = 5
-        rows = parse_layout(layout, c.layout_classes, max_objects=(c.max_length - 1) // per_object)
+        slots = (c.max_length - 1) // 5  # objects the token sequence holds ([CLS] + 5 tokens per object)
+        rows = pad_layout(parse_layout(layout, c.layout_classes, max_objects=slots), slots)  # as in training
         height, width = height or self._native_size(), width or self._native_size()
         self._check_size(height, width)
         device, _ = self._device_dtype()

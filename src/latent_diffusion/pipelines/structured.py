@@ -68,6 +68,14 @@ def parse_layout(layout: LayoutLike, n_classes: int, max_objects: int | None = N
     return rows
 
 
+def pad_layout(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """(K', 5) → (max(K', k), 5) with padding rows (class -1) appended: the layout encoder was trained on a fixed
+    number of rows (ShapesWorld: 3), and the position of its [SEP] token depends on the row count."""
+    if rows.shape[0] >= k:
+        return rows
+    return torch.cat([rows, null_layout(k - rows.shape[0])])
+
+
 def null_layout(k: int) -> torch.Tensor:
     """The layout condition dropout trains with: every row padding."""
     rows = torch.zeros(k, 5)
