@@ -124,3 +124,9 @@ def test_max_minutes_stops_training_early_and_still_exports(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "model.safetensors").model_ema is not None
     with pytest.raises(ValueError, match="max_minutes must be > 0"):
         LDMTrainConfig.from_dict(tiny(run={"max_minutes": 0}))
+
+
+def test_class_training_without_dropout_needs_no_null_label():
+    m = _module(task="class", model={"conditioner": {"kind": "class", "n_classes": 40, "embed_dim": 16}},
+                diffusion={"cond_drop_prob": 0.0})
+    assert math.isfinite(float(m.training_step(_batch(m), 0).detach()))

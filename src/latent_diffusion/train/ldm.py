@@ -167,8 +167,10 @@ class LatentDiffusionModule(L.LightningModule):
         if task == "unconditional":
             return None
         if task == "class":
-            null = null_class(self.model.cfg)
-            labels = torch.where(drop, torch.full_like(batch["class_label"], null), batch["class_label"]).to(z.device)
+            null = null_class(self.model.cfg)  # None only when cond_drop_prob is 0 (check_task)
+            labels = batch["class_label"] if null is None else torch.where(
+                drop, torch.full_like(batch["class_label"], null), batch["class_label"])
+            labels = labels.to(z.device)
             return {"c_adm": labels} if key == "adm" else {"c_crossattn": cond_model(labels)}
         if task in ("txt2img", "inpaint"):
             out: dict[str, torch.Tensor] = {}

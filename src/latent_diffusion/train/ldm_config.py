@@ -113,8 +113,8 @@ class LDMRunConfig:
 
 
 # fields that may differ between a run and its resumption (they do not change the result's definition)
-RESUMABLE_CHANGES = ("run.max_steps", "run.max_minutes", "run.out_dir", "run.num_threads", "run.log_every", "run.sample_every_epoch",
-                     "run.sample_steps")
+RESUMABLE_CHANGES = ("run.max_steps", "run.max_minutes", "run.out_dir", "run.num_threads", "run.log_every",
+                     "run.sample_every_epoch", "run.sample_steps")
 
 
 @dataclass
