@@ -61,13 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand; an ``LDMError`` becomes one ``ldm: error: ...`` line and exit status 2."""
     try:
         return args.func(args)
     except LDMError as e:
         print(f"ldm: error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -55,16 +55,11 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import LDMError
+    from ..cli import run
 
     p = argparse.ArgumentParser(prog="ldm train ldm", description="stage 2: train a latent diffusion model")
     _add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except LDMError as e:
-        print(f"ldm: error: {e}", file=sys.stderr)
-        return 2
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
