@@ -81,14 +81,15 @@ def test_30_steps_lower_the_reconstruction_loss(tmp_path) -> None:
     assert model.encode(torch.zeros(1, 3, 16, 16)).mean.shape == (1, 2, 8, 8)
 
 
-def test_resume_is_bitwise_identical(tmp_path) -> None:
+@pytest.mark.parametrize("first_steps", [3, 4])  # 4: the first run ends mid-window (epoch_steps 3)
+def test_resume_is_bitwise_identical(tmp_path, first_steps) -> None:
     straight = AutoencoderTrainConfig.from_dict(tiny(tmp_path / "a"))
     train_autoencoder(straight, progress=False, echo=False)
-    first = AutoencoderTrainConfig.from_dict(tiny(tmp_path / "b", max_steps=3))
+    first = AutoencoderTrainConfig.from_dict(tiny(tmp_path / "b", max_steps=first_steps))
     train_autoencoder(first, progress=False, echo=False)
     mid = tmp_path / "mid.ckpt"
     mid.write_bytes((tmp_path / "b" / "checkpoints" / "last.ckpt").read_bytes())
-    assert int(read_pickle(mid)["state_dict"]["batches_seen"]) == 3
+    assert int(read_pickle(mid)["state_dict"]["batches_seen"]) == first_steps
     resumed = AutoencoderTrainConfig.from_dict(tiny(tmp_path / "b"))
     train_autoencoder(resumed, resume=str(mid), progress=False, echo=False)
     a = read_pickle(tmp_path / "a" / "checkpoints" / "last.ckpt")

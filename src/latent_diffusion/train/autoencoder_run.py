@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import sys
@@ -81,6 +80,8 @@ class EpochArtifacts(L.Callback):
         save_lightning_checkpoint_atomic(trainer, self.out_dir / CKPT)
         save_autoencoder(module.model, self.out_dir / EXPORT, overwrite=True,
                          metadata={"train_step": str(step), "val_psnr": f"{metrics['val_psnr']:.3f}"})
+        if step >= module.cfg.run.max_steps:
+            trainer.should_stop = True
 
 
 def peek_batches_seen(path: str | os.PathLike) -> int:
@@ -117,7 +118,10 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: str | None = None,
     module.log_sink = log
     r = cfg.run
     progress = sys.stdout.isatty() if progress is None else progress
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=r.precision, max_epochs=math.ceil(r.max_steps / r.epoch_steps),
+    # stop on batches (EpochArtifacts sets should_stop), not on a count of epochs: a run that ended mid-window and is
+    # resumed with a larger max_steps would otherwise stop one window short. Lightning's own max_steps counts the
+    # optimiser calls of manual optimisation (two per batch once the discriminator is on), so it cannot be used.
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=r.precision, max_epochs=-1,
                         reload_dataloaders_every_n_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, default_root_dir=str(out_dir), deterministic=False,
