@@ -110,3 +110,30 @@ def test_vq_straight_through_and_commitment() -> None:
     z_q.sum().backward()
     assert torch.allclose(z.grad, torch.ones_like(z))  # straight-through: identity gradient
     assert vq.embedding.weight.grad is None
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_cpu_inference_layout_matches_training_layout(kind: str) -> None:
+    """Inference on CPU runs the encoder and decoder in channels_last (conv.cpu_inference_format), training in NCHW;
+    both give the same numbers to fp32 rounding (max abs ≤ 2e-5 at |output| ~ 1), the outputs are ordinary contiguous
+    tensors, and the conv weights switch layout back and forth with the mode."""
+    common = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4, resolution=16,
+                  attn_resolutions=(8,))  # AttnBlocks at 8×8: the NHWC token view is exercised too
+    model = (AutoencoderKL(AutoencoderConfig(**common)) if kind == "kl"
+             else VQModel(VQConfig(**common, n_embed=16, double_z=False)))
+    randomize(model)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    model.train()  # grad enabled: the NCHW path
+    ref_h, ref_x = model.encoder(x), model.decoder(z)
+    assert model.decoder.conv_in.weight.is_contiguous()
+    model.eval()
+    with torch.no_grad():
+        h, out = model.encoder(x), model.decoder(z)
+    assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert h.is_contiguous() and out.is_contiguous()
+    torch.testing.assert_close(h, ref_h.detach(), rtol=0, atol=2e-5)
+    torch.testing.assert_close(out, ref_x.detach(), rtol=0, atol=2e-5)
+    model.train()
+    model.decoder(z).square().mean().backward()  # back to NCHW weights, gradients flow
+    assert model.decoder.conv_in.weight.is_contiguous() and model.decoder.conv_in.weight.grad is not None

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AutoencoderConfig
+from .conv import cpu_inference_format
 from .tiling import Tiling, tiled_apply
 
 
@@ -49,9 +50,12 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         hn = self.norm(x)
-        q, k, v = (t.reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q(hn), self.k(hn), self.v(hn)))
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C)
-        return x + self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
+        # (B, 1, HW, C) tokens: a free view of an NHWC map (the CPU inference layout), one copy of an NCHW one
+        q, k, v = (t.permute(0, 2, 3, 1).reshape(b, 1, h * w, c) for t in (self.q(hn), self.k(hn), self.v(hn)))
+        out = F.scaled_dot_product_attention(q, k, v).reshape(b, h, w, c).permute(0, 3, 1, 2)  # NHWC memory
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous()
+        return x + self.proj_out(out)
 
 
 class Downsample(nn.Module):
@@ -126,13 +130,14 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        fmt = cpu_inference_format(self, x, self.conv_in.weight)  # NHWC for CPU inference (conv.py)
+        h = self.conv_in(x.contiguous(memory_format=fmt))
         for level in self.down:
             h = level.run(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
 
 
 class Decoder(nn.Module):
@@ -162,12 +167,13 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
+        fmt = cpu_inference_format(self, z, self.conv_in.weight)  # NHWC for CPU inference (conv.py)
+        h = self.mid(self.conv_in(z.contiguous(memory_format=fmt)))
         for level in reversed(self.up):
             h = level.run(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
 
 
 class DiagonalGaussian:
