@@ -53,6 +53,13 @@ def test_ours_and_diffusers_side_by_side(report) -> None:
     assert fast["fp32"]["rel_diff_vs_fp32"] == 0.0 and fast["fp32 + deepcache 3"]["rel_diff_vs_fp32"] > 0
 
 
+def test_vae_latent_size_option(tmp_path) -> None:
+    assert main(["bench", "vae", "--quick", "--vae-latent", "8", "--no-plots", "--out", str(tmp_path)]) == 0
+    section = json.loads((tmp_path / "bench-results.json").read_text())["cases"]["vae"]
+    assert section["setup"]["latent"][-1] == 8 and section["results"][0]["case"].startswith("16²")  # tiny VAE: f = 2
+    assert main(["bench", "vae", "--quick", "--vae-latent", "3", "--out", str(tmp_path)]) == 2
+
+
 def test_unknown_case_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["bench", "nope", "--quick", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

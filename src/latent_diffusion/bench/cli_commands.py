@@ -19,6 +19,8 @@ def add_bench_commands(sub: Any) -> None:
     b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     b.add_argument("--no-rerun", action="store_true",
                    help="keep timing rounds that other processes disturbed (default: rerun them, up to 5 tries)")
+    b.add_argument("--vae-latent", type=int, default=None, metavar="N",
+                   help="vae case: decode N² latents (image 8N²; default 64, i.e. 512²; --quick: 16)")
     b.set_defaults(func=_cmd_bench)
 
 
@@ -26,5 +28,5 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .runner import run_bench
 
     run_bench(args.cases, out=args.out, quick=args.quick, repeats=args.repeats, threads=args.threads,
-              plots=not args.no_plots, rerun=not args.no_rerun)
+              plots=not args.no_plots, rerun=not args.no_rerun, vae_latent=args.vae_latent)
     return 0

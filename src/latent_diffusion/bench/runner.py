@@ -32,15 +32,17 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-results", quick: bool = False,
               repeats: int | None = None, threads: int | None = None, plots: bool = True, rerun: bool = True,
-              log: Callable[[str], None] = print) -> dict:
+              vae_latent: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Run ``cases`` (default: all), write ``out/bench-results.json`` (+ PNGs unless ``plots=False``), return the
     report. ``quick``: tiny shapes, one thread, one repeat — a smoke test of every case and of the schema.
     ``rerun``: rerun timing rounds other processes disturbed (off in quick mode; off on a machine that is never
-    quiet, where the interleaving alone keeps the ratios fair)."""
+    quiet, where the interleaving alone keeps the ratios fair). ``vae_latent``: latent side of the vae case."""
     cases = list(cases or DEFAULT_CASES)
     bad = [c for c in cases if c not in CASES]
     if bad:
         raise LDMError(f"unknown bench case(s) {', '.join(map(repr, bad))}; accepted: {', '.join(CASES)}")
+    if vae_latent is not None and (not isinstance(vae_latent, int) or vae_latent < 8):
+        raise LDMError(f"vae_latent must be an integer >= 8 (latent pixels per side), got {vae_latent!r}")
     if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
         raise LDMError(f"repeats must be a positive integer, got {repeats!r}")
     out = Path(out)
@@ -57,7 +59,7 @@ def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-result
         for case in cases:
             module = importlib.import_module(f".{case}", __package__)
             t0 = time.perf_counter()
-            section = module.run(quick=quick, repeats=repeats, peak=peak, log=log)
+            section = module.run(quick=quick, repeats=repeats, peak=peak, log=log, vae_latent=vae_latent)
             section["wall_s"] = time.perf_counter() - t0
             report["cases"][case] = section
     out.mkdir(parents=True, exist_ok=True)

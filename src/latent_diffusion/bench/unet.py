@@ -142,7 +142,7 @@ def table(results: list[dict]) -> str:
 
 
 def run(*, quick: bool, peak: dict[str, float], repeats: int | None = None, extras: bool = False,
-        sizes: list[int] | None = None, log: Callable[[str], None] = print) -> dict:
+        sizes: list[int] | None = None, log: Callable[[str], None] = print, **_) -> dict:
     """The ``unet`` case; returns its JSON section (``results``, ``table``, ``plot_data``)."""
     cfg = TINY_UNET if quick else SD15_UNET
     sizes = sizes or ([8] if quick else [64, 32])

@@ -72,9 +72,10 @@ def _measure(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> tuple[
     return outs, peaks, {k: median(v) for k, v in times.items()}
 
 
-def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] = print, **_) -> dict:
+def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] = print,
+        vae_latent: int | None = None, **_) -> dict:
     cfg = TINY_VAE if quick else SD_VAE
-    size = 16 if quick else 64
+    size = vae_latent or (16 if quick else 64)  # latent side; the large decode is twice that
     tile, overlap = (8, 2) if quick else (32, 8)
     repeats = repeats or (1 if quick else 3)
     ours = seeded_vae(cfg)
