@@ -167,21 +167,21 @@ def evaluate_inpaint(generate: Callable[[torch.Tensor, torch.Tensor, list[str]],
                              tuple(images.shape[-2:]))
     a, b = to_unit(out_imgs), to_unit(images)
     inside = masks.expand_as(a) > 0.5
-    err = (a - b).pow(2)
-    mse_in = torch.stack([e[m].mean() if m.any() else e.new_tensor(0.0) for e, m in zip(err, inside)])
     change = ((a - b).abs() * 255).masked_fill(inside, 0.0)
     outside_px = (~inside).sum().clamp_min(1)
     # baseline: the hole filled with the mean colour of the pixels around it (outside the mask)
     keep = (~inside).float()
     fill = (b * keep).sum((2, 3), keepdim=True) / keep.sum((2, 3), keepdim=True).clamp_min(1)
-    err_fill = (fill.expand_as(b) - b).pow(2)
-    mse_fill = torch.stack([e[m].mean() if m.any() else e.new_tensor(0.0) for e, m in zip(err_fill, inside)])
-    return {"n": int(images.shape[0]), "psnr_inside": _mean_psnr(mse_in), "psnr_inside_mean_fill": _mean_psnr(mse_fill),
+    return {"n": int(images.shape[0]), "psnr_inside": _psnr_inside(a, b, inside),
+            "psnr_inside_mean_fill": _psnr_inside(fill.expand_as(b), b, inside),
             "max_change_outside": float(change.max()), "mean_change_outside": float(change.sum() / outside_px)}
 
 
-def _mean_psnr(mse: torch.Tensor) -> float:
-    """Mean over images of the PSNR (dB, signal range 1) of per-image MSEs."""
+def _psnr_inside(x: torch.Tensor, y: torch.Tensor, inside: torch.Tensor) -> float:
+    """Mean over images of the PSNR (dB, signal range 1) of x against y over each image's ``inside`` pixels (an
+    image with an empty mask counts as MSE 0, i.e. the 100 dB cap)."""
+    err = (x - y).pow(2)
+    mse = torch.stack([e[m].mean() if m.any() else e.new_tensor(0.0) for e, m in zip(err, inside)])
     return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
 
 
