@@ -12,7 +12,7 @@ from latent_diffusion.errors import ConfigError, LDMError
 from latent_diffusion.models.attention import set_attention_slice
 from latent_diffusion.models.autoencoder import AutoencoderKL
 from latent_diffusion.models.deepcache import DeepCacheUNet
-from latent_diffusion.models.tiling import Tiling, tile_starts, tiled_apply
+from latent_diffusion.models.tiling import Tiling, tile_spans, tiled_apply
 from latent_diffusion.pipelines import Pipeline
 from latent_diffusion.pipelines import fastpaths
 from latent_diffusion.tiny import tiny_model
@@ -35,11 +35,14 @@ def smooth_latents(size: int, seed: int = 3) -> torch.Tensor:
 
 # -- VAE tiling / slicing --------------------------------------------------------------------------------------
 def test_tile_grid_covers_the_map_with_the_overlap() -> None:
-    assert tile_starts(32, 16, 6) == [0, 10, 16] and tile_starts(16, 16, 4) == [0]
-    for size, tile, overlap in [(64, 32, 8), (70, 32, 8), (33, 8, 2)]:
-        starts = tile_starts(size, tile, overlap)
-        assert starts[0] == 0 and starts[-1] + tile == size
-        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+    assert tile_spans(64, 32, 8) == [(0, 32), (24, 56), (48, 64)]  # SD 512²: the edge tile cut short, as diffusers
+    assert tile_spans(32, 16, 6) == [(0, 16), (10, 26), (20, 32)] and tile_spans(16, 16, 4) == [(0, 16)]
+    for size, tile, overlap in [(64, 32, 8), (70, 32, 8), (33, 8, 2), (128, 32, 8), (58, 32, 8), (100, 10, 9)]:
+        spans = tile_spans(size, tile, overlap)
+        assert spans[0][0] == 0 and spans[-1][1] == size
+        assert all(0 < e - s <= tile for s, e in spans)
+        assert all(a_end - b_start >= overlap for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+        assert all(b_start > a_start for (a_start, _), (b_start, _) in zip(spans, spans[1:]))
 
 
 def test_blend_weights_are_a_partition_of_unity() -> None:
@@ -51,9 +54,10 @@ def test_blend_weights_are_a_partition_of_unity() -> None:
 
 def test_tiled_decode_agrees_away_from_seams(vae: AutoencoderKL) -> None:
     """Tolerance: tiles see their own GroupNorm statistics, so the output moves everywhere, most at the seams. On
-    this random-weight decoder (measured: away from seams mean |Δ| = 0.27·std(out), in the seams 0.50·std) we
-    require away from seams mean |Δ| < 0.35·std(out) and < 0.75× the seams' error; a single tile covering the map
-    changes nothing. (Exact GroupNorm statistics across tiles are not implemented: docs/performance.md.)"""
+    this random-weight decoder with tiles [0, 16), [10, 26), [20, 32) (measured: away from seams mean |Δ| =
+    0.38·std(out), in the seams 0.55·std; 0.27 / 0.50 when the edge tile was moved back to full size) we require
+    away from seams mean |Δ| < 0.45·std(out) and < 0.8× the seams' error; a single tile covering the map changes
+    nothing. (Exact GroupNorm statistics across tiles are not implemented: docs/performance.md.)"""
     z = smooth_latents(32)
     with torch.no_grad():
         full = vae.decode(z)
@@ -64,11 +68,11 @@ def test_tiled_decode_agrees_away_from_seams(vae: AutoencoderKL) -> None:
         vae.disable_tiling()
     diff = (tiled - full).abs()[0].mean(0)  # (128, 128)
     cover = torch.zeros(128, 128)
-    for y in tile_starts(32, 16, 6):
-        for x in tile_starts(32, 16, 6):
-            cover[y * 4:(y + 16) * 4, x * 4:(x + 16) * 4] += 1
+    for y0, y1 in tile_spans(32, 16, 6):
+        for x0, x1 in tile_spans(32, 16, 6):
+            cover[y0 * 4:y1 * 4, x0 * 4:x1 * 4] += 1
     alone, seams = diff[cover == 1].mean(), diff[cover > 1].mean()
-    assert alone < 0.35 * full.std() and alone < 0.75 * seams
+    assert alone < 0.45 * full.std() and alone < 0.8 * seams
 
 
 def test_tiled_encode_matches_in_shape_and_roughly_in_value(vae: AutoencoderKL) -> None:

@@ -1,12 +1,12 @@
 """Tiled application of a first-stage encoder or decoder, for images larger than memory allows in one piece.
 
-The map is cut into overlapping square tiles on a grid laid out in latent pixels (so encoder tiles start on
-multiples of the downsampling factor and land exactly on latent pixels). Every tile is run on its own; outputs are
+The map is cut into overlapping tiles (at most ``tile`` on a side, the last of a row or column cut short) on a grid laid out in
+latent pixels (so encoder tiles start on multiples of the downsampling factor and land exactly on latent pixels). Every tile is run on its own; outputs are
 blended with weights that ramp linearly across the overlaps shared with a neighbour (1 elsewhere, also at the image
 border) and normalised by the summed weights, so each output pixel is a convex mix of the tiles that cover it and
 no seam is a hard edge. The result differs from the untiled one because GroupNorm statistics and the mid-block
 attention see one tile, not the whole image: the difference is largest at the seams and small away from them
-(measured in tests/test_tiling.py and ``ldm bench vae``).
+(measured in tests/test_fastpaths.py and ``ldm bench vae``).
 """
 
 from __future__ import annotations
@@ -33,13 +33,17 @@ class Tiling:
             raise ConfigError(f"overlap must be an integer in [0, tile) = [0, {self.tile}), got {self.overlap!r}")
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Starts of tiles of ``tile`` covering [0, size) with at least ``overlap`` shared; the last ends at ``size``."""
+def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]``: tiles of at most ``tile`` covering [0, size), neighbours sharing at least ``overlap``.
+
+    Tiles step by ``tile - overlap`` from 0; the last one is cut short at the edge (as diffusers' tiles are) rather
+    than moved back to end there at full size, which would overlap its neighbour by more than asked: a 64-pixel map
+    with tile 32, overlap 8 gets [0, 32), [24, 56), [48, 64) — 80 pixels of work per row, not 96.
+    """
     if size <= tile:
-        return [0]
+        return [(0, size)]
     stride = tile - overlap
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
+    return [(s, min(s + tile, size)) for s in range(0, size - overlap, stride)]
 
 
 def _ramp(length: int, ramp_lo: int, ramp_hi: int) -> torch.Tensor:
@@ -64,26 +68,24 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, gri
     if h % step or w % step:
         raise ConfigError(f"tiled input {h}×{w} must be a multiple of {step} pixels")
     gh, gw = h // step, w // step
-    ys, xs = tile_starts(gh, grid.tile, grid.overlap), tile_starts(gw, grid.tile, grid.overlap)
-    out_per_grid = int(round(step * scale))  # output pixels per grid pixel
+    ys, xs = tile_spans(gh, grid.tile, grid.overlap), tile_spans(gw, grid.tile, grid.overlap)
+    o = int(round(step * scale))  # output pixels per grid pixel
     out = weight = None
-    for iy, y in enumerate(ys):
-        for ix, x0 in enumerate(xs):
-            th, tw = min(grid.tile, gh), min(grid.tile, gw)
-            piece = fn(x[:, :, y * step:(y + th) * step, x0 * step:(x0 + tw) * step])  # (B, C', th·o, tw·o)
+    for iy, (y0, y1) in enumerate(ys):
+        for ix, (x0, x1) in enumerate(xs):
+            piece = fn(x[:, :, y0 * step:y1 * step, x0 * step:x1 * step])  # (B, C', (y1 - y0)·o, (x1 - x0)·o)
             if out is None:
-                out = piece.new_zeros(b, piece.shape[1], gh * out_per_grid, gw * out_per_grid)
-                weight = piece.new_zeros(1, 1, gh * out_per_grid, gw * out_per_grid)
+                out = piece.new_zeros(b, piece.shape[1], gh * o, gw * o)
+                weight = piece.new_zeros(1, 1, gh * o, gw * o)
             # ramps only towards neighbours: the overlap actually shared with the previous / next tile
-            lo_y = (ys[iy - 1] + th - y) if iy else 0
-            hi_y = (y + th - ys[iy + 1]) if iy + 1 < len(ys) else 0
-            lo_x = (xs[ix - 1] + tw - x0) if ix else 0
-            hi_x = (x0 + tw - xs[ix + 1]) if ix + 1 < len(xs) else 0
-            o = out_per_grid
-            wy = _ramp(th * o, lo_y * o, hi_y * o)
-            wx = _ramp(tw * o, lo_x * o, hi_x * o)
-            wt = (wy[:, None] * wx[None, :]).to(piece)[None, None]  # (1, 1, th·o, tw·o)
-            rows, cols = slice(y * o, (y + th) * o), slice(x0 * o, (x0 + tw) * o)
+            lo_y = ys[iy - 1][1] - y0 if iy else 0
+            hi_y = y1 - ys[iy + 1][0] if iy + 1 < len(ys) else 0
+            lo_x = xs[ix - 1][1] - x0 if ix else 0
+            hi_x = x1 - xs[ix + 1][0] if ix + 1 < len(xs) else 0
+            wy = _ramp((y1 - y0) * o, lo_y * o, hi_y * o)
+            wx = _ramp((x1 - x0) * o, lo_x * o, hi_x * o)
+            wt = (wy[:, None] * wx[None, :]).to(piece)[None, None]  # (1, 1, (y1 - y0)·o, (x1 - x0)·o)
+            rows, cols = slice(y0 * o, y1 * o), slice(x0 * o, x1 * o)
             out[:, :, rows, cols] += piece * wt
             weight[:, :, rows, cols] += wt
     return out / weight
