@@ -92,6 +92,10 @@ class UNetConfig:
     disable_self_attn: bool | tuple[bool, ...] = False
     disable_middle_self_attn: bool = False
     use_new_attention_order: bool = False
+    # Not in CompVis / SD (default off, so their files and numbers are untouched): add a fixed 2-D sin-cos position
+    # embedding to every SpatialTransformer's tokens, so that cross-attention queries know where they are (the
+    # object-aware cross-attention of LayoutDiffusion, Zheng et al. 2023). No parameters: the state dict is unchanged.
+    spatial_pos_embed: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads == -1 and self.num_head_channels == -1:

@@ -35,6 +35,27 @@ def _heads_first(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, -1).transpose(1, 2)  # (B, heads, N, d)
 
 
+def spatial_position_embedding(h: int, w: int, dim: int, *, device: torch.device | None = None,
+                               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding of pixel centres, (H*W, dim), row-major like the tokens of a (H, W) map.
+
+    Positions are in [0, 1] of the image, so every UNet level (16², 8², 4² ...) codes the same place the same way,
+    and so do layout boxes given as fractions of the image. ``dim // 4`` angular frequencies per axis, geometric from
+    π to 8π (half a cycle to four cycles across the image); channels ``[sin x, cos x, sin y, cos y]``.
+    """
+    if dim % 4:
+        raise ValueError(f"a 2-D sin-cos position embedding needs a width divisible by 4, got {dim}")
+    n = dim // 4
+    omega = torch.pi * 2.0 ** (torch.arange(n, dtype=torch.float64) * (3.0 / max(n - 1, 1)))  # (n,)
+    ys = (torch.arange(h, dtype=torch.float64) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float64) + 0.5) / w
+    ax = xs[:, None] * omega  # (W, n)
+    ay = ys[:, None] * omega  # (H, n)
+    ex = torch.cat([ax.sin(), ax.cos()], dim=1)[None].expand(h, w, 2 * n)  # (H, W, 2n)
+    ey = torch.cat([ay.sin(), ay.cos()], dim=1)[:, None].expand(h, w, 2 * n)  # (H, W, 2n)
+    return torch.cat([ex, ey], dim=-1).reshape(h * w, dim).to(device=device, dtype=dtype)
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention of ``x`` (B, N, query_dim) over ``context`` (B, M, context_dim), or over itself."""
 
@@ -128,10 +149,13 @@ class SpatialTransformer(nn.Module):
     """Transformer over the pixels of a feature map: (B, C, H, W) → (B, C, H, W), residual."""
 
     def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int = 1, dropout: float = 0.0,
-                 context_dim: int | None = None, disable_self_attn: bool = False, use_linear: bool = False) -> None:
+                 context_dim: int | None = None, disable_self_attn: bool = False, use_linear: bool = False,
+                 pos_embed: bool = False) -> None:
         super().__init__()
         inner = n_heads * d_head
-        self.use_linear = use_linear
+        if pos_embed and inner % 4:
+            raise ValueError(f"spatial_pos_embed needs a transformer width divisible by 4, got {inner}")
+        self.use_linear, self.pos_embed = use_linear, pos_embed
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
         proj = (lambda i, o: nn.Linear(i, o)) if use_linear else (lambda i, o: Conv2d(i, o, 1))
         self.proj_in = proj(in_channels, inner)
@@ -153,6 +177,8 @@ class SpatialTransformer(nn.Module):
         x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         if self.use_linear:
             x = self.proj_in(x)
+        if self.pos_embed:  # (HW, C), the same for every sample
+            x = x + spatial_position_embedding(h, w, x.shape[-1], device=x.device, dtype=x.dtype)
         for block in self.transformer_blocks:
             x = block(x, context)
         if self.use_linear:

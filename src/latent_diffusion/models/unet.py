@@ -92,7 +92,8 @@ class UNetModel(nn.Module):
             dim_head = ch // num_heads if cfg.use_spatial_transformer else cfg.num_head_channels
         if cfg.use_spatial_transformer:
             return SpatialTransformer(ch, num_heads, dim_head, cfg.transformer_depth, cfg.dropout, cfg.context_dim,
-                                      cfg.self_attn_disabled(level), cfg.use_linear_in_transformer)
+                                      cfg.self_attn_disabled(level), cfg.use_linear_in_transformer,
+                                      cfg.spatial_pos_embed)
         heads = cfg.num_heads_upsample if upsample and cfg.num_heads_upsample != -1 else cfg.num_heads
         return AttentionBlock(ch, heads, dim_head, cfg.use_new_attention_order)
 
