@@ -124,6 +124,29 @@ def test_upscale_concat_model_runs() -> None:
     assert out[0].size == (32, 32)
 
 
+def test_upscale_strength_starts_from_the_bicubic_upsample() -> None:
+    """strength < 1 (SDEdit from the bicubic upsample): the fewer steps run, the closer the result stays to the
+    upsample's latents; strength 1 is the default pure-noise start; out-of-range strengths are clear errors."""
+    base = tiny_config("uncond-vq")
+    cfg = dataclasses.replace(base, conditioning_key="concat",
+                              unet=dataclasses.replace(base.unet, in_channels=base.unet.out_channels + 3))
+    torch.manual_seed(0)
+    pipe = Pipeline(LatentDiffusion(cfg).eval(), precision="fp32")
+    low = Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8))
+    up = torch.nn.functional.interpolate(pil_to_tensor(low), size=(32, 32), mode="bicubic",
+                                         align_corners=False).clamp(-1, 1)
+    with torch.no_grad():
+        z_up = pipe.model.encode_first_stage(up)
+    dist = {s: (pipe.upscale(low, steps=10, strength=s, output="latent") - z_up).norm().item()
+            for s in (0.2, 0.6, 1.0)}
+    assert dist[0.2] < dist[0.6] < dist[1.0]
+    assert torch.equal(pipe.upscale(low, steps=3, output="latent"), pipe.upscale(low, steps=3, strength=1.0,
+                                                                                output="latent"))
+    for bad in (0.0, 1.5, "half"):
+        with pytest.raises(LDMError, match="strength must be in"):
+            pipe.upscale(low, steps=3, strength=bad)
+
+
 # -- bad input -------------------------------------------------------------------------------------
 def test_size_not_a_multiple_is_an_error(sd1: Pipeline) -> None:
     with pytest.raises(LDMError, match="multiples of 4"):

@@ -232,6 +232,8 @@ def test_guidance_and_noise_level_need_the_text_upscaler(ours: Pipeline) -> None
         concat.upscale(low_res_image(), steps=1, cfg_scale=7.5)
     with pytest.raises(LDMError, match="takes no noise_level"):
         concat.upscale(low_res_image(), steps=1, noise_level=20)
+    with pytest.raises(LDMError, match="strength < 1 is for concat upscalers"):
+        ours.upscale(low_res_image(), PROMPT, steps=2, strength=0.5)
     with pytest.warns(UserWarning, match="takes no prompt"):
         concat.upscale(low_res_image(), "a cat", steps=1, output="latent")
     with pytest.raises(LDMError, match="prompts must be strings"):

@@ -106,13 +106,15 @@ def uncond_generator(pipe: Any, s: SampleSettings) -> Callable[[int], torch.Tens
     return generate
 
 
-def superres_generator(pipe: Any, s: SampleSettings) -> Callable[[torch.Tensor], torch.Tensor]:
+def superres_generator(pipe: Any, s: SampleSettings, strength: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``strength`` < 1: start from the bicubic upsample noised that far up (Pipeline.upscale)."""
     check_task(pipe, "superres")
 
     def generate(lowres: torch.Tensor) -> torch.Tensor:
         outs = []
         for i, pil in enumerate(tensor_to_pil(lowres)):
-            z = pipe.upscale(pil, steps=s.steps, sampler=s.sampler, seed=s.seed + i, output="latent")
+            z = pipe.upscale(pil, steps=s.steps, sampler=s.sampler, seed=s.seed + i, strength=strength,
+                             output="latent")
             outs.append(decode(pipe, z))
         return torch.cat(outs)
 

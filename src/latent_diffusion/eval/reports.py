@@ -20,7 +20,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "layout": [("CFG", "cfg_scale", "g"), ("mean IoU", "mean_iou", ".3f"), ("boxes found (IoU ≥ 0.5)", "recall_iou50", "%"),
                ("objects", "n_objects", "d"), ("n", "n", "d")],
     "semantic": [("mIoU", "miou", ".3f"), ("pixel accuracy", "pixel_accuracy", "%"), ("n", "n", "d")],
-    "superres": [("PSNR (dB)", "psnr", ".2f"), ("SSIM", "ssim", ".3f"), ("bicubic PSNR", "psnr_bicubic", ".2f"),
+    "superres": [("strength", "strength", "g"), ("PSNR (dB)", "psnr", ".2f"), ("SSIM", "ssim", ".3f"), ("bicubic PSNR", "psnr_bicubic", ".2f"),
                  ("bicubic SSIM", "ssim_bicubic", ".3f"), ("gain (dB)", "psnr_gain_db", "+.2f"), ("n", "n", "d")],
     "inpaint": [("CFG", "cfg_scale", "g"), ("PSNR inside mask (dB)", "psnr_inside", ".2f"),
                 ("mean-colour fill PSNR (dB)", "psnr_inside_mean_fill", ".2f"),

@@ -39,6 +39,10 @@ def add_eval_task_commands(esub: Any) -> None:
         if task in ("txt2img", "inpaint", "class", "layout"):
             p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 5.0, 7.5] if task == "txt2img"
                            else [1.0], help="classifier-free guidance scale(s), one table row each")
+        if task == "superres":
+            p.add_argument("--strength", type=float, nargs="+", default=[1.0, 0.5],
+                           help="1 = sample from pure noise (the paper); < 1 = start from the bicubic upsample noised "
+                                "that far up (SDEdit); one table row each (default: 1 0.5)")
         if task in ("txt2img", "uncond"):
             p.add_argument("--n-real", type=int, default=None, help="real images for FID (default: max(--n, 256))")
         p.add_argument("--judge", default=None, help="judge weights (default: the committed assets/judge-shapes)")
@@ -185,7 +189,8 @@ def run_task(task: str, pipe: Any, args: argparse.Namespace) -> list[dict[str, A
     if task == "semantic":
         return [tk.evaluate_semantic(ad.semantic_generator(pipe, s), judge, data["segmentation"], size=(size, size))]
     if task == "superres":
-        return [tk.evaluate_superres(ad.superres_generator(pipe, s), data["images"], data["lowres"])]
+        return [{"strength": a} | tk.evaluate_superres(ad.superres_generator(pipe, s, a), data["images"],
+                                                       data["lowres"]) for a in args.strength]
     if task == "inpaint":
         return [{"cfg_scale": c} | tk.evaluate_inpaint(ad.inpaint_generator(pipe, s, c), data["images"],
                                                         data["masks"], data["captions"]) for c in args.cfg]
