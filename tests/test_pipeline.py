@@ -104,6 +104,24 @@ def test_inpaint_with_a_9_channel_model_runs() -> None:
     assert len(pipe.txt2img("a dog", **KW)) == 1  # whole-image mask
 
 
+def test_inpaint_blend_latents_on_a_9_channel_model_keeps_unmasked_latents(sd1: Pipeline) -> None:
+    """A 9-channel model alone redraws the unmasked part; with blend_latents=True it keeps it exactly (in latents).
+    Ordinary models cannot turn blending off: it is all that keeps their unmasked part."""
+    pipe = Pipeline(tiny_model("sd1-inpaint"), precision="fp32")
+    src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    z0 = pipe.model.encode_first_stage(pil_to_tensor(src))
+    keep = torch.ones_like(z0[0], dtype=torch.bool)
+    keep[..., :8, :8] = False  # f = 2: the 16×16 pixel square is 8×8 latents
+    kw = {"steps": 3, "seed": 1, "cfg_scale": 2.0, "output": "latent"}
+    plain = pipe.inpaint(src, _mask(), "a dog", **kw)
+    blended = pipe.inpaint(src, _mask(), "a dog", blend_latents=True, **kw)
+    assert torch.equal(blended[:, keep], z0[:, keep])
+    assert not torch.allclose(plain[:, keep], z0[:, keep], atol=1e-3)
+    assert torch.equal(pipe.inpaint(src, _mask(), "a dog", blend_latents=False, **kw), plain)
+    with pytest.raises(LDMError, match="blend_latents=False is for 9-channel"):
+        sd1.inpaint(src, _mask(), "a dog", steps=2, blend_latents=False)
+
+
 def test_class_and_unconditional_sampling() -> None:
     c = Pipeline(tiny_model("class"), precision="fp32")
     assert [im.size for im in c.sample(3, n=2, steps=3, height=32, width=32)] == [(32, 32)] * 2

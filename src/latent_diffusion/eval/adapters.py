@@ -121,7 +121,9 @@ def superres_generator(pipe: Any, s: SampleSettings, strength: float = 1.0) -> C
     return generate
 
 
-def inpaint_generator(pipe: Any, s: SampleSettings, cfg_scale: float = 1.0):  # noqa: ANN201
+def inpaint_generator(pipe: Any, s: SampleSettings, cfg_scale: float = 1.0,  # noqa: ANN201
+                      blend_latents: bool | None = None):
+    """``blend_latents``: as ``Pipeline.inpaint`` (None: the model's default)."""
     check_task(pipe, "inpaint")
 
     def generate(images: torch.Tensor, masks: torch.Tensor, captions: list[str]) -> torch.Tensor:
@@ -129,7 +131,7 @@ def inpaint_generator(pipe: Any, s: SampleSettings, cfg_scale: float = 1.0):  # 
         for i, (pil, m, cap) in enumerate(zip(tensor_to_pil(images), masks, captions)):
             mask = Image.fromarray((m[0].numpy() > 0.5).astype("uint8") * 255, mode="L")
             z = pipe.inpaint(pil, mask, cap, steps=s.steps, sampler=s.sampler, cfg_scale=cfg_scale,
-                             seed=s.seed + i, output="latent")
+                             seed=s.seed + i, output="latent", blend_latents=blend_latents)
             outs.append(decode(pipe, z))
         return torch.cat(outs)
 

@@ -22,7 +22,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "semantic": [("mIoU", "miou", ".3f"), ("pixel accuracy", "pixel_accuracy", "%"), ("n", "n", "d")],
     "superres": [("strength", "strength", "g"), ("PSNR (dB)", "psnr", ".2f"), ("SSIM", "ssim", ".3f"), ("bicubic PSNR", "psnr_bicubic", ".2f"),
                  ("bicubic SSIM", "ssim_bicubic", ".3f"), ("gain (dB)", "psnr_gain_db", "+.2f"), ("n", "n", "d")],
-    "inpaint": [("CFG", "cfg_scale", "g"), ("PSNR inside mask (dB)", "psnr_inside", ".2f"),
+    "inpaint": [("CFG", "cfg_scale", "g"), ("blend latents", "blend_latents", "yes/no"), ("PSNR inside mask (dB)", "psnr_inside", ".2f"),
                 ("mean-colour fill PSNR (dB)", "psnr_inside_mean_fill", ".2f"),
                 ("max change outside (8-bit)", "max_change_outside", ".1f"),
                 ("mean change outside", "mean_change_outside", ".2f"), ("n", "n", "d")],
@@ -36,6 +36,8 @@ def _fmt(v: Any, fmt: str) -> str:
         return "–"
     if fmt == "%":
         return f"{100 * v:.1f} %"
+    if fmt == "yes/no":
+        return "yes" if v else "no"
     return format(int(v) if fmt == "d" else v, fmt)
 
 

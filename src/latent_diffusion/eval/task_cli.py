@@ -39,6 +39,9 @@ def add_eval_task_commands(esub: Any) -> None:
         if task in ("txt2img", "inpaint", "class", "layout"):
             p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 5.0, 7.5] if task == "txt2img"
                            else [1.0], help="classifier-free guidance scale(s), one table row each")
+        if task == "inpaint":
+            p.add_argument("--blend-latents", action="store_true",
+                           help="also keep the unmasked latents at every step (Pipeline.inpaint blend_latents=True)")
         if task == "superres":
             p.add_argument("--strength", type=float, nargs="+", default=[1.0, 0.5],
                            help="1 = sample from pure noise (the paper); < 1 = start from the bicubic upsample noised "
@@ -192,6 +195,8 @@ def run_task(task: str, pipe: Any, args: argparse.Namespace) -> list[dict[str, A
         return [{"strength": a} | tk.evaluate_superres(ad.superres_generator(pipe, s, a), data["images"],
                                                        data["lowres"]) for a in args.strength]
     if task == "inpaint":
-        return [{"cfg_scale": c} | tk.evaluate_inpaint(ad.inpaint_generator(pipe, s, c), data["images"],
-                                                        data["masks"], data["captions"]) for c in args.cfg]
+        blend = True if args.blend_latents else None
+        return [{"cfg_scale": c, "blend_latents": bool(args.blend_latents)}
+                | tk.evaluate_inpaint(ad.inpaint_generator(pipe, s, c, blend), data["images"], data["masks"],
+                                      data["captions"]) for c in args.cfg]
     raise LDMError(f"unknown evaluation task {task!r}; accepted: {sorted(_TASKS)}")

@@ -81,6 +81,9 @@ def add_generate_commands(sub: Any) -> None:
     m.add_argument("--strength", type=float, default=1.0)
     m.add_argument("--paste-back", action="store_true",
                    help="keep the input's pixels exactly outside the mask (otherwise they pass through the autoencoder)")
+    m.add_argument("--blend-latents", action="store_true",
+                   help="9-channel inpainting models: also keep the unmasked latents at every step (ordinary models "
+                        "always do)")
     m.set_defaults(func=_cmd_inpaint)
     u = sub.add_parser("upscale", help="super-resolution: a concat-conditioned LDM or the SD x4 upscaler")
     _model_args(u, sampler="ddim", steps=50, cfg=None, embedded="x4 super-resolution")
@@ -292,10 +295,12 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     images = pipe.inpaint(args.init_image, args.mask, args.prompt, args.negative_prompt, strength=args.strength,
                           steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed, n=args.n,
                           guidance_rescale=args.guidance_rescale, progress=_progress(args), batch_size=args.batch_size,
-                          paste_back=args.paste_back)
+                          paste_back=args.paste_back, blend_latents=True if args.blend_latents else None)
     s = _text_settings(args) | {"Denoising strength": args.strength}
     if args.paste_back:
         s["Paste back"] = True
+    if args.blend_latents:
+        s["Blend latents"] = True
     _save(args, pipe, images, args.prompt, args.negative_prompt, s, seed)
     return 0
 

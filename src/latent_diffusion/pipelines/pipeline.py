@@ -275,12 +275,14 @@ class Pipeline:
                 negative_prompt: str = "", *, strength: float = 1.0, steps: int = 20, sampler: str = "dpmpp_2m",
                 cfg_scale: float = 7.5, seed: int = 0, n: int = 1, guidance_rescale: float = 0.0,
                 callback: Callback | None = None, progress: bool = False,
-                batch_size: int | None = None, output: str = "pil",
-                paste_back: bool = False) -> list[Image.Image] | torch.Tensor:
+                batch_size: int | None = None, output: str = "pil", paste_back: bool = False,
+                blend_latents: bool | None = None) -> list[Image.Image] | torch.Tensor:
         """Repaint where ``mask`` is white. 9-channel inpainting models get [mask, masked-image latents] as
         c_concat; ordinary text models keep the unmasked latents by blending at every step (exact at the end).
-        Either way the decoder redraws the whole image, so pixels outside the mask change by the autoencoder's round
-        trip; ``paste_back=True`` composites the input's pixels back outside the mask (``output="pil"`` only)."""
+        ``blend_latents=True`` adds that blending to a 9-channel model too (None: only where it is the only way,
+        i.e. ordinary models). Either way the decoder redraws the whole image, so pixels outside the mask change by
+        the autoencoder's round trip; ``paste_back=True`` composites the input's pixels back outside the mask
+        (``output="pil"`` only)."""
         self._require("inpaint", "text", "inpaint")
         if paste_back and output != "pil":
             raise LDMError("paste_back composites decoded pixels, so it needs output='pil' (latents have no pixels)")
@@ -297,10 +299,15 @@ class Pipeline:
         cond, uncond = self._text(prompt, negative_prompt, n, cfg_scale)
         noise, gens = self._noise(seed, n, height, width)
         start, init = 0, None
+        if blend_latents is None:
+            blend_latents = self.kind != "inpaint"
+        elif not blend_latents and self.kind != "inpaint":
+            raise LDMError("an ordinary (non-inpainting) model keeps the unmasked image only by latent blending; "
+                           "blend_latents=False is for 9-channel inpainting models")
+        model, keep, z0 = self.model, None, None
         if self.kind == "inpaint":
             cond, uncond = _with_concat(cond, uncond, self._inpaint_concat(x, m, h, w), n)
-            model, keep, z0 = self.model, None, None
-        else:
+        if blend_latents:
             z0 = self._encode(x).expand(n, -1, -1, -1)
             # a latent is repainted if any of its f×f pixels is
             keep = 1.0 - F.max_pool2d(m, f).to(z0.device, z0.dtype)
