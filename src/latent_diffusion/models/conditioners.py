@@ -151,7 +151,7 @@ def build_conditioner(cfg: ConditionerConfig) -> nn.Module | None:
 
 
 def _build_trained_or_minilm(cfg: ConditionerConfig) -> nn.Module:
-    from .text_encoder import LayoutTokenizer, TransformerEmbedder, WordTokenizer
+    from .text_encoder import FourierLayoutEmbedder, LayoutTokenizer, TransformerEmbedder, WordTokenizer
 
     if cfg.kind == "minilm":
         from .minilm_text import FrozenMiniLMEmbedder
@@ -162,6 +162,9 @@ def _build_trained_or_minilm(cfg: ConditionerConfig) -> nn.Module:
         from ..data.shapes import vocabulary
 
         tok = WordTokenizer(tuple(cfg.words) or tuple(vocabulary()), cfg.max_length)
+    elif cfg.layout_boxes == "fourier":
+        return FourierLayoutEmbedder(cfg.layout_classes, cfg.max_length, cfg.width, cfg.layers, cfg.heads,
+                                     cfg.mlp_ratio)
     else:
         tok = LayoutTokenizer(cfg.layout_classes, cfg.layout_bins, cfg.max_length)
     return TransformerEmbedder(tok, cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio)

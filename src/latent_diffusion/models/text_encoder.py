@@ -142,9 +142,64 @@ class TransformerWrapper(nn.Module):
         nn.init.normal_(self.token_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.emb.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: (B, N) → (B, N, D); ``extra`` (B, N, D) is added to the token embeddings (layout boxes)."""
         x = self.token_emb(tokens) + self.pos_emb(tokens.shape[1], tokens.device)  # (B, N, D)
+        if extra is not None:
+            x = x + extra
         return self.norm(self.attn_layers(x))  # embeddings (return_embeddings=True in CompVis)
+
+
+def box_fourier_features(boxes: torch.Tensor, n_freq: int) -> torch.Tensor:
+    """(..., 4) boxes in [0, 1] → (..., 8·n_freq): [sin, cos](π·2^k·coordinate), k < n_freq, per coordinate."""
+    omega = torch.pi * 2.0 ** torch.arange(n_freq, device=boxes.device, dtype=boxes.dtype)  # (F,)
+    a = boxes[..., None] * omega  # (..., 4, F)
+    return torch.cat([a.sin(), a.cos()], dim=-1).flatten(-2)
+
+
+class FourierLayoutEmbedder(nn.Module):
+    """Layout encoder with one token per object (GLIGEN's grounding tokens): the class token's embedding plus
+    ``box_proj`` of the box's Fourier features, then the same transformer as ``TransformerEmbedder``.
+
+    (B, N, 5) rows ``(class, x0, y0, x1, y1)`` (class -1 = no object) → (B, max_length, width); the sequence is
+    ``[CLS] obj_1 .. obj_N [PAD].. [SEP]`` (``max_length - 2`` object slots, so the code does not depend on how many
+    padding rows the caller sends), an absent object a [PAD] with no box term (the empty layout of condition dropout
+    is all [PAD]).
+    """
+
+    N_FREQ = 6
+
+    def __init__(self, n_classes: int, max_length: int, width: int, layers: int, heads: int,
+                 mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if width % heads:
+            raise ConfigError(f"conditioner.width={width} must be divisible by conditioner.heads={heads}")
+        if max_length < 3:
+            raise ConfigError(f"a Fourier layout encoder needs max_length >= 3 ([CLS], one object, [SEP]), got "
+                              f"{max_length}")
+        self.n_classes, self.max_length, self.slots = n_classes, max_length, max_length - 2
+        self.transformer = TransformerWrapper(len(SPECIALS) + n_classes, max_length, width, layers, heads, mlp_ratio)
+        self.box_proj = nn.Linear(8 * self.N_FREQ, width)
+
+    def encode(self, layout: torch.Tensor) -> torch.Tensor:
+        b, n, _ = layout.shape
+        if n > self.slots:
+            raise ConfigError(f"a layout of {n} objects needs max_length >= {n + 2}; this encoder has "
+                              f"{self.max_length}")
+        device = self.box_proj.weight.device
+        layout = layout.to(device)
+        cls = layout[..., 0].long()  # (B, N)
+        valid = cls >= 0
+        tok = torch.full((b, self.max_length), PAD, dtype=torch.int64, device=device)
+        tok[:, 0], tok[:, -1] = CLS, SEP
+        tok[:, 1:n + 1] = torch.where(valid, cls + len(SPECIALS), torch.full_like(cls, PAD))
+        feats = self.box_proj(box_fourier_features(layout[..., 1:].clamp(0, 1), self.N_FREQ))  # (B, N, D)
+        extra = torch.zeros(b, self.max_length, feats.shape[-1], device=device, dtype=feats.dtype)
+        extra[:, 1:n + 1] = feats * valid[..., None]
+        return self.transformer(tok, extra)
+
+    def forward(self, layout: torch.Tensor) -> torch.Tensor:
+        return self.encode(layout)
 
 
 class TransformerEmbedder(nn.Module):

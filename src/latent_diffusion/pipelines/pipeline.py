@@ -434,7 +434,8 @@ class Pipeline:
         self._require("layout2img", "layout")
         self._check_common(steps, sampler, cfg_scale, n)
         c = self.cfg.conditioner
-        slots = (c.max_length - 1) // 5  # objects the token sequence holds ([CLS] + 5 tokens per object)
+        # objects the sequence holds: [CLS] + 5 tokens per object, or [CLS] + one token per object + [SEP]
+        slots = c.max_length - 2 if c.layout_boxes == "fourier" else (c.max_length - 1) // 5
         rows = pad_layout(parse_layout(layout, c.layout_classes, max_objects=slots), slots)  # as in training
         height, width = height or self._native_size(), width or self._native_size()
         self._check_size(height, width)
