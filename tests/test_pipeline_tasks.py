@@ -71,7 +71,9 @@ def test_layout2img_runs_guided_and_is_seeded() -> None:
     a = pipe.layout2img(LAYOUT, n=2, steps=3, seed=4, cfg_scale=3.0, height=32, width=32, output="latent")
     b = pipe.layout2img(LAYOUT, n=1, steps=3, seed=5, cfg_scale=3.0, height=32, width=32, output="latent")
     assert a.shape == (2, 4, 16, 16)  # tiny KL-f2
-    torch.testing.assert_close(a[1:], b, rtol=0, atol=1e-5)  # image i uses seed + i, whatever the batch
+    # image i uses seed + i, whatever the batch; the batch size changes GEMM blocking, hence rounding (measured
+    # 2.2e-5 on an AMD EPYC, < 1e-5 on an AMX Xeon, on latents of magnitude ~1)
+    torch.testing.assert_close(a[1:], b, rtol=0, atol=1e-4)
     plain = pipe.layout2img(LAYOUT, steps=3, seed=4, height=32, width=32, output="latent")
     assert not torch.allclose(plain, a[:1])  # guidance changes the result
     with pytest.raises(LDMError, match="layout2img needs a layout model"):
