@@ -44,7 +44,10 @@ def test_betas_match_diffusers(ours, theirs):
 def test_rescale_zero_terminal_snr_matches_diffusers():
     betas = S.make_beta_schedule("scaled_linear", 1000, 0.00085, 0.012)
     ours = S.rescale_zero_terminal_snr(betas)
-    assert torch.allclose(ours.float(), hf_rescale(betas.float()), atol=1e-6)
+    # diffusers rescales in float32 (a cumprod of 1000 factors, a square root, a shift towards ᾱ_T = 0); ours is
+    # float64. Measured on an AMD EPYC: max abs difference 5.5e-6, max relative 2e-4 (an AMX Xeon passed 1e-6 / 1e-5,
+    # the vectorised float32 cumprod rounds differently by machine)
+    torch.testing.assert_close(ours.float(), hf_rescale(betas.float()), rtol=5e-4, atol=2e-5)
     ac = S.alphas_cumprod_from_betas(ours)
     assert ac[-1] == 0 and torch.isclose(ac[0], S.alphas_cumprod_from_betas(betas)[0])
 
