@@ -37,10 +37,12 @@ def smooth_latents(size: int, seed: int = 3) -> torch.Tensor:
 def test_tile_grid_covers_the_map_with_the_overlap() -> None:
     assert tile_spans(64, 32, 8) == [(0, 32), (24, 56), (48, 64)]  # SD 512²: the edge tile cut short, as diffusers
     assert tile_spans(32, 16, 6) == [(0, 16), (10, 26), (20, 32)] and tile_spans(16, 16, 4) == [(0, 16)]
-    for size, tile, overlap in [(64, 32, 8), (70, 32, 8), (33, 8, 2), (128, 32, 8), (58, 32, 8), (100, 10, 9)]:
+    assert tile_spans(33, 32, 0) == [(0, 32), (17, 33)]  # no 1-latent sliver at the edge
+    for size, tile, overlap in [(64, 32, 8), (70, 32, 8), (33, 8, 2), (128, 32, 8), (58, 32, 8), (100, 10, 9),
+                                (33, 32, 0), (97, 16, 1)]:
         spans = tile_spans(size, tile, overlap)
         assert spans[0][0] == 0 and spans[-1][1] == size
-        assert all(0 < e - s <= tile for s, e in spans)
+        assert all(tile // 2 <= e - s <= tile for s, e in spans)
         assert all(a_end - b_start >= overlap for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
         assert all(b_start > a_start for (a_start, _), (b_start, _) in zip(spans, spans[1:]))
 

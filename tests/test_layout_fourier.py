@@ -66,9 +66,24 @@ def test_sequence_padding_dropout_and_locality() -> None:
         far = enc.encode(layout((11, 0.6, 0.6, 0.9, 0.9)))
     assert (base - near).norm() < 0.5 * (base - far).norm()
     assert (base - empty).norm() > 0
-    torch.testing.assert_close(enc.encode(layout((11, 0.1, 0.1, 0.4, 0.4), n=4)), base)  # padding rows: no change
-    with pytest.raises(ConfigError, match="max_length >= 7"):
-        enc.encode(layout(n=5))
+    with torch.no_grad():  # padding rows, wherever they are and whatever they hold, change nothing
+        torch.testing.assert_close(enc.encode(layout((11, 0.1, 0.1, 0.4, 0.4), n=9)), base)
+        shuffled = layout((-1, float("nan"), 0, 0, 0), (11, 0.1, 0.1, 0.4, 0.4), n=6)
+        torch.testing.assert_close(enc.encode(shuffled), base)
+    with pytest.raises(ConfigError, match="layout of 5 objects needs max_length >= 7"):
+        enc.encode(layout(*[(1, 0.1, 0.1, 0.2, 0.2)] * 5, n=5))
+
+
+def test_reduced_precision_weights() -> None:
+    """bf16 weights (load_checkpoint(dtype=...)): the Fourier phases stay float32, the projection runs in bf16."""
+    torch.manual_seed(0)
+    enc = build_conditioner(CFG)
+    lay = layout((11, 0.1, 0.1, 0.4, 0.4), (4, 0.5, 0.5, 0.9, 0.9))
+    with torch.no_grad():
+        ref = enc.encode(lay)
+        low = enc.to(torch.bfloat16).encode(lay)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, rtol=0, atol=0.1)  # bf16 through 1 layer + LayerNorm
 
 
 def test_gradients_reach_the_box_projection() -> None:

@@ -38,14 +38,15 @@ def test_embedding_values_shape_and_distinct_positions():
         spatial_position_embedding(4, 4, 6)
 
 
-def test_constant_map_gives_position_dependent_output_only_with_the_flag():
+@pytest.mark.parametrize("use_linear", [False, True])  # SD1 conv proj_in, SD2 Linear proj_in
+def test_constant_map_gives_position_dependent_output_only_with_the_flag(use_linear):
     torch.manual_seed(0)
     x = torch.ones(1, 32, 8, 8) + 0.1 * torch.randn(1, 32, 1, 1)  # the same vector at every pixel
     ctx = torch.randn(1, 3, 8)
     outs = {}
     for flag in (False, True):
         torch.manual_seed(1)
-        st = SpatialTransformer(32, 2, 16, context_dim=8, pos_embed=flag)
+        st = SpatialTransformer(32, 2, 16, context_dim=8, pos_embed=flag, use_linear=use_linear)
         torch.nn.init.normal_(st.proj_out.weight, std=0.2)  # proj_out starts at zero
         with torch.no_grad():
             outs[flag] = st(x, ctx)
@@ -54,6 +55,8 @@ def test_constant_map_gives_position_dependent_output_only_with_the_flag():
     assert spread[True] > 1e-2
     with pytest.raises(ValueError, match="divisible by 4"):
         SpatialTransformer(30, 2, 15, context_dim=8, pos_embed=True)
+    with pytest.raises(ValueError, match="needs use_spatial_transformer=True"):
+        dataclasses.replace(UNET, use_spatial_transformer=False)
 
 
 def test_no_new_parameters_and_the_flag_survives_save_and_load(tmp_path):

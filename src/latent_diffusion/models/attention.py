@@ -8,6 +8,8 @@ used by unconditional / class-conditional LDMs without ``use_spatial_transformer
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +56,12 @@ def spatial_position_embedding(h: int, w: int, dim: int, *, device: torch.device
     ex = torch.cat([ax.sin(), ax.cos()], dim=1)[None].expand(h, w, 2 * n)  # (H, W, 2n)
     ey = torch.cat([ay.sin(), ay.cos()], dim=1)[:, None].expand(h, w, 2 * n)  # (H, W, 2n)
     return torch.cat([ex, ey], dim=-1).reshape(h * w, dim).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_position_embedding(h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One table per (size, width, device, dtype): built once, not on every attention call of every step."""
+    return spatial_position_embedding(h, w, dim, device=device, dtype=dtype)
 
 
 class CrossAttention(nn.Module):
@@ -178,7 +186,7 @@ class SpatialTransformer(nn.Module):
         if self.use_linear:
             x = self.proj_in(x)
         if self.pos_embed:  # (HW, C), the same for every sample
-            x = x + spatial_position_embedding(h, w, x.shape[-1], device=x.device, dtype=x.dtype)
+            x = x + _cached_position_embedding(h, w, x.shape[-1], x.device, x.dtype)
         for block in self.transformer_blocks:
             x = block(x, context)
         if self.use_linear:

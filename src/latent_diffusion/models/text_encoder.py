@@ -182,20 +182,27 @@ class FourierLayoutEmbedder(nn.Module):
         self.box_proj = nn.Linear(8 * self.N_FREQ, width)
 
     def encode(self, layout: torch.Tensor) -> torch.Tensor:
-        b, n, _ = layout.shape
-        if n > self.slots:
-            raise ConfigError(f"a layout of {n} objects needs max_length >= {n + 2}; this encoder has "
+        device, dtype = self.box_proj.weight.device, self.box_proj.weight.dtype
+        layout = layout.to(device, torch.float32)  # Fourier phases in float32 (bf16 would be ~0.2 rad off at 32π)
+        b = layout.shape[0]
+        valid = layout[..., 0] >= 0  # (B, N)
+        order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices  # objects first, in their order
+        layout = layout.gather(1, order[..., None].expand_as(layout))
+        valid = valid.gather(1, order)
+        k = int(valid.sum(1).max()) if valid.numel() else 0
+        if k > self.slots:
+            raise ConfigError(f"a layout of {k} objects needs max_length >= {k + 2}; this encoder has "
                               f"{self.max_length}")
-        device = self.box_proj.weight.device
-        layout = layout.to(device)
-        cls = layout[..., 0].long()  # (B, N)
-        valid = cls >= 0
+        n = min(layout.shape[1], self.slots)  # padding rows beyond the slots carry nothing
+        layout, valid = layout[:, :n], valid[:, :n]
+        cls = layout[..., 0].long()  # (B, n)
         tok = torch.full((b, self.max_length), PAD, dtype=torch.int64, device=device)
         tok[:, 0], tok[:, -1] = CLS, SEP
         tok[:, 1:n + 1] = torch.where(valid, cls + len(SPECIALS), torch.full_like(cls, PAD))
-        feats = self.box_proj(box_fourier_features(layout[..., 1:].clamp(0, 1), self.N_FREQ))  # (B, N, D)
+        boxes = torch.where(valid[..., None], layout[..., 1:], 0.0).clamp(0, 1)  # padding rows: no NaN gets in
+        feats = self.box_proj(box_fourier_features(boxes, self.N_FREQ).to(dtype))  # (B, n, D)
         extra = torch.zeros(b, self.max_length, feats.shape[-1], device=device, dtype=feats.dtype)
-        extra[:, 1:n + 1] = feats * valid[..., None]
+        extra[:, 1:n + 1] = torch.where(valid[..., None], feats, 0.0)
         return self.transformer(tok, extra)
 
     def forward(self, layout: torch.Tensor) -> torch.Tensor:

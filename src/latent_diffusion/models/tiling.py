@@ -38,12 +38,17 @@ def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
 
     Tiles step by ``tile - overlap`` from 0; the last one is cut short at the edge (as diffusers' tiles are) rather
     than moved back to end there at full size, which would overlap its neighbour by more than asked: a 64-pixel map
-    with tile 32, overlap 8 gets [0, 32), [24, 56), [48, 64) — 80 pixels of work per row, not 96.
+    with tile 32, overlap 8 gets [0, 32), [24, 56), [48, 64) — 80 pixels of work per row, not 96. An edge tile
+    narrower than half a tile (possible only when the overlap is under half a tile) is widened back to half a tile,
+    so that no sliver is decoded on its own: (33, 32, 0) gives [0, 32), [17, 33).
     """
     if size <= tile:
         return [(0, size)]
     stride = tile - overlap
-    return [(s, min(s + tile, size)) for s in range(0, size - overlap, stride)]
+    spans = [(s, min(s + tile, size)) for s in range(0, size - overlap, stride)]
+    if spans[-1][1] - spans[-1][0] < tile // 2:  # a sliver (small overlaps only): widen it back to half a tile
+        spans[-1] = (size - tile // 2, size)
+    return spans
 
 
 def _ramp(length: int, ramp_lo: int, ramp_hi: int) -> torch.Tensor:

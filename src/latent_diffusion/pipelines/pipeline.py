@@ -429,13 +429,14 @@ class Pipeline:
                    callback: Callback | None = None, progress: bool = False, batch_size: int | None = None,
                    output: str = "pil") -> list[Image.Image] | torch.Tensor:
         """Layout-to-image (paper sec. 4.3.1): objects ``(class or "red circle", x0, y0, x1, y1)``, boxes in image
-        fractions, encoded as (class, quantised box) tokens for cross-attention. Guidance against the empty layout
-        (what condition dropout trained) when ``cfg_scale != 1``."""
+        fractions, encoded as (class, quantised box) tokens — or one Fourier-coded token per object
+        (``conditioner.layout_boxes="fourier"``) — for cross-attention. Guidance against the empty layout (what
+        condition dropout trained) when ``cfg_scale != 1``."""
         self._require("layout2img", "layout")
         self._check_common(steps, sampler, cfg_scale, n)
         c = self.cfg.conditioner
-        # objects the sequence holds: [CLS] + 5 tokens per object, or [CLS] + one token per object + [SEP]
-        slots = c.max_length - 2 if c.layout_boxes == "fourier" else (c.max_length - 1) // 5
+        # objects the sequence holds: [CLS] + 5 tokens per object, or the Fourier encoder's own count
+        slots = getattr(self.model.cond_stage_model, "slots", (c.max_length - 1) // 5)
         rows = pad_layout(parse_layout(layout, c.layout_classes, max_objects=slots), slots)  # as in training
         height, width = height or self._native_size(), width or self._native_size()
         self._check_size(height, width)
