@@ -1,10 +1,10 @@
 """Tiled application of a first-stage encoder or decoder, for images larger than memory allows in one piece.
 
-The map is cut into overlapping tiles (at most ``tile`` on a side, the last of a row or column cut short) on a grid laid out in
-latent pixels (so encoder tiles start on multiples of the downsampling factor and land exactly on latent pixels). Every tile is run on its own; outputs are
-blended with weights that ramp linearly across the overlaps shared with a neighbour (1 elsewhere, also at the image
-border) and normalised by the summed weights, so each output pixel is a convex mix of the tiles that cover it and
-no seam is a hard edge. The result differs from the untiled one because GroupNorm statistics and the mid-block
+The map is cut into overlapping tiles (at most ``tile`` on a side, the last of a row or column cut short) on a grid
+laid out in latent pixels (so encoder tiles start on multiples of the downsampling factor and land exactly on latent
+pixels). Every tile is run on its own; outputs are blended with weights that ramp linearly across the overlaps shared
+with a neighbour (1 elsewhere, also at the image border) and normalised by the summed weights, so each output pixel
+is a convex mix of the tiles that cover it and no seam is a hard edge. The result differs from the untiled one because GroupNorm statistics and the mid-block
 attention see one tile, not the whole image: the difference is largest at the seams and small away from them
 (measured in tests/test_fastpaths.py and ``ldm bench vae``).
 """
@@ -62,6 +62,17 @@ def _ramp(length: int, ramp_lo: int, ramp_hi: int) -> torch.Tensor:
     return w
 
 
+def _axis_ramps(spans: list[tuple[int, int]], o: int) -> list[torch.Tensor]:
+    """Per span, its blend weights in output pixels (``o`` per grid pixel): ramps only towards neighbours, over the
+    overlap actually shared with the previous / next span."""
+    ramps = []
+    for i, (a, b) in enumerate(spans):
+        lo = spans[i - 1][1] - a if i else 0
+        hi = b - spans[i + 1][0] if i + 1 < len(spans) else 0
+        ramps.append(_ramp((b - a) * o, lo * o, hi * o))
+    return ramps
+
+
 def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid: Tiling, step: int,
                 scale: float) -> torch.Tensor:
     """``fn`` over overlapping tiles of ``x`` (B, C, H, W), blended.
@@ -75,20 +86,14 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, gri
     gh, gw = h // step, w // step
     ys, xs = tile_spans(gh, grid.tile, grid.overlap), tile_spans(gw, grid.tile, grid.overlap)
     o = int(round(step * scale))  # output pixels per grid pixel
+    wys, wxs = _axis_ramps(ys, o), _axis_ramps(xs, o)
     out = weight = None
-    for iy, (y0, y1) in enumerate(ys):
-        for ix, (x0, x1) in enumerate(xs):
+    for (y0, y1), wy in zip(ys, wys):
+        for (x0, x1), wx in zip(xs, wxs):
             piece = fn(x[:, :, y0 * step:y1 * step, x0 * step:x1 * step])  # (B, C', (y1 - y0)·o, (x1 - x0)·o)
             if out is None:
                 out = piece.new_zeros(b, piece.shape[1], gh * o, gw * o)
                 weight = piece.new_zeros(1, 1, gh * o, gw * o)
-            # ramps only towards neighbours: the overlap actually shared with the previous / next tile
-            lo_y = ys[iy - 1][1] - y0 if iy else 0
-            hi_y = y1 - ys[iy + 1][0] if iy + 1 < len(ys) else 0
-            lo_x = xs[ix - 1][1] - x0 if ix else 0
-            hi_x = x1 - xs[ix + 1][0] if ix + 1 < len(xs) else 0
-            wy = _ramp((y1 - y0) * o, lo_y * o, hi_y * o)
-            wx = _ramp((x1 - x0) * o, lo_x * o, hi_x * o)
             wt = (wy[:, None] * wx[None, :]).to(piece)[None, None]  # (1, 1, (y1 - y0)·o, (x1 - x0)·o)
             rows, cols = slice(y0 * o, y1 * o), slice(x0 * o, x1 * o)
             out[:, :, rows, cols] += piece * wt
