@@ -134,6 +134,8 @@ class TransformerWrapper(nn.Module):
     def __init__(self, num_tokens: int, max_seq_len: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0) -> None:
         super().__init__()
+        if dim % heads:
+            raise ConfigError(f"conditioner.width={dim} must be divisible by conditioner.heads={heads}")
         self.token_emb = nn.Embedding(num_tokens, dim)
         self.pos_emb = AbsolutePositionalEmbedding(dim, max_seq_len)
         self.attn_layers = Encoder(dim, depth, heads, mlp_ratio)
@@ -172,8 +174,6 @@ class FourierLayoutEmbedder(nn.Module):
     def __init__(self, n_classes: int, max_length: int, width: int, layers: int, heads: int,
                  mlp_ratio: float = 4.0) -> None:
         super().__init__()
-        if width % heads:
-            raise ConfigError(f"conditioner.width={width} must be divisible by conditioner.heads={heads}")
         if max_length < 3:
             raise ConfigError(f"a Fourier layout encoder needs max_length >= 3 ([CLS], one object, [SEP]), got "
                               f"{max_length}")
@@ -215,8 +215,6 @@ class TransformerEmbedder(nn.Module):
     def __init__(self, tokenizer: WordTokenizer | LayoutTokenizer, width: int, layers: int, heads: int,
                  mlp_ratio: float = 4.0) -> None:
         super().__init__()
-        if width % heads:
-            raise ConfigError(f"conditioner.width={width} must be divisible by conditioner.heads={heads}")
         self.tknz_fn = tokenizer
         self.max_length = tokenizer.max_length
         self.transformer = TransformerWrapper(tokenizer.vocab_size, tokenizer.max_length, width, layers, heads,
