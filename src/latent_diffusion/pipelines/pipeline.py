@@ -38,6 +38,12 @@ def generators(seed: int, n: int) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
 
 
+
+def _check_strength(strength: Any, task: str, meaning: str = "") -> None:
+    """A denoising strength in (0, 1] (the tasks that must run at least one step), else a clear error."""
+    if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise LDMError(f"{task} strength must be in (0, 1]{meaning}, got {strength!r}")
+
 class Pipeline:
     def __init__(self, model: Any, *, checkpoint_path: str | os.PathLike | None = None, precision: str = "auto",
                  **fast: Any) -> None:
@@ -287,8 +293,7 @@ class Pipeline:
         if paste_back and output != "pil":
             raise LDMError("paste_back composites decoded pixels, so it needs output='pil' (latents have no pixels)")
         self._check_common(steps, sampler, cfg_scale, n)
-        if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-            raise LDMError(f"inpaint strength must be in (0, 1], got {strength!r}")
+        _check_strength(strength, "inpaint")
         pil = load_image(image)
         width, height = pil.size
         self._check_size(height, width)
@@ -353,8 +358,7 @@ class Pipeline:
             raise LDMError(f"this {self.family} model has no unconditional input; use cfg_scale=1, got {cfg_scale}")
         elif prompt or negative_prompt:
             warnings.warn("this upscaler takes no prompt; ignoring it", stacklevel=2)
-        if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-            raise LDMError(f"upscale strength must be in (0, 1] (1 = start from pure noise), got {strength!r}")
+        _check_strength(strength, "upscale", " (1 = start from pure noise)")
         if text and strength != 1.0:
             raise LDMError(f"strength < 1 is for concat upscalers; the SD x4 upscaler starts from noise and takes "
                            f"noise_level instead (got strength={strength})")
