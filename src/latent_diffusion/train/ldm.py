@@ -37,7 +37,8 @@ class NonFiniteLossError(LDMError, FloatingPointError):
 
 
 def build_training_model(cfg: LDMTrainConfig) -> LatentDiffusion:
-    """The LatentDiffusion to train: fresh UNet (seeded), first stage loaded from ``first_stage_path`` and frozen."""
+    """The LatentDiffusion to train: fresh UNet (seeded) or ``init_from``'s, first stage loaded from ``first_stage_path``
+    and frozen."""
     mcfg = copy.deepcopy(cfg.model)
     if mcfg.conditioner.kind == "bert" and not mcfg.conditioner.words:
         from ..data.shapes import vocabulary
@@ -55,6 +56,10 @@ def build_training_model(cfg: LDMTrainConfig) -> LatentDiffusion:
     if mcfg.conditioner.kind == "minilm":
         cond.load_pretrained()
     model.use_scale_factor_buffer()
+    if cfg.init_from is not None:  # before the EMA is made, so that it starts from these weights
+        from .init_from import load_init_weights
+
+        model.scale_factor.fill_(load_init_weights(model, cfg.init_from))
     model.enable_ema(cfg.diffusion.ema_decay)
     if not cfg.diffusion.ema_warmup:
         model.model_ema.num_updates.fill_(-1)
@@ -114,6 +119,8 @@ class LatentDiffusionModule(L.LightningModule):
 
     def _init_scale_factor(self) -> None:
         given = self.cfg.diffusion.scale_factor
+        if given is None and self.cfg.init_from is not None:  # the scale the init weights were trained with
+            given = float(self.model.scale_factor)
         if given is None:  # 1/σ̂ of the first global batch (rank 0's micro-batch 0): identical on every rank
             first = StepWindow(self.source, self.cfg.run.seed, 0, 1, self.cfg.run.batch_size)
             items = [first[k] for k in range(len(first))]

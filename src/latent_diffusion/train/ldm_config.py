@@ -122,6 +122,9 @@ class LDMTrainConfig:
     task: str = "txt2img"
     model: DiffusionConfig = field(default_factory=DiffusionConfig)
     first_stage_path: str | None = None  # autoencoder .safetensors (ours or an LDM / SD file); None = random init
+    # start the UNet and conditioner from a model .safetensors this project exported (a fine-tune: fresh optimiser,
+    # fresh EMA, the file's scale_factor); None = random init
+    init_from: str | None = None
     data: ShapesDataConfig = field(default_factory=ShapesDataConfig)
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
     optim: LDMOptimConfig = field(default_factory=LDMOptimConfig)
@@ -135,7 +138,7 @@ class LDMTrainConfig:
         data = dict(data or {})
         sections = {"data": ShapesDataConfig, "diffusion": DiffusionTrainConfig, "optim": LDMOptimConfig,
                     "run": LDMRunConfig}
-        accepted = sorted([*sections, "model", "task", "first_stage_path"])
+        accepted = sorted([*sections, "model", "task", "first_stage_path", "init_from"])
         unknown = sorted(set(data) - set(accepted))
         if unknown:
             raise ConfigError(f"unknown key(s) {unknown} in {where}; accepted: {accepted}")
@@ -148,7 +151,7 @@ class LDMTrainConfig:
         try:
             model = DiffusionConfig.from_dict(data.get("model") or {})
             return cls(task=data.get("task", "txt2img"), model=model, first_stage_path=data.get("first_stage_path"),
-                       **parts)
+                       init_from=data.get("init_from"), **parts)
         except (ValueError, TypeError) as e:
             if isinstance(e, ConfigError):
                 raise ConfigError(f"{where}: {e}") from e

@@ -1,0 +1,73 @@
+"""``init_from``: a stage-2 training that starts from an exported model (its EMA UNet, conditioner and scale)."""
+
+import pytest
+import torch
+from ldm_tiny_config import tiny
+
+from latent_diffusion.errors import ConfigError
+from latent_diffusion.safe_load import read_state_dict
+from latent_diffusion.train.ldm import LatentDiffusionModule, build_training_model
+from latent_diffusion.train.ldm_config import LDMTrainConfig
+from latent_diffusion.train.ldm_run import train_ldm
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 4-step tiny run's model.safetensors (with model_ema.*) and a plain fp16 export of it."""
+    out = tmp_path_factory.mktemp("init") / "run"
+    cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(out)}, diffusion={"scale_factor": 0.7}))
+    train_ldm(cfg, echo=False, progress=False, export=str(out.parent / "export.safetensors"),
+              export_dtype=torch.float16)
+    return out / "model.safetensors", out.parent / "export.safetensors"
+
+
+def _cfg(path, **sections) -> LDMTrainConfig:
+    return LDMTrainConfig.from_dict({**tiny(**sections), "init_from": str(path)})
+
+
+def test_starts_from_the_files_ema_unet_conditioner_and_scale(trained):
+    run_file, _ = trained
+    sd, _ = read_state_dict(run_file)
+    model = build_training_model(_cfg(run_file))
+    unet = model.model.diffusion_model.state_dict()
+    ema = {k: sd["model_ema." + ("diffusion_model." + k).replace(".", "")] for k in unet}
+    for k, v in unet.items():  # the EMA weights, not the raw ones (they differ after 4 steps)
+        torch.testing.assert_close(v, ema[k], rtol=0, atol=0)
+    assert any(not torch.equal(ema[k], sd["model.diffusion_model." + k]) for k in unet)
+    for k, v in model.cond_stage_model.state_dict().items():
+        torch.testing.assert_close(v, sd["cond_stage_model." + k], rtol=0, atol=0)
+    shadow = dict(model.model_ema.named_buffers())  # a fresh EMA that starts at the loaded weights
+    torch.testing.assert_close(shadow["diffusion_modelout2weight"], unet["out.2.weight"], rtol=0, atol=0)
+    assert int(model.model_ema.num_updates) == 0
+    m = LatentDiffusionModule(_cfg(run_file))
+    m.setup("fit")
+    assert float(m.model.scale_factor) == pytest.approx(0.7)  # the file's, not 1/std of the first batch
+
+
+def test_fp16_export_without_ema_loads_and_trains(trained, tmp_path):
+    _, export = trained
+    sd, _ = read_state_dict(export)
+    cfg = _cfg(export, run={"out_dir": str(tmp_path / "ft"), "max_steps": 1})
+    assert not any(k.startswith("model_ema.") for k in sd)
+    model = build_training_model(cfg)
+    w = model.model.diffusion_model.input_blocks[0][0].weight
+    torch.testing.assert_close(w, sd["model.diffusion_model.input_blocks.0.0.weight"].float(), rtol=0, atol=0)
+    summary = train_ldm(cfg, echo=False, progress=False)
+    assert summary["steps"] == 1 and summary["scale_factor"] == pytest.approx(0.7)
+
+
+def test_bad_init_files_are_clear_errors(trained, tmp_path):
+    run_file, _ = trained
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_training_model(_cfg(tmp_path / "nope.safetensors"))
+    with pytest.raises(ConfigError, match="different conditioner.*max_length"):
+        build_training_model(_cfg(run_file, model={"conditioner": {"max_length": 8}}))
+    with pytest.raises(ConfigError, match="different first stage"):  # seed 3 draws another random first stage
+        build_training_model(_cfg(run_file, run={"seed": 3}))
+    from latent_diffusion.safe_load import save_safetensors_atomic
+
+    save_safetensors_atomic({"encoder.conv_in.weight": torch.zeros(1)}, tmp_path / "ae.safetensors")
+    with pytest.raises(ConfigError, match="not a stage-2 model"):
+        build_training_model(_cfg(tmp_path / "ae.safetensors"))
+    with pytest.raises(Exception, match="missing key"):  # another UNet width
+        build_training_model(_cfg(run_file, model={"unet": {"num_res_blocks": 2}}))
