@@ -226,6 +226,12 @@ class Pipeline:
             out.append(z.to(noise.dtype))  # bf16 autocast may hand back bf16 latents
         return out[0] if len(out) == 1 else torch.cat(out)
 
+    def _generate(self, seed: int, n: int, height: int, width: int, output: str,
+                  **run: Any) -> list[Image.Image] | torch.Tensor:
+        """The tasks' common tail: noise (generator i for image i) → ``_run(**run)`` → images (or latents)."""
+        noise, gens = self._noise(seed, n, height, width)
+        return self._decode(self._run(self.model, noise, gens, **run), output)
+
     def _inpaint_concat(self, image: torch.Tensor, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """CompVis / diffusers 9-channel inpainting: c_concat = [mask at latent size, masked-image latents]."""
         device, dtype = self._device_dtype()
@@ -242,16 +248,14 @@ class Pipeline:
         self._check_common(steps, sampler, cfg_scale, n)
         self._check_size(height, width)
         cond, uncond = self._text(prompt, negative_prompt, n, cfg_scale)
-        noise, gens = self._noise(seed, n, height, width)
         if self.kind == "inpaint":  # whole image repainted: mask of ones, masked image all zero (gray)
             f = self.latent_factor
             cat = self._inpaint_concat(torch.zeros(1, 3, height, width), torch.ones(1, 1, height, width),
                                        height // f, width // f)
             cond, uncond = _with_concat(cond, uncond, cat, n)
-        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
-                      uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress,
-                      batch_size=batch_size)
-        return self._decode(z, output)
+        return self._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                              cond=cond, uncond=uncond, guidance_rescale=guidance_rescale, callback=callback,
+                              progress=progress, batch_size=batch_size)
 
     def img2img(self, image: Image.Image | str | os.PathLike, prompt: str, negative_prompt: str = "", *,
                 strength: float = 0.75, steps: int = 20, sampler: str = "dpmpp_2m", cfg_scale: float = 7.5,
@@ -271,11 +275,9 @@ class Pipeline:
             return self._decode(z0.clone(), output)
         start = start_step_for_strength(steps, strength)
         cond, uncond = self._text(prompt, negative_prompt, n, cfg_scale)
-        noise, gens = self._noise(seed, n, height, width)
-        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
-                      uncond=uncond, guidance_rescale=guidance_rescale, callback=callback, progress=progress,
-                      batch_size=batch_size, start_step=start, init_latents=z0)
-        return self._decode(z, output)
+        return self._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                              cond=cond, uncond=uncond, guidance_rescale=guidance_rescale, callback=callback,
+                              progress=progress, batch_size=batch_size, start_step=start, init_latents=z0)
 
     def inpaint(self, image: Image.Image | str | os.PathLike, mask: Image.Image | str | os.PathLike, prompt: str,
                 negative_prompt: str = "", *, strength: float = 1.0, steps: int = 20, sampler: str = "dpmpp_2m",
@@ -376,16 +378,14 @@ class Pipeline:
             lo = F.interpolate(lo, size=(height // f, width // f), mode="bicubic", align_corners=False).clamp(-1, 1)
         if not text:
             cond = lo.to(device, dtype).expand(n, -1, -1, -1)
-            noise, gens = self._noise(seed, n, height, width)
             start, init = 0, None
             if strength < 1.0:
                 start = start_step_for_strength(steps, strength)
                 up = F.interpolate(lo, size=(height, width), mode="bicubic", align_corners=False).clamp(-1, 1)
                 init = self._encode(up).expand(n, -1, -1, -1)
-            z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=1.0, cond=cond,
-                          uncond=None, callback=callback, progress=progress, batch_size=batch_size,
-                          start_step=start, init_latents=init)
-            return self._decode(z, output)
+            return self._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=1.0,
+                                  cond=cond, uncond=None, callback=callback, progress=progress, batch_size=batch_size,
+                                  start_step=start, init_latents=init)
         text_cond, text_uncond = self._text(prompt, negative_prompt, n, cfg_scale)
         gens = generators(seed, n)  # per image: low-res noise first, then the initial latents (upscale.py)
         c_concat, c_adm = noised_low_res(self.model, lo.to(device, dtype), noise_level, gens)
@@ -423,10 +423,8 @@ class Pipeline:
                 raise LDMError(f"this is an unconditional model ({self.family}); it takes no class label")
             if cfg_scale != 1.0:
                 raise LDMError(f"an unconditional model has nothing to guide; use cfg_scale=1, got {cfg_scale}")
-        noise, gens = self._noise(seed, n, height, width)
-        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
-                      uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
-        return self._decode(z, output)
+        return self._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                              cond=cond, uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
 
     def layout2img(self, layout: LayoutLike, *, n: int = 1, seed: int = 0, steps: int = 50, sampler: str = "ddim",
                    cfg_scale: float = 1.0, height: int | None = None, width: int | None = None,
@@ -448,10 +446,8 @@ class Pipeline:
         with torch.no_grad():  # layout and empty layout in one encoder batch
             emb = self.model.cond_stage_model.encode(torch.stack([rows, null_layout(rows.shape[0])]).to(device))
         cond, uncond = emb[:1].expand(n, -1, -1), (emb[1:] if cfg_scale != 1.0 else None)
-        noise, gens = self._noise(seed, n, height, width)
-        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
-                      uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
-        return self._decode(z, output)
+        return self._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                              cond=cond, uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
 
     def semantic2img(self, semantic_map: Any, *, n: int = 1, seed: int = 0, steps: int = 50, sampler: str = "ddim",
                      callback: Callback | None = None, progress: bool = False, batch_size: int | None = None,
@@ -467,10 +463,8 @@ class Pipeline:
         device, dtype = self._device_dtype()
         f = self.latent_factor
         cond = semantic_concat(labels, n_labels, (height // f, width // f)).to(device, dtype).expand(n, -1, -1, -1)
-        noise, gens = self._noise(seed, n, height, width)
-        z = self._run(self.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=1.0, cond=cond, uncond=None,
-                      callback=callback, progress=progress, batch_size=batch_size)
-        return self._decode(z, output)
+        return self._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=1.0,
+                              cond=cond, uncond=None, callback=callback, progress=progress, batch_size=batch_size)
 
     def _native_size(self) -> int:
         """The resolution the model was trained at (its autoencoder's), 64 for pixel-space models."""
