@@ -182,6 +182,13 @@ def bar_plot(path: Path, title: str, labels: list[str], series: dict[str, list[f
     return path
 
 
+def paired_bars(path: Path, title: str, results: list[dict], value: Callable[[dict, str], float],
+                ylabel: str) -> Path:
+    """``bar_plot`` of one quantity per case (``r["case"]``), ours beside diffusers; ``value(r, side)`` reads it."""
+    return bar_plot(path, title, [r["case"] for r in results],
+                    {side: [value(r, side) for r in results] for side in ("ours", "diffusers")}, ylabel)
+
+
 def line_plot(path: Path, title: str, xs: list[float], series: dict[str, list[float]], xlabel: str, ylabel: str,
               log: bool = True) -> Path:
     import matplotlib

@@ -73,13 +73,12 @@ def _full(repeats: int, log: Callable[[str], None]) -> dict:
 
 
 def plot(section: dict, out_dir) -> list:  # noqa: ANN001
-    from .common import bar_plot
+    from .common import bar_plot, paired_bars
 
     res = [r for r in section["results"] if r.get("diffusers_s_per_step")]
     if not res:
         res = section["results"]
         return [bar_plot(out_dir / "pipeline-s-per-step.png", "txt2img seconds per step (ours)",
                          [r["case"] for r in res], {"ours": [r["ours_s_per_step"] for r in res]}, "s / step")]
-    return [bar_plot(out_dir / "pipeline-s-per-step.png", "txt2img seconds per step", [r["case"] for r in res],
-                     {"ours": [r["ours_s_per_step"] for r in res],
-                      "diffusers": [r["diffusers_s_per_step"] for r in res]}, "s / step")]
+    return [paired_bars(out_dir / "pipeline-s-per-step.png", "txt2img seconds per step", res,
+                        lambda r, side: r[f"{side}_s_per_step"], "s / step")]

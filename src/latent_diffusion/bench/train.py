@@ -83,9 +83,7 @@ def table(results: list[dict]) -> str:
 
 
 def plot(section: dict, out_dir) -> list:  # noqa: ANN001
-    from .common import bar_plot
+    from .common import paired_bars
 
-    res = section["results"]
-    return [bar_plot(out_dir / "train-steps-per-s.png", "Training steps per second", [r["case"] for r in res],
-                     {"ours": [r["ours_steps_per_s"] for r in res],
-                      "diffusers": [r["diffusers_steps_per_s"] for r in res]}, "steps/s")]
+    return [paired_bars(out_dir / "train-steps-per-s.png", "Training steps per second", section["results"],
+                        lambda r, side: r[f"{side}_steps_per_s"], "steps/s")]

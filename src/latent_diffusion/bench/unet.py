@@ -161,12 +161,10 @@ def run(*, quick: bool, peak: dict[str, float], repeats: int | None = None, extr
 
 
 def plot(section: dict, out_dir) -> list:  # noqa: ANN001
-    from .common import bar_plot
+    from .common import paired_bars
 
     res = section["results"]
-    labels = [r["case"] for r in res]
-    return [bar_plot(out_dir / "unet-seconds.png", "UNet forward (batch 2), seconds per call", labels,
-                     {"ours": [r["ours_s"] for r in res], "diffusers": [r["diffusers_s"] for r in res]}, "s"),
-            bar_plot(out_dir / "unet-peak-fraction.png", "UNet: fraction of the measured GEMM peak", labels,
-                     {"ours": [r["peak_fraction"]["ours"] for r in res],
-                      "diffusers": [r["peak_fraction"]["diffusers"] for r in res]}, "fraction of peak")]
+    return [paired_bars(out_dir / "unet-seconds.png", "UNet forward (batch 2), seconds per call", res,
+                        lambda r, side: r[f"{side}_s"], "s"),
+            paired_bars(out_dir / "unet-peak-fraction.png", "UNet: fraction of the measured GEMM peak", res,
+                        lambda r, side: r["peak_fraction"][side], "fraction of peak")]

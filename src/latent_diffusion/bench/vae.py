@@ -153,12 +153,9 @@ def table(results: list[dict], large: list[dict]) -> str:
 
 
 def plot(section: dict, out_dir) -> list:  # noqa: ANN001
-    from .common import bar_plot
+    from .common import paired_bars
 
     res = section["results"]
-    labels = [r["case"] for r in res]
-    return [bar_plot(out_dir / "vae-seconds.png", "VAE decode, seconds", labels,
-                     {"ours": [r["ours_s"] for r in res], "diffusers": [r["diffusers_s"] for r in res]}, "s"),
-            bar_plot(out_dir / "vae-peak-rss.png", "VAE decode, peak RSS growth (GiB)", labels,
-                     {"ours": [(r["ours_peak_bytes"] or 0) / 2**30 for r in res],
-                      "diffusers": [(r["diffusers_peak_bytes"] or 0) / 2**30 for r in res]}, "GiB")]
+    return [paired_bars(out_dir / "vae-seconds.png", "VAE decode, seconds", res, lambda r, side: r[f"{side}_s"], "s"),
+            paired_bars(out_dir / "vae-peak-rss.png", "VAE decode, peak RSS growth (GiB)", res,
+                        lambda r, side: (r[f"{side}_peak_bytes"] or 0) / 2**30, "GiB")]
