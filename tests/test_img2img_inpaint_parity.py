@@ -49,24 +49,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers / huggingface_hub are imported, when this is first
 
-from latent_diffusion.checkpoint import save_checkpoint  # noqa: E402
 from latent_diffusion.config import DiffusionConfig, to_dict  # noqa: E402
 from latent_diffusion.models.ldm import LatentDiffusion  # noqa: E402
 from latent_diffusion.pipelines import Pipeline  # noqa: E402
 from latent_diffusion.pipelines.images import load_mask, pil_to_tensor  # noqa: E402
 from latent_diffusion.tiny import tiny_config, tiny_model  # noqa: E402
+from parity_common import checkpoint_with_yaml, fp32_pipeline, no_network  # noqa: E402
 
 pytest.importorskip("diffusers")
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,  # noqa: E402
@@ -141,22 +138,14 @@ def pipelines(tmp_path_factory: pytest.TempPathFactory):
     """family -> (ours, diffusers, expected config), built on first use."""
     root, cache = tmp_path_factory.mktemp("img2img-inpaint"), {}
 
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"the parity test tried to open a network connection: {args}")
-
     def get(family: str) -> tuple[Pipeline, object, DiffusionConfig]:
         if family not in cache:
             model = build_model(family)
-            path = save_checkpoint(model, root / f"tiny-{family}.safetensors")
             original = original_yaml(model.cfg)
-            config = root / f"tiny-{family}-inference.yaml"
-            config.write_text(yaml.safe_dump(original, sort_keys=False))
-            ours = Pipeline.from_checkpoint(path)
-            ours.set_fast_paths("fp32")  # diffusers runs fp32 (our default is bf16 on AMX / AVX-512 BF16)
+            path, config = checkpoint_with_yaml(model, root, f"tiny-{family}", original)
+            ours = fp32_pipeline(path)
             cls = StableDiffusionInpaintPipeline if family in INPAINT else StableDiffusionImg2ImgPipeline
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(socket.socket, "connect", no_network)
-                mp.setattr(socket, "create_connection", no_network)
+            with no_network():
                 ref = cls.from_single_file(
                     os.fspath(path), original_config=os.fspath(config), text_encoder=None, tokenizer=None,
                     scheduler=DDIMScheduler(**schedule(original)), safety_checker=None, feature_extractor=None,

@@ -30,20 +30,18 @@ the float32 rounding differences of two UNet implementations (~1e-7 relative, am
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers / huggingface_hub are imported, when this is first
 
-from latent_diffusion.checkpoint import save_checkpoint  # noqa: E402
 from latent_diffusion.config import DiffusionConfig, to_dict  # noqa: E402
 from latent_diffusion.pipelines import Pipeline  # noqa: E402
 from latent_diffusion.tiny import tiny_model  # noqa: E402
+from parity_common import checkpoint_with_yaml, fp32_pipeline, no_network  # noqa: E402
 from latent_diffusion.tokenizer import clip_tokenize, get_tokenizer  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers")
@@ -108,31 +106,20 @@ def transformers_text_encoder(model) -> CLIPTextModel:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("parity")
     model = tiny_model("sd1")
-    path = save_checkpoint(model, d / "tiny-sd1.safetensors")
-    config = d / "tiny-sd1-inference.yaml"
-    config.write_text(yaml.safe_dump(original_yaml(model.cfg), sort_keys=False))
-    return path, config
+    return checkpoint_with_yaml(model, tmp_path_factory.mktemp("parity"), "tiny-sd1", original_yaml(model.cfg))
 
 
 @pytest.fixture(scope="module")
 def ours(checkpoint) -> Pipeline:
-    pipe = Pipeline.from_checkpoint(checkpoint[0])
-    pipe.set_fast_paths("fp32")  # parity with diffusers' fp32 pipeline (the default is bf16 on AMX / AVX-512 BF16)
-    return pipe
+    return fp32_pipeline(checkpoint[0])
 
 
 @pytest.fixture(scope="module")
 def reference(checkpoint, ours: Pipeline):
     path, config = checkpoint
 
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"the parity test tried to open a network connection: {args}")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", no_network)
-        mp.setattr(socket, "create_connection", no_network)
+    with no_network():
         pipe = StableDiffusionPipeline.from_single_file(
             os.fspath(path), original_config=os.fspath(config), text_encoder=transformers_text_encoder(ours.model),
             tokenizer=get_tokenizer(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +37,13 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from latent_diffusion.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from latent_diffusion.checkpoint import load_checkpoint  # noqa: E402
 from latent_diffusion.config import DiffusionConfig, to_dict  # noqa: E402
 from latent_diffusion.errors import LDMError  # noqa: E402
 from latent_diffusion.pipelines import Pipeline  # noqa: E402
 from latent_diffusion.safe_load import read_state_dict  # noqa: E402
 from latent_diffusion.tiny import tiny_config, tiny_model  # noqa: E402
+from parity_common import checkpoint_with_yaml, fp32_pipeline, no_network  # noqa: E402
 
 pytest.importorskip("diffusers")
 from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
@@ -94,19 +94,13 @@ def original_yaml(cfg: DiffusionConfig) -> dict:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("x4")
     model = tiny_model("sd-x4-upscaler")
-    path = save_checkpoint(model, d / "tiny-x4.safetensors")
-    config = d / "x4-upscaling.yaml"
-    config.write_text(yaml.safe_dump(original_yaml(model.cfg), sort_keys=False))
-    return path, config
+    return checkpoint_with_yaml(model, tmp_path_factory.mktemp("x4"), "tiny-x4", original_yaml(model.cfg))
 
 
 @pytest.fixture(scope="module")
 def ours(checkpoint) -> Pipeline:
-    pipe = Pipeline.from_checkpoint(checkpoint[0])
-    pipe.set_fast_paths("fp32")
-    return pipe
+    return fp32_pipeline(checkpoint[0])
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +108,7 @@ def reference(checkpoint):
     path, config = checkpoint
     original = yaml.safe_load(config.read_text())
 
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"the parity test tried to open a network connection: {args}")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", no_network)
-        mp.setattr(socket, "create_connection", no_network)
+    with no_network():
         sd, _ = read_state_dict(path)
         unet_cfg = sfu.create_unet_diffusers_config_from_ldm(original, sd)
         unet = UNet2DConditionModel(**unet_cfg)
