@@ -1,5 +1,6 @@
 """Stage-2 LightningModule: objectives, scale factor, condition dropout, EMA, tasks as configuration, export."""
 
+import json
 import math
 
 import pytest
@@ -109,6 +110,20 @@ def test_train_export_and_load(tmp_path):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3, msg=n)
     words = small.cfg.conditioner.words
     assert "circle" in words and small.cond_stage_model.check_prompt("a red dragon") == ["dragon"]
+
+
+def test_log_rows_carry_the_window_mean_loss(tmp_path):
+    rows = {}
+    for every in (1, 2):
+        cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(tmp_path / f"every{every}"), "log_every": every}))
+        train_ldm(cfg, progress=False, echo=False)
+        lines = (tmp_path / f"every{every}" / "log.jsonl").read_text().splitlines()
+        rows[every] = [r for r in map(json.loads, lines) if "loss" in r]
+    assert [r["step"] for r in rows[2]] == [2, 4]
+    assert all(r["loss_mean"] == r["loss"] for r in rows[1])  # a window of one micro-batch
+    for r in rows[2]:  # the same seeded steps: the mean of the two per-step losses (float32 sums: 1e-6)
+        pair = [x["loss"] for x in rows[1] if r["step"] - 2 < x["step"] <= r["step"]]
+        assert r["loss"] == pair[-1] and r["loss_mean"] == pytest.approx(sum(pair) / 2, rel=1e-6)
 
 
 def test_yaml_recipe_parses():

@@ -85,6 +85,7 @@ class LatentDiffusionModule(L.LightningModule):
         self.source: TaskSource | None = None
         self.log_sink: Any = None
         self.last_good: tuple[int, str] | None = None  # (step, path) of the latest checkpoint written
+        self._window: list[float] = []  # this rank's losses since the last log row
 
     # -- freezing -----------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "LatentDiffusionModule":
@@ -229,9 +230,14 @@ class LatentDiffusionModule(L.LightningModule):
             raise NonFiniteLossError(f"training loss is {loss.detach().item()} at step {self.optimizer_steps(step)} "
                                      f"(micro-batch {step}); training stopped, {where}")
         self.batches_seen += 1
+        self._window.append(float(loss.detach()))  # the isfinite check above has synchronised already
         if self.log_sink is not None and rank == 0 and (step + 1) % self.cfg.run.log_every == 0:
-            self.log_sink({"step": self.optimizer_steps(step + 1), "loss": float(loss.detach()),
+            # loss: this micro-batch's; loss_mean: over the micro-batches since the previous row (less noisy)
+            self.log_sink({"step": self.optimizer_steps(step + 1), "loss": self._window[-1],
+                           "loss_mean": sum(self._window) / len(self._window),
                            "lr": self.optimizers().param_groups[0]["lr"]})
+        if (step + 1) % self.cfg.run.log_every == 0:
+            self._window = []
         return loss
 
     def optimizer_steps(self, micro_batches: int) -> int:
