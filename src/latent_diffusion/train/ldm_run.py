@@ -3,7 +3,8 @@
 ``out_dir/``: ``config.yaml``, ``log.jsonl`` (step, loss of that micro-batch, loss_mean since the previous row, lr),
 ``checkpoints/last.ckpt`` (Lightning, resumable: weights, EMA, optimiser, scheduler, step counter, the training
 config), ``model.safetensors`` (CompVis keys with ``model_ema.*``, the config and ``scale_factor`` inside; written at
-every checkpoint), ``samples/step-N.png``, ``summary.json``. Checkpoints are written every ``run.epoch_steps`` optimiser steps.
+every checkpoint), ``samples/step-N.png``, ``summary.json``. Checkpoints are written every ``run.epoch_steps``
+optimiser steps.
 """
 
 from __future__ import annotations
