@@ -37,8 +37,8 @@ class NonFiniteLossError(LDMError, FloatingPointError):
 
 
 def build_training_model(cfg: LDMTrainConfig) -> LatentDiffusion:
-    """The LatentDiffusion to train: fresh UNet (seeded) or ``init_from``'s, first stage loaded from ``first_stage_path``
-    and frozen."""
+    """The LatentDiffusion to train: fresh UNet (seeded) or ``init_from``'s, first stage loaded from
+    ``first_stage_path`` and frozen."""
     mcfg = copy.deepcopy(cfg.model)
     if mcfg.conditioner.kind == "bert" and not mcfg.conditioner.words:
         from ..data.shapes import vocabulary
