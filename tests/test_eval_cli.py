@@ -40,3 +40,17 @@ def test_eval_txt2img_writes_json_and_markdown(sd1: str, tmp_path, capsys) -> No
 def test_eval_of_a_different_task_is_refused(sd1: str) -> None:
     with pytest.raises(LDMError, match="cannot evaluate class on this model"):
         run(["class", "--ckpt", sd1, "--n", "1"])
+
+
+def test_ema_flag_samples_with_the_files_ema_weights(sd1: str, tmp_path) -> None:
+    from latent_diffusion.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no model_ema"):
+        run(["txt2img", "--ckpt", sd1, "--ema", "--n", "1", "--steps", "1", "--cfg", "1", "--quiet"])
+    model = tiny_model("sd1")
+    model.enable_ema()
+    ema = str(save_checkpoint(model, tmp_path / "with-ema.safetensors"))
+    j = tmp_path / "r.json"
+    assert run(["txt2img", "--ckpt", ema, "--ema", "--n", "2", "--steps", "1", "--cfg", "1", "--n-real", "4",
+                "--json", str(j), "--quiet"]) == 0
+    assert json.loads(j.read_text())["ema"] is True

@@ -31,6 +31,8 @@ def add_eval_task_commands(esub: Any) -> None:
         p = esub.add_parser(task, help=text)
         p.add_argument("--ckpt", default=None,
                        help=f"model .safetensors (default: the embedded ShapesWorld {task} model)")
+        p.add_argument("--ema", action="store_true",
+                       help="sample with the file's model_ema.* weights (a training run's model.safetensors)")
         p.add_argument("--n", type=int, default=n, help=f"held-out scenes / samples (default {n})")
         p.add_argument("--steps", type=int, default=20)
         p.add_argument("--sampler", default="ddim")
@@ -136,11 +138,12 @@ def autoencoder_roundtrip(ae: Any, batch_size: int = 50) -> Any:
     return run
 
 
-def _load_pipeline(ckpt: str | None, task: str) -> Any:
+def _load_pipeline(ckpt: str | None, task: str, use_ema: bool = False) -> Any:
     from ..default_model import task_model_path
     from ..pipelines.pipeline import Pipeline
 
-    return Pipeline.from_checkpoint(ckpt if ckpt is not None else task_model_path(EMBEDDED.get(task, task)))
+    return Pipeline.from_checkpoint(ckpt if ckpt is not None else task_model_path(EMBEDDED.get(task, task)),
+                                    use_ema=use_ema)
 
 
 EMBEDDED = {"uncond": "unconditional"}  # evaluation task name -> default_model.TASK_MODELS key
@@ -153,9 +156,10 @@ def _cmd_eval_task(args: argparse.Namespace) -> int:
     if args.n <= 0:
         raise LDMError(f"--n must be positive, got {args.n}")
     t0 = time.perf_counter()
-    rows = run_task(args.eval_task, _load_pipeline(args.ckpt, args.eval_task), args)
+    rows = run_task(args.eval_task, _load_pipeline(args.ckpt, args.eval_task, args.ema), args)
     cli = sys.argv[1:3] == ["eval", args.eval_task]  # run from the shell (not main(argv) from Python)
-    meta = {"command": "ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if cli else None, "ckpt": args.ckpt or "default", "steps": args.steps, "sampler": args.sampler,
+    meta = {"command": "ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if cli else None,
+            "ckpt": args.ckpt or "default", "ema": args.ema, "steps": args.steps, "sampler": args.sampler,
             "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1)}
     write_reports(args.eval_task, rows, meta, args.json, args.markdown)
     print(markdown_table(args.eval_task, rows), end="")
