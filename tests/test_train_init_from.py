@@ -21,8 +21,13 @@ def trained(tmp_path_factory):
     return out / "model.safetensors", out.parent / "export.safetensors"
 
 
-def _cfg(path, **sections) -> LDMTrainConfig:
-    return LDMTrainConfig.from_dict({**tiny(**sections), "init_from": str(path)})
+def _cfg(path, first_stage=None, **sections) -> LDMTrainConfig:
+    """Fine-tune config; the first stage is read from ``first_stage`` (an LDM file's first_stage_model.* part), or
+    drawn at random from run.seed when None (the tiny run's own was drawn from seed 0 that way)."""
+    d = {**tiny(**sections), "init_from": str(path)}
+    if first_stage is not None:
+        d["first_stage_path"] = str(first_stage)
+    return LDMTrainConfig.from_dict(d)
 
 
 def test_starts_from_the_files_ema_unet_conditioner_and_scale(trained):
@@ -64,10 +69,11 @@ def test_bad_init_files_are_clear_errors(trained, tmp_path):
         build_training_model(_cfg(run_file, model={"conditioner": {"max_length": 8}}))
     with pytest.raises(ConfigError, match="different first stage"):  # seed 3 draws another random first stage
         build_training_model(_cfg(run_file, run={"seed": 3}))
+    build_training_model(_cfg(run_file, first_stage=run_file, run={"seed": 3}))  # the file's own first stage: fine
     from latent_diffusion.safe_load import save_safetensors_atomic
 
     save_safetensors_atomic({"encoder.conv_in.weight": torch.zeros(1)}, tmp_path / "ae.safetensors")
     with pytest.raises(ConfigError, match="not a stage-2 model"):
         build_training_model(_cfg(tmp_path / "ae.safetensors"))
     with pytest.raises(Exception, match="missing key"):  # another UNet width
-        build_training_model(_cfg(run_file, model={"unet": {"num_res_blocks": 2}}))
+        build_training_model(_cfg(run_file, first_stage=run_file, model={"unet": {"num_res_blocks": 2}}))

@@ -52,13 +52,6 @@ def load_init_weights(model: LatentDiffusion, path: str | os.PathLike) -> float:
         if diff:
             raise ConfigError(f"init_from {src} was trained with a different conditioner (fields {diff} differ); "
                               "copy the file's model.conditioner into the config")
-    sd = _ema_unet(sd)
-    for prefix, part in ((UNET, model.model.diffusion_model), (COND, model.cond_stage_model)):
-        if part is None:
-            continue
-        mine = {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(prefix)}
-        check_keys(part, mine, f"init_from {src} ({prefix}*)")
-        part.load_state_dict(mine, strict=True)
     if model.first_stage_model is not None and any(k.startswith(FIRST) for k in sd):
         ours_fs = model.first_stage_model.state_dict()
         changed = [k for k, v in ours_fs.items()
@@ -66,4 +59,11 @@ def load_init_weights(model: LatentDiffusion, path: str | os.PathLike) -> float:
         if changed:
             raise ConfigError(f"init_from {src} was trained on a different first stage than first_stage_path "
                               f"({len(changed)} tensors differ, e.g. {changed[:3]}); its latents would not match")
+    sd = _ema_unet(sd)
+    for prefix, part in ((UNET, model.model.diffusion_model), (COND, model.cond_stage_model)):
+        if part is None:
+            continue
+        mine = {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(prefix)}
+        check_keys(part, mine, f"init_from {src} ({prefix}*)")
+        part.load_state_dict(mine, strict=True)
     return float(sd["scale_factor"])
