@@ -6,6 +6,9 @@
 ``python -m latent_diffusion.eval.findings first-stage --run NAME=RUN_DIR ... --out DIR``
     LDM-f at equal training compute: for each training run (its ``model.safetensors`` and ``summary.json``), the
     steps it reached, class accuracy at CFG 1 and 3, and sampling throughput (images / s, 20 DDIM steps, batch 16).
+``python -m latent_diffusion.eval.findings relations --model NAME=FILE ... --out DIR``
+    text-to-image: does the model follow the relation word (same seed, relation flipped), and does the noise at the
+    first sampler step still carry the layout (eval/relations.py)?
 
 Each writes ``<name>.json`` and ``<name>.png`` into ``--out`` and prints a Markdown table.
 """
@@ -132,12 +135,44 @@ def _plot_first_stage(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_relations(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    names, width = [r["model"] for r in rows], 0.27
+    for k, (key, label) in enumerate((("relation_right", "caption"), ("relation_right_flipped", "flipped caption"),
+                                      ("relation_right_both", "both, same seed"))):
+        axes[0].bar([i + (k - 1) * width for i in range(len(rows))], [100 * r[key] for r in rows], width, label=label)
+    axes[0].set_xticks(range(len(rows)), names, fontsize=8)
+    axes[0].set_title(f"relation right (%), CFG {rows[0]['cfg_scale']:g}")
+    axes[0].legend(fontsize=8)
+    for k, (key, label) in enumerate((("leak_distance_own", "from its own scene's x_t"),
+                                      ("leak_distance_other", "from another scene's x_t"))):
+        axes[1].bar([i + (k - 0.5) * width for i in range(len(rows))], [r[key] for r in rows], width, label=label)
+    axes[1].set_xticks(range(len(rows)), names, fontsize=8)
+    axes[1].set_title("object 0: distance from its place in the scene")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _markdown(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _named(values: list[str], flag: str, form: str) -> dict[str, str]:
+    named = dict(v.split("=", 1) for v in values if "=" in v)
+    if len(named) != len(values):
+        raise LDMError(f"{flag} takes {form}, got {values}")
+    return named
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("first-stage")
     f.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR")
     f.add_argument("--n", type=int, default=80)
-    for q in (s, f):
+    r = sub.add_parser("relations")
+    r.add_argument("--model", action="append", required=True, metavar="NAME=FILE",
+                   help="a text-to-image .safetensors (a training run's model.safetensors is sampled with its EMA)")
+    r.add_argument("--n", type=int, default=64, help="held-out captions with a relation (default 64)")
+    r.add_argument("--cfg", type=float, default=5.0)
+    r.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    for q in (s, f, r):
         q.add_argument("--out", required=True, help="folder for the JSON and PNG")
         q.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -163,12 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "samplers":
         rows = sampler_sweep(args.class_ckpt, args.uncond_ckpt, n_class=args.n_class, n_uncond=args.n_uncond)
         name, plot = "sampler-steps", _plot_samplers
-    else:
-        runs = dict(r.split("=", 1) for r in args.run if "=" in r)
-        if len(runs) != len(args.run):
-            raise LDMError(f"--run takes NAME=RUN_DIR, got {args.run}")
-        rows = first_stage_sweep(runs, n=args.n)
+    elif args.what == "first-stage":
+        rows = first_stage_sweep(_named(args.run, "--run", "NAME=RUN_DIR"), n=args.n)
         name, plot = "first-stage", _plot_first_stage
+    else:
+        from .relations import relation_sweep
+
+        rows = relation_sweep(_named(args.model, "--model", "NAME=FILE"), n=args.n, cfg_scale=args.cfg,
+                              steps=args.steps)
+        name, plot = "relations", _plot_relations
     meta = {"command": "python -m latent_diffusion.eval.findings " + " ".join(argv or []),
             "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads()}
     (out / f"{name}.json").write_text(json.dumps(meta | {"rows": rows}, indent=2) + "\n")
