@@ -29,7 +29,7 @@ from ..errors import ConfigError, LDMError
 from ..models.conditioners import null_class
 from ..models.ldm import LatentDiffusion
 from .ldm_config import LDMTrainConfig, check_scale_factor
-from .ldm_data import StepWindow, TaskSource, build_world, seed_of
+from .ldm_data import StepWindow, TaskSource, build_world, latent_cache_file, seed_of
 
 
 class NonFiniteLossError(LDMError, FloatingPointError):
@@ -115,7 +115,8 @@ class LatentDiffusionModule(L.LightningModule):
             if cfg.task == "inpaint":
                 raise ConfigError("diffusion.cache_latents cannot be used with task 'inpaint' (masked images are "
                                   "encoded per step)")
-            self.source.cache(lambda x: self._raw_latents(x, None))
+            self.source.cache(lambda x: self._raw_latents(x, None),
+                              path=latent_cache_file(cfg, self.first_stage_sha256))
         self._init_scale_factor()
 
     def _init_scale_factor(self) -> None:

@@ -58,6 +58,9 @@ class DiffusionTrainConfig:
     scale_factor: float | None = None  # None: 1 / std of the first batch's latents (paper appendix G)
     cache_latents: bool = False  # encode data.length items once (posterior mean), then train on the cache
     sample_posterior: bool = False  # KL: sample z ~ q(z|x) instead of its mean (ignored with cache_latents)
+    # with cache_latents: keep the encoded latents on disk in this folder, one file per (first stage file, data
+    # config), so that re-runs, resumes and variants of a recipe skip the encoding; None = in memory only
+    latent_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cond_drop_prob < 1.0:
@@ -67,6 +70,8 @@ class DiffusionTrainConfig:
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ValueError(f"diffusion.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
         check_scale_factor(self.scale_factor, "diffusion.scale_factor", allow_none=True)
+        if self.latent_cache_dir is not None and not self.cache_latents:
+            raise ValueError("diffusion.latent_cache_dir keeps the latent cache on disk: it needs cache_latents: true")
 
 
 @dataclass
@@ -114,7 +119,7 @@ class LDMRunConfig:
 
 # fields that may differ between a run and its resumption (they do not change the result's definition)
 RESUMABLE_CHANGES = ("run.max_steps", "run.max_minutes", "run.out_dir", "run.num_threads", "run.log_every",
-                     "run.sample_every_epoch", "run.sample_steps")
+                     "run.sample_every_epoch", "run.sample_steps", "diffusion.latent_cache_dir")
 
 
 @dataclass

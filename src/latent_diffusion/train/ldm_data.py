@@ -5,15 +5,24 @@ Sample ``j`` of micro-batch ``b`` on rank ``r`` of ``W`` is stream position ``p 
 ``b`` therefore replays exactly what an uninterrupted run would have seen, on any number of processes.
 
 ``TaskSource`` turns ShapesWorld items into what the task needs (the image, or a cached latent, plus the condition
-fields); cached latents are the posterior means of ``length`` items, encoded once.
+fields); cached latents are the posterior means of ``length`` items, encoded once (and kept on disk with
+``diffusion.latent_cache_dir``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
+from ..config import to_dict
 from ..data.shapes import ShapesWorld, ShapesWorldConfig
+from ..errors import ConfigError
+from ..safe_load import save_safetensors_atomic
 from .ldm_config import LDMTrainConfig
 
 # condition fields each task reads from an item
@@ -71,12 +80,37 @@ class TaskSource:
         return out
 
     @torch.no_grad()
-    def cache(self, encode, batch_size: int = 64) -> None:  # noqa: ANN001 - images (B,3,H,W) -> latents
+    def cache(self, encode, batch_size: int = 64, path: Path | None = None) -> None:  # noqa: ANN001
+        """Encode every item once (``encode``: images (B, 3, H, W) -> latents); with ``path``, read the latents from
+        that file when it exists, else write them there (atomically) for the next run."""
+        if path is not None and path.is_file():
+            latents = load_file(path)["latents"]
+            if latents.shape[0] != len(self):
+                raise ConfigError(f"latent cache {path} holds {latents.shape[0]} items, the data has {len(self)}; "
+                                  "delete the file to rebuild it")
+            self.latents = latents
+            return
         chunks = []
         for start in range(0, len(self), batch_size):
             imgs = torch.stack([self.world[i]["image"] for i in range(start, min(start + batch_size, len(self)))])
             chunks.append(encode(imgs).float())
         self.latents = torch.cat(chunks)
+        if path is not None:  # overwrite: another rank may have written the same latents meanwhile
+            save_safetensors_atomic({"latents": self.latents}, path, overwrite=True)
+
+
+def latent_cache_file(cfg: LDMTrainConfig, first_stage_sha256: str | None) -> Path | None:
+    """``diffusion.latent_cache_dir / latents-<key>.safetensors``, the key a hash of the first stage file's sha256,
+    the first-stage kind and the data config (None when no cache folder is set)."""
+    folder = cfg.diffusion.latent_cache_dir
+    if folder is None:
+        return None
+    if first_stage_sha256 is None:
+        raise ConfigError("diffusion.latent_cache_dir needs first_stage_path: the cache file is named after the first "
+                          "stage file's sha256 (a random first stage has no file to name it after)")
+    key = json.dumps({"first_stage_sha256": first_stage_sha256, "first_stage": cfg.model.first_stage,
+                      "data": to_dict(cfg.data)}, sort_keys=True)
+    return Path(folder) / f"latents-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
 class StepWindow(Dataset):

@@ -1,0 +1,65 @@
+"""diffusion.latent_cache_dir: the encoded latents are written once and read back by the next run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ldm_tiny_config import tiny
+
+from latent_diffusion.checkpoint import save_checkpoint
+from latent_diffusion.errors import ConfigError
+from latent_diffusion.train.ldm import LatentDiffusionModule, build_training_model
+from latent_diffusion.train.ldm_config import LDMTrainConfig
+from latent_diffusion.train.ldm_data import latent_cache_file
+
+
+@pytest.fixture(scope="module")
+def first_stage(tmp_path_factory) -> str:
+    """A tiny LDM file whose first_stage_model.* part serves as first_stage_path."""
+    path = tmp_path_factory.mktemp("fs") / "tiny.safetensors"
+    model = build_training_model(LDMTrainConfig.from_dict(tiny()))
+    model.model_ema = None
+    return str(save_checkpoint(model, path))
+
+
+def _module(first_stage: str, cache_dir, **data) -> LatentDiffusionModule:
+    d = tiny(diffusion={"cache_latents": True, "latent_cache_dir": str(cache_dir)}, data=data)
+    m = LatentDiffusionModule(LDMTrainConfig.from_dict({**d, "first_stage_path": first_stage}))
+    m.setup("fit")
+    return m
+
+
+def test_second_run_reads_the_cache_instead_of_encoding(first_stage, tmp_path, monkeypatch) -> None:
+    first = _module(first_stage, tmp_path)
+    files = list(tmp_path.glob("latents-*.safetensors"))
+    assert len(files) == 1 and files[0] == latent_cache_file(first.cfg, first.first_stage_sha256)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the cached latents should have been read, not encoded again")
+
+    monkeypatch.setattr(LatentDiffusionModule, "_raw_latents", no_encoding)
+    second = _module(first_stage, tmp_path)
+    torch.testing.assert_close(second.source.latents, first.source.latents, rtol=0, atol=0)
+    assert float(second.model.scale_factor) == float(first.model.scale_factor)
+
+
+def test_other_data_gets_its_own_file_and_bad_setups_are_errors(first_stage, tmp_path) -> None:
+    _module(first_stage, tmp_path)
+    _module(first_stage, tmp_path, seed=5)
+    assert len(list(tmp_path.glob("latents-*.safetensors"))) == 2
+    with pytest.raises(ConfigError, match="needs cache_latents"):
+        LDMTrainConfig.from_dict(tiny(diffusion={"latent_cache_dir": str(tmp_path)}))
+    with pytest.raises(ConfigError, match="needs first_stage_path"):  # tiny() draws a random first stage
+        m = LatentDiffusionModule(LDMTrainConfig.from_dict(
+            tiny(diffusion={"cache_latents": True, "latent_cache_dir": str(tmp_path)})))
+        m.setup("fit")
+
+
+def test_a_cache_of_another_length_is_refused(first_stage, tmp_path) -> None:
+    from latent_diffusion.safe_load import save_safetensors_atomic
+
+    m = _module(first_stage, tmp_path)
+    path = latent_cache_file(m.cfg, m.first_stage_sha256)
+    save_safetensors_atomic({"latents": m.source.latents[:3]}, path, overwrite=True)
+    with pytest.raises(ConfigError, match="holds 3 items"):
+        _module(first_stage, tmp_path)
