@@ -30,15 +30,16 @@ def _module(first_stage: str, cache_dir, **data) -> LatentDiffusionModule:
 
 
 def test_second_run_reads_the_cache_instead_of_encoding(first_stage, tmp_path, monkeypatch) -> None:
-    first = _module(first_stage, tmp_path)
-    files = list(tmp_path.glob("latents-*.safetensors"))
+    cache = tmp_path / "new" / "cache"  # made by the first run
+    first = _module(first_stage, cache)
+    files = list(cache.glob("latents-*.safetensors"))
     assert len(files) == 1 and files[0] == latent_cache_file(first.cfg, first.first_stage_sha256)
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("the cached latents should have been read, not encoded again")
 
     monkeypatch.setattr(LatentDiffusionModule, "_raw_latents", no_encoding)
-    second = _module(first_stage, tmp_path)
+    second = _module(first_stage, cache)
     torch.testing.assert_close(second.source.latents, first.source.latents, rtol=0, atol=0)
     assert float(second.model.scale_factor) == float(first.model.scale_factor)
 

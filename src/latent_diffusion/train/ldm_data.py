@@ -90,6 +90,8 @@ class TaskSource:
                                   "delete the file to rebuild it")
             self.latents = latents
             return
+        if path is not None:  # before the encoding, so that a path that cannot be made fails at once
+            path.parent.mkdir(parents=True, exist_ok=True)
         chunks = []
         for start in range(0, len(self), batch_size):
             imgs = torch.stack([self.world[i]["image"] for i in range(start, min(start + batch_size, len(self)))])
@@ -99,17 +101,22 @@ class TaskSource:
             save_safetensors_atomic({"latents": self.latents}, path, overwrite=True)
 
 
+# part of the cache key: raise it when ShapesWorld's rendering or the encoding of cached latents changes, so that
+# old files are not read as if they were current
+LATENT_CACHE_FORMAT = 1
+
+
 def latent_cache_file(cfg: LDMTrainConfig, first_stage_sha256: str | None) -> Path | None:
-    """``diffusion.latent_cache_dir / latents-<key>.safetensors``, the key a hash of the first stage file's sha256,
-    the first-stage kind and the data config (None when no cache folder is set)."""
+    """``diffusion.latent_cache_dir / latents-<key>.safetensors``, the key a hash of the cache format, the first stage
+    file's sha256, the first-stage kind and the data config (None when no cache folder is set)."""
     folder = cfg.diffusion.latent_cache_dir
     if folder is None:
         return None
     if first_stage_sha256 is None:
         raise ConfigError("diffusion.latent_cache_dir needs first_stage_path: the cache file is named after the first "
                           "stage file's sha256 (a random first stage has no file to name it after)")
-    key = json.dumps({"first_stage_sha256": first_stage_sha256, "first_stage": cfg.model.first_stage,
-                      "data": to_dict(cfg.data)}, sort_keys=True)
+    key = json.dumps({"format": LATENT_CACHE_FORMAT, "first_stage_sha256": first_stage_sha256,
+                      "first_stage": cfg.model.first_stage, "data": to_dict(cfg.data)}, sort_keys=True)
     return Path(folder) / f"latents-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
