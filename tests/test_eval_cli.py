@@ -43,13 +43,23 @@ def test_eval_of_a_different_task_is_refused(sd1: str) -> None:
 
 
 def test_ema_flag_samples_with_the_files_ema_weights(sd1: str, tmp_path) -> None:
+    import torch
+
     from latent_diffusion.errors import CheckpointError
+    from latent_diffusion.eval.task_cli import _load_pipeline
 
     with pytest.raises(CheckpointError, match="no model_ema"):
         run(["txt2img", "--ckpt", sd1, "--ema", "--n", "1", "--steps", "1", "--cfg", "1", "--quiet"])
     model = tiny_model("sd1")
     model.enable_ema()
+    with torch.no_grad():  # an average that differs from the raw weights
+        for _, buf in model.model_ema.named_buffers():
+            if buf.is_floating_point() and buf.dim() > 0:
+                buf.add_(0.5)
     ema = str(save_checkpoint(model, tmp_path / "with-ema.safetensors"))
+    raw_w = _load_pipeline(ema, "txt2img").model.model.diffusion_model.out[2].weight
+    ema_w = _load_pipeline(ema, "txt2img", use_ema=True).model.model.diffusion_model.out[2].weight
+    torch.testing.assert_close(ema_w, raw_w + 0.5)
     j = tmp_path / "r.json"
     assert run(["txt2img", "--ckpt", ema, "--ema", "--n", "2", "--steps", "1", "--cfg", "1", "--n-real", "4",
                 "--json", str(j), "--quiet"]) == 0

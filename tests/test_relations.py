@@ -9,7 +9,7 @@ import pytest
 from latent_diffusion.default_model import task_model_path
 from latent_diffusion.errors import LDMError
 from latent_diffusion.eval.findings import main
-from latent_diffusion.eval.relations import flip_relation, two_object_scenes
+from latent_diffusion.eval.relations import flip_relation, relation_scenes
 
 
 def test_flip_relation_reverses_only_the_relation() -> None:
@@ -21,8 +21,8 @@ def test_flip_relation_reverses_only_the_relation() -> None:
         flip_relation("a red circle")
 
 
-def test_two_object_scenes_all_name_a_relation() -> None:
-    data = two_object_scenes(5)
+def test_relation_scenes_all_name_a_relation() -> None:
+    data = relation_scenes(5)
     assert len(data["captions"]) == 5 and data["images"].shape == (5, 3, 64, 64)
     assert all(flip_relation(c) != c for c in data["captions"])
 

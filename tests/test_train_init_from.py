@@ -65,7 +65,7 @@ def test_bad_init_files_are_clear_errors(trained, tmp_path):
     run_file, _ = trained
     with pytest.raises(ConfigError, match="does not exist"):
         build_training_model(_cfg(tmp_path / "nope.safetensors"))
-    with pytest.raises(ConfigError, match="different conditioner.*max_length"):
+    with pytest.raises(ConfigError, match="different model .conditioner.max_length: file 16, config 8"):
         build_training_model(_cfg(run_file, model={"conditioner": {"max_length": 8}}))
     with pytest.raises(ConfigError, match="different first stage"):  # seed 3 draws another random first stage
         build_training_model(_cfg(run_file, run={"seed": 3}))
@@ -75,5 +75,30 @@ def test_bad_init_files_are_clear_errors(trained, tmp_path):
     save_safetensors_atomic({"encoder.conv_in.weight": torch.zeros(1)}, tmp_path / "ae.safetensors")
     with pytest.raises(ConfigError, match="not a stage-2 model"):
         build_training_model(_cfg(tmp_path / "ae.safetensors"))
-    with pytest.raises(Exception, match="missing key"):  # another UNet width
+    with pytest.raises(ConfigError, match="(?s)missing key.*spatial_pos_embed, may differ"):  # another UNet depth
         build_training_model(_cfg(run_file, first_stage=run_file, model={"unet": {"num_res_blocks": 2}}))
+    with pytest.raises(ConfigError, match="parameterization: file 'eps', config 'v'"):
+        build_training_model(_cfg(run_file, model={"parameterization": "v"}))
+
+
+def test_a_changed_schedule_is_allowed_with_a_warning(trained) -> None:
+    run_file, _ = trained
+    with pytest.warns(UserWarning, match="linear_end: file 0.012 -> config 0.03"):
+        build_training_model(_cfg(run_file, model={"linear_end": 0.03}))
+
+
+def test_a_resume_does_not_read_the_init_file_again(trained, tmp_path) -> None:
+    import shutil
+
+    run_file, _ = trained
+    init = tmp_path / "init.safetensors"
+    shutil.copy(run_file, init)
+    cfg = _cfg(init, run={"out_dir": str(tmp_path / "ft"), "max_steps": 2, "epoch_steps": 2})
+    first = train_ldm(cfg, echo=False, progress=False)
+    init.unlink()  # the checkpoint holds the weights now
+    cfg = _cfg(init, run={"out_dir": str(tmp_path / "ft"), "max_steps": 4, "epoch_steps": 2})
+    second = train_ldm(cfg, resume=str(tmp_path / "ft" / "checkpoints" / "last.ckpt"), echo=False, progress=False)
+    assert second["steps"] == 4 and second["scale_factor"] == first["scale_factor"] == pytest.approx(0.7)
+    from latent_diffusion.checkpoint import inspect_checkpoint
+
+    assert inspect_checkpoint(tmp_path / "ft" / "model.safetensors")["scale_factor"] == pytest.approx(0.7)

@@ -1,6 +1,6 @@
 """Does a text-to-image model follow the relation word, or does the noise decide the layout?
 
-Two probes on held-out two-object ShapesWorld captions, scored by the judge:
+Two probes on held-out ShapesWorld captions that name a relation (two or three objects), scored by the judge:
 
 * **flip**: each caption and the same caption with its relation reversed ("above" ↔ "below", "left of" ↔ "right of")
   are sampled from the same seed. A model that follows the word gets both right; one that ignores it draws the same
@@ -83,7 +83,7 @@ def leak_probe(pipe: Any, judge: Any, images: torch.Tensor, captions: Sequence[s
             "leak_distance_other": float(np.mean(other)) if other else nan, "leak_found_other": len(other)}
 
 
-def two_object_scenes(n: int) -> dict[str, Any]:
+def relation_scenes(n: int) -> dict[str, Any]:
     """The first ``n`` held-out scenes whose caption names a relation (two or three objects)."""
     from .tasks import heldout
 
@@ -97,15 +97,18 @@ def two_object_scenes(n: int) -> dict[str, Any]:
 
 def relation_sweep(models: dict[str, str], *, n: int = 64, cfg_scale: float = 5.0, steps: int = 20,
                    log: Any = print) -> list[dict[str, Any]]:
-    """One row per model (``NAME -> .safetensors``; a training run's file is sampled with its EMA weights)."""
+    """One row per model (``NAME -> .safetensors``). Unlike ``ldm eval --ema`` (opt-in), a file that carries
+    ``model_ema.*`` (a training run's) is sampled with its EMA weights: the probes compare training runs."""
+    from safetensors import safe_open
+
     from ..pipelines.pipeline import Pipeline
-    from ..safe_load import read_state_dict
     from .judge import Judge
 
-    judge, data = Judge.load(None), two_object_scenes(n)
+    judge, data = Judge.load(None), relation_scenes(n)
     rows = []
     for name, path in models.items():
-        ema = any(k.startswith("model_ema.") for k in read_state_dict(path)[0])
+        with safe_open(path, "pt") as f:
+            ema = any(k.startswith("model_ema.") for k in f.keys())
         pipe = Pipeline.from_checkpoint(path, use_ema=ema)
         if pipe.kind != "text":
             raise LDMError(f"{name} ({path}) is a {pipe.kind} model; the relation probes need a text-to-image model")

@@ -10,6 +10,11 @@ import torch
 from torch import nn
 
 
+def shadow_name(name: str) -> str:
+    """The buffer name LitEma keeps a parameter's average under: its dotted name with the dots removed."""
+    return name.replace(".", "")
+
+
 class LitEma(nn.Module):
     def __init__(self, model: nn.Module, decay: float = 0.9999, use_num_updates: bool = True) -> None:
         super().__init__()
@@ -20,7 +25,7 @@ class LitEma(nn.Module):
         self.names: dict[str, str] = {}  # parameter name -> buffer name
         for name, p in model.named_parameters():
             if p.requires_grad:
-                flat = name.replace(".", "")
+                flat = shadow_name(name)
                 self.names[name] = flat
                 self.register_buffer(flat, p.detach().clone())
 

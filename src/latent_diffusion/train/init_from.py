@@ -10,30 +10,68 @@ latent scale is the file's, because the weights were trained on latents of that 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..config import DiffusionConfig, to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, KeyMismatchError
+from ..models.ema import shadow_name
 from ..models.ldm import LatentDiffusion
 from ..safe_load import read_state_dict
 
 UNET, COND, FIRST, EMA = "model.diffusion_model.", "cond_stage_model.", "first_stage_model.", "model_ema."
+# config fields that must agree with the file's: what the weights compute and what the token ids mean
+MUST_MATCH = ("parameterization", "conditioning_key", "first_stage")
+NOT_COMPARED = ("scale_factor", "conditioner.minilm_dir")  # the file's scale is taken; a local folder may differ
 
 
 def _ema_unet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The file's UNet with each weight the EMA tracks replaced by its ``model_ema.*`` copy (CompVis LitEma names:
     ``model_ema.diffusion_modelinput_blocks00weight`` for ``model.diffusion_model.input_blocks.0.0.weight``)."""
-    out = {}
-    for key, value in sd.items():
-        if key.startswith(UNET):
-            value = sd.get(EMA + key[len("model."):].replace(".", ""), value)
-        out[key] = value
+    return {key: sd.get(EMA + shadow_name(key[len("model."):]), value) if key.startswith(UNET) else value
+            for key, value in sd.items()}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
     return out
 
 
-def load_init_weights(model: LatentDiffusion, path: str | os.PathLike) -> float:
+def _compare_configs(model: LatentDiffusion, file_cfg: DiffusionConfig, src: str) -> None:
+    """Refuse what would make the loaded weights mean something else; warn about the other differences (a
+    fine-tune may change the schedule or switch on ``unet.spatial_pos_embed`` on purpose)."""
+    ours, theirs = _flat(to_dict(model.cfg)), _flat(to_dict(file_cfg))
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in NOT_COMPARED)
+    fatal = [k for k in diff if k in MUST_MATCH or k.startswith("conditioner.")]
+    if fatal:
+        detail = "; ".join(f"{k}: file {theirs.get(k)!r}, config {ours.get(k)!r}" for k in fatal[:6])
+        raise ConfigError(f"init_from {src} was trained with a different model ({detail}); its weights would mean "
+                          "something else: copy these fields from the file's config")
+    if diff:
+        detail = "; ".join(f"{k}: file {theirs.get(k)!r} -> config {ours.get(k)!r}" for k in diff[:8])
+        warnings.warn(f"init_from {src}: fine-tuning with a changed model config ({detail})", stacklevel=3)
+
+
+def _check_first_stage(model: LatentDiffusion, sd: dict[str, torch.Tensor], src: str, named: bool) -> None:
+    if model.first_stage_model is None:
+        return
+    if not any(k.startswith(FIRST) for k in sd):
+        warnings.warn(f"init_from {src} carries no first_stage_model.* weights: cannot check that first_stage_path "
+                      "is the autoencoder it was trained on", stacklevel=3)
+        return
+    changed = [k for k, v in model.first_stage_model.state_dict().items()
+               if FIRST + k in sd and not torch.equal(v.to(sd[FIRST + k].dtype), sd[FIRST + k])]
+    if changed:
+        ours = "first_stage_path" if named else "the random first stage drawn from run.seed (set first_stage_path)"
+        raise ConfigError(f"init_from {src} was trained on a different first stage than {ours} ({len(changed)} "
+                          f"tensors differ, e.g. {changed[:3]}); its latents would not match")
+
+
+def load_init_weights(model: LatentDiffusion, path: str | os.PathLike, *, first_stage_named: bool = True) -> float:
     """Load ``path``'s UNet (EMA when stored) and conditioner into ``model``; return the file's ``scale_factor``."""
     from ..checkpoint import CONFIG_METADATA_KEY, check_keys
 
@@ -45,25 +83,19 @@ def load_init_weights(model: LatentDiffusion, path: str | os.PathLike) -> float:
         raise ConfigError(f"init_from {src} is not a stage-2 model exported by this project (it needs "
                           "model.diffusion_model.* weights and a scale_factor); export one with `ldm train ldm "
                           "--export`, or use a run's model.safetensors")
-    if CONFIG_METADATA_KEY in meta:  # the token ids must mean the same words (defaults filled in on both sides)
-        theirs = to_dict(DiffusionConfig.from_json(meta[CONFIG_METADATA_KEY]).conditioner)
-        ours = to_dict(model.cfg.conditioner)
-        diff = sorted(k for k in ours if theirs.get(k) != ours[k])
-        if diff:
-            raise ConfigError(f"init_from {src} was trained with a different conditioner (fields {diff} differ); "
-                              "copy the file's model.conditioner into the config")
-    if model.first_stage_model is not None and any(k.startswith(FIRST) for k in sd):
-        ours_fs = model.first_stage_model.state_dict()
-        changed = [k for k, v in ours_fs.items()
-                   if FIRST + k in sd and not torch.equal(v.to(sd[FIRST + k].dtype), sd[FIRST + k])]
-        if changed:
-            raise ConfigError(f"init_from {src} was trained on a different first stage than first_stage_path "
-                              f"({len(changed)} tensors differ, e.g. {changed[:3]}); its latents would not match")
+    if CONFIG_METADATA_KEY in meta:
+        _compare_configs(model, DiffusionConfig.from_json(meta[CONFIG_METADATA_KEY]), src)
+    _check_first_stage(model, sd, src, first_stage_named)
     sd = _ema_unet(sd)
     for prefix, part in ((UNET, model.model.diffusion_model), (COND, model.cond_stage_model)):
         if part is None:
             continue
-        mine = {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(prefix)}
-        check_keys(part, mine, f"init_from {src} ({prefix}*)")
+        mine = {k[len(prefix):]: v.float() if v.is_floating_point() else v
+                for k, v in sd.items() if k.startswith(prefix)}
+        try:
+            check_keys(part, mine, f"init_from {src} ({prefix}*)")
+        except KeyMismatchError as e:
+            raise ConfigError(f"{e}\n  (for init_from: make model.unet / model.conditioner the file's; flags without "
+                              "weights, such as unet.spatial_pos_embed, may differ)") from e
         part.load_state_dict(mine, strict=True)
     return float(sd["scale_factor"])

@@ -36,9 +36,9 @@ class NonFiniteLossError(LDMError, FloatingPointError):
     """The training loss became NaN / Inf."""
 
 
-def build_training_model(cfg: LDMTrainConfig) -> LatentDiffusion:
-    """The LatentDiffusion to train: fresh UNet (seeded) or ``init_from``'s, first stage loaded from
-    ``first_stage_path`` and frozen."""
+def build_training_model(cfg: LDMTrainConfig, *, load_init: bool = True) -> LatentDiffusion:
+    """The LatentDiffusion to train: fresh UNet (seeded) or ``init_from``'s (unless ``load_init`` is False: a resume,
+    whose checkpoint holds the weights), first stage loaded from ``first_stage_path`` and frozen."""
     mcfg = copy.deepcopy(cfg.model)
     if mcfg.conditioner.kind == "bert" and not mcfg.conditioner.words:
         from ..data.shapes import vocabulary
@@ -56,10 +56,11 @@ def build_training_model(cfg: LDMTrainConfig) -> LatentDiffusion:
     if mcfg.conditioner.kind == "minilm":
         cond.load_pretrained()
     model.use_scale_factor_buffer()
-    if cfg.init_from is not None:  # before the EMA is made, so that it starts from these weights
+    if cfg.init_from is not None and load_init:  # before the EMA is made, so that it starts from these weights
         from .init_from import load_init_weights
 
-        model.scale_factor.fill_(load_init_weights(model, cfg.init_from))
+        scale = load_init_weights(model, cfg.init_from, first_stage_named=cfg.first_stage_path is not None)
+        model.scale_factor.fill_(scale)
     model.enable_ema(cfg.diffusion.ema_decay)
     if not cfg.diffusion.ema_warmup:
         model.model_ema.num_updates.fill_(-1)
@@ -76,10 +77,10 @@ def snr_weight(alpha: torch.Tensor, sigma: torch.Tensor, gamma: float | None, pa
 
 
 class LatentDiffusionModule(L.LightningModule):
-    def __init__(self, cfg: LDMTrainConfig) -> None:
+    def __init__(self, cfg: LDMTrainConfig, *, resuming: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model = build_training_model(cfg)
+        self.model = build_training_model(cfg, load_init=not resuming)
         _ = self.first_stage_sha256  # fingerprint the file the weights were just read from
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))  # micro-batches on this rank
         self.source: TaskSource | None = None
@@ -121,7 +122,7 @@ class LatentDiffusionModule(L.LightningModule):
 
     def _init_scale_factor(self) -> None:
         given = self.cfg.diffusion.scale_factor
-        if given is None and self.cfg.init_from is not None:  # the scale the init weights were trained with
+        if given is None and self.cfg.init_from is not None:  # the init weights' scale (a resume restores its own)
             given = float(self.model.scale_factor)
         if given is None:  # 1/σ̂ of the first global batch (rank 0's micro-batch 0): identical on every rank
             first = StepWindow(self.source, self.cfg.run.seed, 0, 1, self.cfg.run.batch_size)
@@ -135,6 +136,10 @@ class LatentDiffusionModule(L.LightningModule):
             given = 1.0 / std
         check_scale_factor(given, "scale_factor")
         self.model.scale_factor.fill_(given)
+        self.model.cfg.scale_factor = float(self.model.scale_factor)
+
+    def on_train_start(self) -> None:
+        # after a resume has restored the scale_factor buffer: the config the exports carry must say the same
         self.model.cfg.scale_factor = float(self.model.scale_factor)
 
     def train_dataloader(self) -> DataLoader:

@@ -1,6 +1,7 @@
 """Run a stage-2 training: output folder, checkpoints (atomic), resume checks, export, sample grids.
 
-``out_dir/``: ``config.yaml``, ``log.jsonl`` (step, loss of that micro-batch, loss_mean since the previous row, lr),
+``out_dir/``: ``config.yaml``, ``log.jsonl`` (step, loss of that micro-batch, loss_mean since the previous row (the
+first row after a resume averages only the micro-batches since the resume), lr),
 ``checkpoints/last.ckpt`` (Lightning, resumable: weights, EMA, optimiser, scheduler, step counter, the training
 config), ``model.safetensors`` (CompVis keys with ``model_ema.*``, the config and ``scale_factor`` inside; written at
 every checkpoint), ``samples/step-N.png``, ``summary.json``. Checkpoints are written every ``run.epoch_steps``
@@ -205,7 +206,7 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     cfg.to_yaml(out_dir / "config.yaml")
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
-    module = LatentDiffusionModule(cfg)
+    module = LatentDiffusionModule(cfg, resuming=resume is not None)
     module.log_sink, module.t0 = log, time.perf_counter()
     if resume is not None:
         module.last_good = (start, resume)
