@@ -20,6 +20,7 @@ from ..errors import ConfigError, KeyMismatchError
 from ..models.ema import shadow_name
 from ..models.ldm import LatentDiffusion
 from ..safe_load import read_state_dict
+from .ldm_config import config_value, diff_configs
 
 UNET, COND, FIRST, EMA = "model.diffusion_model.", "cond_stage_model.", "first_stage_model.", "model_ema."
 # config fields that must agree with the file's: what the weights compute and what the token ids mean
@@ -34,25 +35,20 @@ def _ema_unet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for key, value in sd.items()}
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-    return out
-
-
 def _compare_configs(model: LatentDiffusion, file_cfg: DiffusionConfig, src: str) -> None:
     """Refuse what would make the loaded weights mean something else; warn about the other differences (a
     fine-tune may change the schedule or switch on ``unet.spatial_pos_embed`` on purpose)."""
-    ours, theirs = _flat(to_dict(model.cfg)), _flat(to_dict(file_cfg))
-    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in NOT_COMPARED)
+    ours, theirs = to_dict(model.cfg), to_dict(file_cfg)
+    diff = [k for k in diff_configs(theirs, ours) if k not in NOT_COMPARED]
     fatal = [k for k in diff if k in MUST_MATCH or k.startswith("conditioner.")]
     if fatal:
-        detail = "; ".join(f"{k}: file {theirs.get(k)!r}, config {ours.get(k)!r}" for k in fatal[:6])
+        detail = "; ".join(f"{k}: file {config_value(theirs, k)!r}, config {config_value(ours, k)!r}"
+                           for k in fatal[:6])
         raise ConfigError(f"init_from {src} was trained with a different model ({detail}); its weights would mean "
                           "something else: copy these fields from the file's config")
     if diff:
-        detail = "; ".join(f"{k}: file {theirs.get(k)!r} -> config {ours.get(k)!r}" for k in diff[:8])
+        detail = "; ".join(f"{k}: file {config_value(theirs, k)!r} -> config {config_value(ours, k)!r}"
+                           for k in diff[:8])
         warnings.warn(f"init_from {src}: fine-tuning with a changed model config ({detail})", stacklevel=3)
 
 

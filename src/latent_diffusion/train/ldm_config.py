@@ -238,6 +238,13 @@ def _check_class_labels(cfg: LDMTrainConfig, data_classes: int) -> None:
                           f" and null_class = {data_classes}; got null_class={null}")
 
 
+def config_value(d: dict[str, Any], dotted: str) -> Any:
+    """``d``'s value at a dotted name from ``diff_configs`` (None where the path is missing)."""
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
 def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted names of the fields where two config dicts differ."""
     out: list[str] = []

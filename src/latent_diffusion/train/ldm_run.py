@@ -29,7 +29,7 @@ from ..checkpoint import save_checkpoint
 from ..errors import ConfigError
 from ..models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .ldm import LatentDiffusionModule
-from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, diff_configs
+from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, config_value, diff_configs
 
 CKPT = "checkpoints/last.ckpt"
 EXPORT = "model.safetensors"
@@ -150,11 +150,9 @@ def check_resume(cfg: LDMTrainConfig, resume: str) -> int:
         raise ConfigError(f"--resume {resume} is not a stage-2 (ldm) training checkpoint of this project")
     diff = [k for k in diff_configs(saved, cfg.to_dict()) if k not in RESUMABLE_CHANGES]
     if diff:
-        def get(d: dict, dotted: str) -> Any:
-            for part in dotted.split("."):
-                d = d.get(part) if isinstance(d, dict) else None
-            return d
-        detail = "; ".join(f"{k}: checkpoint {get(saved, k)!r}, config {get(cfg.to_dict(), k)!r}" for k in diff[:8])
+        ours = cfg.to_dict()
+        detail = "; ".join(f"{k}: checkpoint {config_value(saved, k)!r}, config {config_value(ours, k)!r}"
+                           for k in diff[:8])
         raise ConfigError(f"--resume {resume} was trained with a different config ({len(diff)} field(s) differ: "
                           f"{detail}); resume with the run's own config ({Path(resume).parents[1] / 'config.yaml'})")
     saved_sha = ckpt.get("ldm_first_stage_sha256")
