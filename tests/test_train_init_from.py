@@ -77,14 +77,15 @@ def test_bad_init_files_are_clear_errors(trained, tmp_path):
         build_training_model(_cfg(tmp_path / "ae.safetensors"))
     with pytest.raises(ConfigError, match="(?s)missing key.*spatial_pos_embed, may differ"):  # another UNet depth
         build_training_model(_cfg(run_file, first_stage=run_file, model={"unet": {"num_res_blocks": 2}}))
-    with pytest.raises(ConfigError, match="parameterization: file 'eps', config 'v'"):
-        build_training_model(_cfg(run_file, model={"parameterization": "v"}))
 
 
-def test_a_changed_schedule_is_allowed_with_a_warning(trained) -> None:
+def test_a_changed_schedule_or_parameterization_is_allowed_with_a_warning(trained) -> None:
     run_file, _ = trained
     with pytest.warns(UserWarning, match="linear_end: file 0.012 -> config 0.03"):
         build_training_model(_cfg(run_file, model={"linear_end": 0.03}))
+    with pytest.warns(UserWarning, match="parameterization: file 'eps' -> config 'v'"):  # SD 2's ε -> v fine-tune
+        model = build_training_model(_cfg(run_file, model={"parameterization": "v"}))
+    assert model.cfg.parameterization == "v"
 
 
 def test_a_resume_does_not_read_the_init_file_again(trained, tmp_path) -> None:

@@ -23,8 +23,9 @@ from ..safe_load import read_state_dict
 from .ldm_config import config_value, diff_configs
 
 UNET, COND, FIRST, EMA = "model.diffusion_model.", "cond_stage_model.", "first_stage_model.", "model_ema."
-# config fields that must agree with the file's: what the weights compute and what the token ids mean
-MUST_MATCH = ("parameterization", "conditioning_key", "first_stage")
+# config fields that must agree with the file's: what the UNet's inputs and the token ids mean. The parameterization may
+# change (a warning): SD 2's 768-v model was fine-tuned from the ε 512-base, the weights re-learn their output.
+MUST_MATCH = ("conditioning_key", "first_stage")
 NOT_COMPARED = ("scale_factor", "conditioner.minilm_dir")  # the file's scale is taken; a local folder may differ
 
 
@@ -37,7 +38,7 @@ def _ema_unet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _compare_configs(model: LatentDiffusion, file_cfg: DiffusionConfig, src: str) -> None:
     """Refuse what would make the loaded weights mean something else; warn about the other differences (a
-    fine-tune may change the schedule or switch on ``unet.spatial_pos_embed`` on purpose)."""
+    fine-tune may change the schedule, the parameterization or switch on ``unet.spatial_pos_embed`` on purpose)."""
     ours, theirs = to_dict(model.cfg), to_dict(file_cfg)
     diff = [k for k in diff_configs(theirs, ours) if k not in NOT_COMPARED]
     fatal = [k for k in diff if k in MUST_MATCH or k.startswith("conditioner.")]
