@@ -16,13 +16,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from ..config import to_dict
 from ..data.shapes import ShapesWorld, ShapesWorldConfig
 from ..errors import ConfigError
-from ..safe_load import save_safetensors_atomic
+from ..safe_load import read_state_dict, save_safetensors_atomic
 from .ldm_config import LDMTrainConfig
 
 # condition fields each task reads from an item
@@ -84,7 +83,9 @@ class TaskSource:
         """Encode every item once (``encode``: images (B, 3, H, W) -> latents); with ``path``, read the latents from
         that file when it exists, else write them there (atomically) for the next run."""
         if path is not None and path.is_file():
-            latents = load_file(path)["latents"]
+            latents = read_state_dict(path, mmap=False)[0].get("latents")  # header checked: a clear error if cut short
+            if latents is None:
+                raise ConfigError(f"latent cache {path} holds no 'latents' tensor; delete the file to rebuild it")
             if latents.shape[0] != len(self):
                 raise ConfigError(f"latent cache {path} holds {latents.shape[0]} items, the data has {len(self)}; "
                                   "delete the file to rebuild it")
