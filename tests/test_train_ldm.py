@@ -55,6 +55,26 @@ def test_min_snr_weights():
     torch.testing.assert_close(snr_weight(alpha, sigma, 5.0, "v"), snr.clamp(max=5) / (snr + 1))
 
 
+def test_min_snr_weighs_the_x0_error_alike_for_every_parameterization():
+    """min(SNR, γ)·|x̂0 - x0|² whichever output the network predicts: switching ε -> v (txt2img-v-lowsnr recipes)
+    changes what the network represents at high noise (≈ x_t vs ≈ -x0), not the loss."""
+    from latent_diffusion.diffusion.parameterization import v_target, x0_to_eps
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps, err = (torch.randn(3, 8, generator=g) for _ in range(3))
+    alpha = torch.tensor([0.999, 0.5, 0.0024]).view(3, 1)  # SNR ≈ 500, 0.33, 5.8e-6
+    sigma = (1 - alpha**2).sqrt()
+    x_t, x0_hat = alpha * x0 + sigma * eps, x0 + 0.1 * err
+    eps_hat = x0_to_eps(x0_hat, x_t, alpha, sigma)
+    outputs = {"x0": (x0_hat, x0), "eps": (eps_hat, eps), "v": (v_target(x0_hat, eps_hat, alpha, sigma),
+                                                                 v_target(x0, eps, alpha, sigma))}
+    snr = (alpha / sigma).flatten() ** 2
+    want = snr.clamp(max=5.0) * (x0_hat - x0).pow(2).mean(1)
+    for p, (pred, target) in outputs.items():
+        got = snr_weight(alpha.flatten(), sigma.flatten(), 5.0, p) * (pred - target).pow(2).mean(1)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9, msg=p)
+
+
 def test_condition_dropout_uses_empty_caption():
     m = _module(diffusion={"cond_drop_prob": 0.999})
     batch = _batch(m)
