@@ -9,7 +9,7 @@ import pytest
 from latent_diffusion.default_model import task_model_path
 from latent_diffusion.errors import LDMError
 from latent_diffusion.eval.findings import main
-from latent_diffusion.eval.relations import flip_relation, relation_scenes
+from latent_diffusion.eval.relations import encoder_probe, flip_relation, relation_scenes, swap_first_colour
 
 
 def test_flip_relation_reverses_only_the_relation() -> None:
@@ -19,6 +19,21 @@ def test_flip_relation_reverses_only_the_relation() -> None:
     assert flip_relation("an orange cross right of a pink star") == "an orange cross left of a pink star"
     with pytest.raises(LDMError, match="no relation to flip"):
         flip_relation("a red circle")
+
+
+def test_swap_first_colour_changes_one_word() -> None:
+    assert swap_first_colour("a red circle above a blue square") == "a green circle above a blue square"
+    with pytest.raises(LDMError, match="no colour word"):
+        swap_first_colour("a circle")
+
+
+def test_encoder_probe_sees_the_colour_word() -> None:
+    """The embedded model draws the named colours: its encoder must change the context when the colour changes."""
+    from latent_diffusion.pipelines.pipeline import Pipeline
+
+    model = Pipeline.from_checkpoint(task_model_path("txt2img")).model
+    row = encoder_probe(model, relation_scenes(4)["captions"])
+    assert -1.0 <= row["encoder_cos_colour"] < 0.95 and -1.0 <= row["encoder_cos_relation"] <= 1.0 + 1e-6
 
 
 def test_relation_scenes_all_name_a_relation() -> None:
@@ -33,6 +48,7 @@ def test_relations_finding_writes_json_and_png(tmp_path) -> None:
                  "--threads", "1"]) == 0
     row = json.loads((tmp_path / "relations.json").read_text())["rows"][0]
     assert row["model"] == "default" and row["ema"] is False and row["n"] == 2
+    assert -1.0 <= row["encoder_cos_relation"] <= 1.0 + 1e-6
     for key in ("relation_right", "relation_right_flipped", "relation_right_both"):
         assert 0.0 <= row[key] <= 1.0
     assert row["relation_right_both"] <= min(row["relation_right"], row["relation_right_flipped"])

@@ -10,6 +10,9 @@ Two probes on held-out ShapesWorld captions that name a relation (two or three o
   what training shows the model at that t) and from another scene's image, both with caption i. The judge's distance
   (in image widths) of object 0 from its place in scene i. If the schedule leaves the layout readable at the first
   step, the own-image distance is much the smaller: the model learned to take the layout from x_t, not from the words.
+* **encoder**: can the UNet see the word at all? The text encoder's context for each caption against its flip, and
+  against the caption with object 0's colour changed: the lowest cosine over the token positions (1.0 = the word
+  changed nothing the cross-attention could read). Tokenizer-agnostic: a swapped word keeps the sequence length.
 """
 
 from __future__ import annotations
@@ -53,6 +56,31 @@ def flip_probe(pipe: Any, judge: Any, captions: Sequence[str], *, cfg_scale: flo
     return {"relation_right": float(right_a.mean()), "relation_right_flipped": float(right_b.mean()),
             "relation_right_both": float((right_a * right_b).mean()),
             "pair_change_levels": float((a - b).abs().mean() * 127.5)}
+
+
+def swap_first_colour(caption: str) -> str:
+    """The caption with its first colour word replaced by the next ShapesWorld colour ("red" -> "green", ...)."""
+    from ..data.shapes import COLOUR_NAMES
+
+    words = caption.split(" ")
+    for i, w in enumerate(words):
+        if w in COLOUR_NAMES:
+            words[i] = COLOUR_NAMES[(COLOUR_NAMES.index(w) + 1) % len(COLOUR_NAMES)]
+            return " ".join(words)
+    raise LDMError(f"no colour word to swap in {caption!r}")
+
+
+@torch.no_grad()
+def encoder_probe(model: Any, captions: Sequence[str]) -> dict[str, float]:
+    """Mean over captions of the lowest per-token cosine between the conditioner's context for a caption and for its
+    relation flip (``encoder_cos_relation``) or its colour swap (``encoder_cos_colour``)."""
+    def lowest_cos(others: list[str]) -> float:
+        a = model.get_learned_conditioning(list(captions)).float()  # (n, tokens, context_dim)
+        b = model.get_learned_conditioning(others).float()
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min(dim=1).values.mean())
+
+    return {"encoder_cos_relation": lowest_cos([flip_relation(c) for c in captions]),
+            "encoder_cos_colour": lowest_cos([swap_first_colour(c) for c in captions])}
 
 
 def leak_probe(pipe: Any, judge: Any, images: torch.Tensor, captions: Sequence[str], layouts: torch.Tensor, *,
@@ -114,6 +142,7 @@ def relation_sweep(models: dict[str, str], *, n: int = 64, cfg_scale: float = 5.
             raise LDMError(f"{name} ({path}) is a {pipe.kind} model; the relation probes need a text-to-image model")
         pipe.set_fast_paths("fp32")
         row: dict[str, Any] = {"model": name, "ema": ema, "n": n, "cfg_scale": cfg_scale}
+        row |= encoder_probe(pipe.model, data["captions"])
         row |= flip_probe(pipe, judge, data["captions"], cfg_scale=cfg_scale, steps=steps)
         row |= leak_probe(pipe, judge, data["images"], data["captions"], data["layouts"], cfg_scale=cfg_scale,
                           steps=steps)
