@@ -131,7 +131,7 @@ def add_generate_commands(sub: Any) -> None:
     d.add_argument("--rows", type=int, default=6, help="classes / held-out scenes per task other than txt2img")
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--cfg", type=float, default=None,
-                   help="classifier-free guidance scale (default: the task's own: txt2img 7, class / layout 3, "
+                   help="classifier-free guidance scale (default: the task's own: txt2img 5, class / layout 3, "
                         "inpaint 1; tasks that cannot guide always use 1)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--prompt", action="append", default=None,

@@ -85,7 +85,7 @@ def run_demo(out: str | Path = "out/demo", *, prompts: tuple[str, ...] = DEMO_PR
     """Write ``n`` images per row and a grid per task into ``out`` (a new ``out-N`` if it holds an earlier demo).
 
     txt2img: rows = ``prompts``, ``grid.png``; other tasks: ``rows`` classes / held-out scenes, ``<task>.png``.
-    ``cfg_scale=None``: each task's natural scale (txt2img 7, class / layout 3, the rest 1); tasks without guidance
+    ``cfg_scale=None``: each task's natural scale (txt2img 5, class / layout 3, the rest 1); tasks without guidance
     always use 1. ``size``: the image (and ShapesWorld scene) size, default the embedded models' 64. Returns {"grid", "grids", "files", "skipped", "dir", "seconds"}."""
     if n < 1 or not prompts or rows < 1:
         raise LDMError(f"demo needs n >= 1, rows >= 1 and at least one prompt, got n={n}, rows={rows}, "
@@ -123,7 +123,7 @@ def _txt2img(pipe, target: Path, prompts: tuple[str, ...], n: int, steps: int, c
              sampler: str, seed: int, progress: bool, size: int) -> tuple[Path, list[Path], str]:
     from ..train.grid import image_grid
 
-    cfg = 7.0 if cfg_scale is None else cfg_scale
+    cfg = 5.0 if cfg_scale is None else cfg_scale  # the embedded model's best adherence (docs/results.md)
     rows, files = [], []
     for i, prompt in enumerate(prompts):
         label = f"[{i + 1}/{len(prompts)}] {prompt}" if progress else False
