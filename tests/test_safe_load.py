@@ -147,6 +147,16 @@ def test_save_handles_shared_and_non_contiguous_tensors(tmp_path):
     assert torch.equal(base, before)
 
 
+def test_saved_file_mode_follows_the_umask(tmp_path):
+    """safetensors writes 0600 files; ours are readable like any other file the user makes (umask 022 -> 0644)."""
+    old = os.umask(0o022)
+    try:
+        path = save_safetensors_atomic({"a": torch.zeros(2)}, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
 def test_save_refuses_to_overwrite_unless_asked(tmp_path):
     path = tmp_path / "m.safetensors"
     save_safetensors_atomic(_tensors(), path)

@@ -319,8 +319,11 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.Pat
     prepared = _prepare_for_save(tensors, path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # reserve the name; mode follows umask
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # reserve the name; mode follows umask
+        mode = os.fstat(fd).st_mode & 0o777
+        os.close(fd)
         safetensors.torch.save_file(prepared, tmp, metadata=metadata)
+        os.chmod(tmp, mode)  # the library writes a fresh 0600 file: give it the umask's mode, as any file we write
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if path.exists() and not overwrite:  # checked again: another process may have written it meanwhile
