@@ -23,6 +23,8 @@ def test_flip_relation_reverses_only_the_relation() -> None:
 
 def test_swap_first_colour_changes_one_word() -> None:
     assert swap_first_colour("a red circle above a blue square") == "a green circle above a blue square"
+    assert swap_first_colour("a purple star left of a red cross") == "an orange star left of a red cross"
+    assert swap_first_colour("a cyan star left of a pink cross") == "a cyan star left of a red cross"  # 2-token word
     with pytest.raises(LDMError, match="no colour word"):
         swap_first_colour("a circle")
 

@@ -103,3 +103,14 @@ def test_a_resume_does_not_read_the_init_file_again(trained, tmp_path) -> None:
     from latent_diffusion.checkpoint import inspect_checkpoint
 
     assert inspect_checkpoint(tmp_path / "ft" / "model.safetensors")["scale_factor"] == pytest.approx(0.7)
+
+
+def test_exported_config_carries_the_scale_in_use(trained) -> None:
+    """A resume that ends at once (--max-steps = the checkpoint's step, to export) skips on_train_start: the copy
+    that is written must still say the scale_factor its weights use, not the YAML's placeholder."""
+    from latent_diffusion.train.ldm_run import inference_model
+
+    run_file, _ = trained
+    model = build_training_model(_cfg(run_file))
+    model.cfg.scale_factor = 1.0  # the YAML's placeholder; the buffer holds the file's 0.7
+    assert inference_model(model).cfg.scale_factor == pytest.approx(0.7)

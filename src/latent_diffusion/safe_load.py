@@ -323,9 +323,9 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.Pat
         mode = os.fstat(fd).st_mode & 0o777
         os.close(fd)
         safetensors.torch.save_file(prepared, tmp, metadata=metadata)
-        os.chmod(tmp, mode)  # the library writes a fresh 0600 file: give it the umask's mode, as any file we write
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # the library writes a fresh 0600 file: give it the umask's mode, as any file we write
         if path.exists() and not overwrite:  # checked again: another process may have written it meanwhile
             raise CheckpointError(_EXISTS.format(path))
         os.replace(tmp, path)

@@ -12,7 +12,8 @@ Two probes on held-out ShapesWorld captions that name a relation (two or three o
   step, the own-image distance is much the smaller: the model learned to take the layout from x_t, not from the words.
 * **encoder**: can the UNet see the word at all? The text encoder's context for each caption against its flip, and
   against the caption with object 0's colour changed: the lowest cosine over the token positions (1.0 = the word
-  changed nothing the cross-attention could read). Tokenizer-agnostic: a swapped word keeps the sequence length.
+  changed nothing the cross-attention could read). The swapped words are one token in every tokenizer of the package,
+  so the two sequences have the same length and their positions align.
 """
 
 from __future__ import annotations
@@ -58,14 +59,20 @@ def flip_probe(pipe: Any, judge: Any, captions: Sequence[str], *, cfg_scale: flo
             "pair_change_levels": float((a - b).abs().mean() * 127.5)}
 
 
-def swap_first_colour(caption: str) -> str:
-    """The caption with its first colour word replaced by the next ShapesWorld colour ("red" -> "green", ...)."""
-    from ..data.shapes import COLOUR_NAMES
+# colour words that are one token in every tokenizer the package has (word list, CLIP / OpenCLIP BPE, MiniLM
+# WordPiece); "cyan" is two BPE / WordPiece tokens, and a swap to or from it would shift every later position
+ONE_TOKEN_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "pink")
 
+
+def swap_first_colour(caption: str) -> str:
+    """The caption with its first one-token colour word replaced by the next one ("red" -> "green", ...) and its
+    article kept right ("a" / "an"): the token sequence keeps its length, so positions stay aligned."""
     words = caption.split(" ")
     for i, w in enumerate(words):
-        if w in COLOUR_NAMES:
-            words[i] = COLOUR_NAMES[(COLOUR_NAMES.index(w) + 1) % len(COLOUR_NAMES)]
+        if w in ONE_TOKEN_COLOURS:
+            words[i] = ONE_TOKEN_COLOURS[(ONE_TOKEN_COLOURS.index(w) + 1) % len(ONE_TOKEN_COLOURS)]
+            if i > 0 and words[i - 1] in ("a", "an"):
+                words[i - 1] = "an" if words[i][0] in "aeiou" else "a"
             return " ".join(words)
     raise LDMError(f"no colour word to swap in {caption!r}")
 

@@ -48,6 +48,7 @@ def _compare_configs(model: LatentDiffusion, file_cfg: DiffusionConfig, src: str
         raise ConfigError(f"init_from {src} was trained with a different model ({detail}); its weights would mean "
                           "something else: copy these fields from the file's config")
     if diff:
+        diff.sort(key=lambda k: k != "parameterization")  # the change that matters most is always named
         detail = "; ".join(f"{k}: file {config_value(theirs, k)!r} -> config {config_value(ours, k)!r}"
                            for k in diff[:8])
         warnings.warn(f"init_from {src}: fine-tuning with a changed model config ({detail})", stacklevel=3)

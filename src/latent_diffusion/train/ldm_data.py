@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ..config import to_dict
 from ..data.shapes import ShapesWorld, ShapesWorldConfig
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..safe_load import read_state_dict, save_safetensors_atomic
 from .ldm_config import LDMTrainConfig
 
@@ -83,7 +83,10 @@ class TaskSource:
         """Encode every item once (``encode``: images (B, 3, H, W) -> latents); with ``path``, read the latents from
         that file when it exists, else write them there (atomically) for the next run."""
         if path is not None and path.is_file():
-            latents = read_state_dict(path, mmap=False)[0].get("latents")  # header checked: a clear error if cut short
+            try:
+                latents = read_state_dict(path, mmap=False)[0].get("latents")  # header and sizes checked
+            except CheckpointError as exc:
+                raise ConfigError(f"latent cache {path} cannot be read ({exc}); delete the file to rebuild it") from exc
             if latents is None:
                 raise ConfigError(f"latent cache {path} holds no 'latents' tensor; delete the file to rebuild it")
             if latents.shape[0] != len(self):

@@ -53,6 +53,7 @@ def save_lightning_atomic(trainer: L.Trainer, path: Path) -> None:
 def inference_model(model: LatentDiffusion, *, use_ema: bool = True, keep_ema: bool = False) -> LatentDiffusion:
     """A copy for sampling / export: EMA weights in the UNet (if ``use_ema``), ``model_ema`` dropped unless kept."""
     m = copy.deepcopy(model).eval()
+    m.cfg.scale_factor = float(m.scale_factor)  # the config written with the weights says the scale they use
     if use_ema and m.model_ema is not None:
         m.model_ema.copy_to(m.model)
     if not keep_ema:
