@@ -141,18 +141,18 @@ def _plot_relations(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     names, width = [r["model"] for r in rows], 0.27
     for k, (key, label) in enumerate((("relation_right", "caption"), ("relation_right_flipped", "flipped caption"),
                                       ("relation_right_both", "both, same seed"))):
         axes[0].bar([i + (k - 1) * width for i in range(len(rows))], [100 * r[key] for r in rows], width, label=label)
-    axes[0].set_xticks(range(len(rows)), names, fontsize=8)
+    axes[0].set_xticks(range(len(rows)), names, fontsize=8, rotation=25, ha="right")
     axes[0].set_title(f"relation right (%), CFG {rows[0]['cfg_scale']:g}")
     axes[0].legend(fontsize=8)
     for k, (key, label) in enumerate((("leak_distance_own", "from its own scene's x_t"),
                                       ("leak_distance_other", "from another scene's x_t"))):
         axes[1].bar([i + (k - 0.5) * width for i in range(len(rows))], [r[key] for r in rows], width, label=label)
-    axes[1].set_xticks(range(len(rows)), names, fontsize=8)
+    axes[1].set_xticks(range(len(rows)), names, fontsize=8, rotation=25, ha="right")
     axes[1].set_title("object 0: distance from its place in the scene")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
