@@ -11,9 +11,9 @@ Two probes on held-out ShapesWorld captions that name a relation (two or three o
   (in image widths) of object 0 from its place in scene i. If the schedule leaves the layout readable at the first
   step, the own-image distance is much the smaller: the model learned to take the layout from x_t, not from the words.
 * **encoder**: can the UNet see the word at all? The text encoder's context for each caption against its flip, and
-  against the caption with object 0's colour changed: the lowest cosine over the token positions (1.0 = the word
-  changed nothing the cross-attention could read). The swapped words are one token in every tokenizer of the package,
-  so the two sequences have the same length and their positions align.
+  against the caption with its first one-token colour word changed: the lowest cosine over the token positions
+  (1.0 = the word changed nothing the cross-attention could read). The swapped words are one token in every tokenizer
+  of the package, so the two sequences have the same length and their positions align.
 """
 
 from __future__ import annotations
