@@ -106,7 +106,7 @@ def test_a_resume_does_not_read_the_init_file_again(trained, tmp_path) -> None:
 
 
 def test_exported_config_carries_the_scale_in_use(trained) -> None:
-    """A resume that ends at once (--max-steps = the checkpoint's step, to export) skips on_train_start: the copy
+    """A resume that ends at once (--max-steps = the checkpoint's step, to export) runs no training hook: the copy
     that is written must still say the scale_factor its weights use, not the YAML's placeholder."""
     from latent_diffusion.train.ldm_run import inference_model
 

@@ -81,8 +81,9 @@ def swap_first_colour(caption: str) -> str:
 def encoder_probe(model: Any, captions: Sequence[str]) -> dict[str, float]:
     """Mean over captions of the lowest per-token cosine between the conditioner's context for a caption and for its
     relation flip (``encoder_cos_relation``) or its colour swap (``encoder_cos_colour``)."""
+    a = model.get_learned_conditioning(list(captions)).float()  # (n, tokens, context_dim)
+
     def lowest_cos(others: list[str]) -> float:
-        a = model.get_learned_conditioning(list(captions)).float()  # (n, tokens, context_dim)
         b = model.get_learned_conditioning(others).float()
         return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min(dim=1).values.mean())
 

@@ -122,9 +122,9 @@ def run_demo(out: str | Path = "out/demo", *, prompts: tuple[str, ...] = DEMO_PR
 def _txt2img(pipe, target: Path, prompts: tuple[str, ...], n: int, steps: int, cfg_scale: float | None,
              sampler: str, seed: int, progress: bool, size: int) -> tuple[Path, list[Path], str]:
     from ..train.grid import image_grid
-    from .demo_tasks import DEFAULT_CFG
+    from .demo_tasks import task_cfg
 
-    cfg = DEFAULT_CFG["txt2img"] if cfg_scale is None else cfg_scale
+    cfg = task_cfg("txt2img", pipe, cfg_scale)
     rows, files = [], []
     for i, prompt in enumerate(prompts):
         label = f"[{i + 1}/{len(prompts)}] {prompt}" if progress else False

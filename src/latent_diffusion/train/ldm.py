@@ -135,12 +135,7 @@ class LatentDiffusionModule(L.LightningModule):
                                   "(a broken first stage?); set diffusion.scale_factor")
             given = 1.0 / std
         check_scale_factor(given, "scale_factor")
-        self.model.scale_factor.fill_(given)
-        self.model.cfg.scale_factor = float(self.model.scale_factor)
-
-    def on_train_start(self) -> None:
-        # after a resume has restored the scale_factor buffer: the config the exports carry must say the same
-        self.model.cfg.scale_factor = float(self.model.scale_factor)
+        self.model.scale_factor.fill_(given)  # exports write it into their config too (ldm_run.inference_model)
 
     def train_dataloader(self) -> DataLoader:
         r, acc = self.cfg.run, self.cfg.optim.accumulate
