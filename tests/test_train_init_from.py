@@ -21,10 +21,12 @@ def trained(tmp_path_factory):
     return out / "model.safetensors", out.parent / "export.safetensors"
 
 
-def _cfg(path, first_stage=None, **sections) -> LDMTrainConfig:
+def _cfg(path, first_stage=None, init_skip=None, **sections) -> LDMTrainConfig:
     """Fine-tune config; the first stage is read from ``first_stage`` (an LDM file's first_stage_model.* part), or
     drawn at random from run.seed when None (the tiny run's own was drawn from seed 0 that way)."""
     d = {**tiny(**sections), "init_from": str(path)}
+    if init_skip is not None:
+        d["init_skip"] = init_skip
     if first_stage is not None:
         d["first_stage_path"] = str(first_stage)
     return LDMTrainConfig.from_dict(d)
@@ -114,3 +116,35 @@ def test_exported_config_carries_the_scale_in_use(trained) -> None:
     model = build_training_model(_cfg(run_file))
     model.cfg.scale_factor = 1.0  # the YAML's placeholder; the buffer holds the file's 0.7
     assert inference_model(model).cfg.scale_factor == pytest.approx(0.7)
+
+
+SWAP = ["cond_stage_model.*", "model.diffusion_model.*.attn2.to_[kv].*"]
+
+
+def test_init_skip_trains_a_new_text_encoder_on_the_loaded_unet(trained) -> None:
+    """A wider encoder swapped in: every UNet weight but the cross-attention keys / values is the file's EMA; those and
+    the encoder keep the seeded fresh initialisation (the same as a model built without init_from)."""
+    run_file, _ = trained
+    sd, _ = read_state_dict(run_file)
+    swap = {"unet": {"context_dim": 32}, "conditioner": {"width": 32, "heads": 4}}
+    with pytest.raises(ConfigError, match="different model .conditioner.heads"):  # without init_skip: refused
+        build_training_model(_cfg(run_file, run_file, model=swap))
+    with pytest.warns(UserWarning, match="conditioner.width: file 16 -> config 32"):
+        model = build_training_model(_cfg(run_file, run_file, SWAP, model=swap))
+    fresh = build_training_model(LDMTrainConfig.from_dict(tiny(model=swap)))
+    unet, fresh_unet = model.model.diffusion_model.state_dict(), fresh.model.diffusion_model.state_dict()
+    skipped = [k for k in unet if ".attn2.to_k." in k or ".attn2.to_v." in k]
+    assert skipped and all(unet[k].shape[-1] == 32 for k in skipped)
+    for k, v in unet.items():
+        want = fresh_unet[k] if k in skipped else sd["model_ema." + ("diffusion_model." + k).replace(".", "")]
+        torch.testing.assert_close(v, want, rtol=0, atol=0, msg=k)
+    for k, v in model.cond_stage_model.state_dict().items():
+        torch.testing.assert_close(v, fresh.cond_stage_model.state_dict()[k], rtol=0, atol=0)
+
+
+def test_bad_init_skip_is_a_clear_error(trained) -> None:
+    run_file, _ = trained
+    with pytest.raises(ConfigError, match="match no weight"):
+        build_training_model(_cfg(run_file, init_skip=["model.diffusion_model.*.attn3.*"]))
+    with pytest.raises(ConfigError, match="init_skip must be a list"):
+        _cfg(run_file, init_skip="cond_stage_model.*")

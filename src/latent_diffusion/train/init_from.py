@@ -5,10 +5,16 @@ The UNet (``model.diffusion_model.*``) and the conditioner (``cond_stage_model.*
 ``model_ema.*`` weights are the ones taken when present). The optimiser, the EMA and the step counter start fresh; the
 latent scale is the file's, because the weights were trained on latents of that scale. The first stage stays the one
 ``first_stage_path`` names, and must be the one the file was trained on.
+
+``init_skip`` (glob patterns on full state-dict keys) keeps the matching weights at their fresh initialisation: a new
+text encoder (``cond_stage_model.*``) with the cross-attention keys / values that read it
+(``model.diffusion_model.*.attn2.to_[kv].*``) is a fine-tune of the rest of the UNet. The conditioner config and
+``unet.context_dim`` may then differ from the file's.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import warnings
 from pathlib import Path
@@ -36,12 +42,17 @@ def _ema_unet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for key, value in sd.items()}
 
 
-def _compare_configs(model: LatentDiffusion, file_cfg: DiffusionConfig, src: str) -> None:
+def _skipped(key: str, skip: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in skip)
+
+
+def _compare_configs(model: LatentDiffusion, file_cfg: DiffusionConfig, src: str, new_conditioner: bool) -> None:
     """Refuse what would make the loaded weights mean something else; warn about the other differences (a
-    fine-tune may change the schedule, the parameterization or switch on ``unet.spatial_pos_embed`` on purpose)."""
+    fine-tune may change the schedule, the parameterization or switch on ``unet.spatial_pos_embed`` on purpose).
+    ``new_conditioner``: the conditioner is not loaded (init_skip), so its config may differ."""
     ours, theirs = to_dict(model.cfg), to_dict(file_cfg)
     diff = [k for k in diff_configs(theirs, ours) if k not in NOT_COMPARED]
-    fatal = [k for k in diff if k in MUST_MATCH or k.startswith("conditioner.")]
+    fatal = [k for k in diff if k in MUST_MATCH or (k.startswith("conditioner.") and not new_conditioner)]
     if fatal:
         detail = "; ".join(f"{k}: file {config_value(theirs, k)!r}, config {config_value(ours, k)!r}"
                            for k in fatal[:6])
@@ -69,8 +80,10 @@ def _check_first_stage(model: LatentDiffusion, sd: dict[str, torch.Tensor], src:
                           f"tensors differ, e.g. {changed[:3]}); its latents would not match")
 
 
-def load_init_weights(model: LatentDiffusion, path: str | os.PathLike, *, first_stage_named: bool = True) -> float:
-    """Load ``path``'s UNet (EMA when stored) and conditioner into ``model``; return the file's ``scale_factor``."""
+def load_init_weights(model: LatentDiffusion, path: str | os.PathLike, *, first_stage_named: bool = True,
+                      skip: tuple[str, ...] = ()) -> float:
+    """Load ``path``'s UNet (EMA when stored) and conditioner into ``model``, except the keys ``skip`` matches (they
+    keep their fresh initialisation); return the file's ``scale_factor``."""
     from ..checkpoint import CONFIG_METADATA_KEY, check_keys
 
     src = os.fspath(path)
@@ -81,19 +94,28 @@ def load_init_weights(model: LatentDiffusion, path: str | os.PathLike, *, first_
         raise ConfigError(f"init_from {src} is not a stage-2 model exported by this project (it needs "
                           "model.diffusion_model.* weights and a scale_factor); export one with `ldm train ldm "
                           "--export`, or use a run's model.safetensors")
+    cond_keys = [COND + k for k in (model.cond_stage_model.state_dict() if model.cond_stage_model is not None else {})]
+    new_conditioner = bool(cond_keys) and all(_skipped(k, skip) for k in cond_keys)
     if CONFIG_METADATA_KEY in meta:
-        _compare_configs(model, DiffusionConfig.from_json(meta[CONFIG_METADATA_KEY]), src)
+        _compare_configs(model, DiffusionConfig.from_json(meta[CONFIG_METADATA_KEY]), src, new_conditioner)
+    unused = [p for p in skip if not any(_skipped(k, (p,)) for k in (*sd, *cond_keys, *(
+        UNET + k for k in model.model.diffusion_model.state_dict())))]
+    if unused:
+        raise ConfigError(f"init_skip pattern(s) {unused} match no weight of the model or of {src} (patterns are "
+                          "globs on full keys, e.g. 'cond_stage_model.*', 'model.diffusion_model.*.attn2.to_[kv].*')")
     _check_first_stage(model, sd, src, first_stage_named)
     sd = _ema_unet(sd)
     for prefix, part in ((UNET, model.model.diffusion_model), (COND, model.cond_stage_model)):
         if part is None:
             continue
+        fresh = {k: v for k, v in part.state_dict().items() if _skipped(prefix + k, skip)}
         mine = {k[len(prefix):]: v.float() if v.is_floating_point() else v
-                for k, v in sd.items() if k.startswith(prefix)}
+                for k, v in sd.items() if k.startswith(prefix) and not _skipped(k, skip)}
         try:
-            check_keys(part, mine, f"init_from {src} ({prefix}*)")
+            check_keys(part, {**mine, **fresh}, f"init_from {src} ({prefix}*)")
         except KeyMismatchError as e:
-            raise ConfigError(f"{e}\n  (for init_from: make model.unet / model.conditioner the file's; flags without "
-                              "weights, such as unet.spatial_pos_embed, may differ)") from e
-        part.load_state_dict(mine, strict=True)
+            raise ConfigError(f"{e}\n  (for init_from: make model.unet / model.conditioner the file's, or list the "
+                              "parts to train afresh in init_skip; flags without weights, such as "
+                              "unet.spatial_pos_embed, may differ)") from e
+        part.load_state_dict({**mine, **fresh}, strict=True)
     return float(sd["scale_factor"])

@@ -59,7 +59,8 @@ def build_training_model(cfg: LDMTrainConfig, *, load_init: bool = True) -> Late
     if cfg.init_from is not None and load_init:  # before the EMA is made, so that it starts from these weights
         from .init_from import load_init_weights
 
-        scale = load_init_weights(model, cfg.init_from, first_stage_named=cfg.first_stage_path is not None)
+        scale = load_init_weights(model, cfg.init_from, first_stage_named=cfg.first_stage_path is not None,
+                                  skip=cfg.init_skip)
         model.scale_factor.fill_(scale)
     model.enable_ema(cfg.diffusion.ema_decay)
     if not cfg.diffusion.ema_warmup:

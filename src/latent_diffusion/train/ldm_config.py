@@ -122,6 +122,14 @@ RESUMABLE_CHANGES = ("run.max_steps", "run.max_minutes", "run.out_dir", "run.num
                      "run.sample_every_epoch", "run.sample_steps", "diffusion.latent_cache_dir")
 
 
+def _patterns(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: init_skip must be a list of key patterns (strings), got {value!r}")
+    return tuple(value)
+
+
 @dataclass
 class LDMTrainConfig:
     task: str = "txt2img"
@@ -130,6 +138,10 @@ class LDMTrainConfig:
     # start the UNet and conditioner from a model .safetensors this project exported (a fine-tune: fresh optimiser,
     # fresh EMA, the file's scale_factor); None = random init
     init_from: str | None = None
+    # glob patterns on full state-dict keys that init_from does not load (they keep their initialisation: a new text
+    # encoder and the cross-attention keys / values reading it), e.g. ["cond_stage_model.*",
+    # "model.diffusion_model.*.attn2.to_[kv].*"]
+    init_skip: tuple[str, ...] = ()
     data: ShapesDataConfig = field(default_factory=ShapesDataConfig)
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
     optim: LDMOptimConfig = field(default_factory=LDMOptimConfig)
@@ -143,7 +155,7 @@ class LDMTrainConfig:
         data = dict(data or {})
         sections = {"data": ShapesDataConfig, "diffusion": DiffusionTrainConfig, "optim": LDMOptimConfig,
                     "run": LDMRunConfig}
-        accepted = sorted([*sections, "model", "task", "first_stage_path", "init_from"])
+        accepted = sorted([*sections, "model", "task", "first_stage_path", "init_from", "init_skip"])
         unknown = sorted(set(data) - set(accepted))
         if unknown:
             raise ConfigError(f"unknown key(s) {unknown} in {where}; accepted: {accepted}")
@@ -156,7 +168,8 @@ class LDMTrainConfig:
         try:
             model = DiffusionConfig.from_dict(data.get("model") or {})
             return cls(task=data.get("task", "txt2img"), model=model, first_stage_path=data.get("first_stage_path"),
-                       init_from=data.get("init_from"), **parts)
+                       init_from=data.get("init_from"), init_skip=_patterns(data.get("init_skip"), where),
+                       **parts)
         except (ValueError, TypeError) as e:
             if isinstance(e, ConfigError):
                 raise ConfigError(f"{where}: {e}") from e
