@@ -75,3 +75,74 @@ def test_frozen_minilm_loads_offline(monkeypatch):
     e = enc.encode(["a red circle", "a red round disc", "quarterly tax report"])
     m = torch.nn.functional.normalize(e.mean(1), dim=-1)
     assert m[0] @ m[1] > m[0] @ m[2]
+    # restricted to the ShapesWorld words (an --export-vocab data export): the same states for its captions
+    from latent_diffusion.data.shapes import ShapesWorld, vocabulary
+    from latent_diffusion.models.minilm_text import restrict_vocabulary
+
+    small = restrict_vocabulary(enc, vocabulary())
+    assert len(small.pieces) < 40 and small.transformer.embeddings.word_embeddings.weight.shape[0] == len(small.pieces)
+    world = ShapesWorld(size=32, seed=0)
+    caps = [world[i]["caption"] for i in range(32)] + ["a cyan cross left of an orange star"]
+    torch.testing.assert_close(small.encode(caps), enc.encode(caps), rtol=0, atol=1e-5)
+
+
+def _bert_vocab_dir(tmp_path, pieces):
+    (tmp_path / "vocab.txt").write_text("\n".join(pieces) + "\n")
+    from transformers import BertTokenizer
+
+    return BertTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "square", "c", "##yan", "##y",
+         "left", "right", "of", "!", ",", "above", "tax", "report"]
+
+
+def test_wordpiece_tokenizer_matches_bert_on_its_vocabulary(tmp_path, monkeypatch):
+    """Our WordPiece (used by a restricted-vocabulary MiniLM, no package needed) against transformers' BertTokenizer
+    on the same vocabulary: ids equal, unknown words one [UNK]."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from latent_diffusion.models.minilm_text import WordPieceTokenizer
+
+    ref = _bert_vocab_dir(tmp_path, VOCAB)
+    ours = WordPieceTokenizer(tuple(VOCAB), max_length=12)
+    texts = ["A cyan circle, left of a Bluey!", "a RED square above a blue circle", "Ｒed dragon", "", "a " * 20]
+    want = ref(texts, padding="max_length", truncation=True, max_length=12, return_tensors="pt")["input_ids"]
+    torch.testing.assert_close(ours(texts), want, rtol=0, atol=0)
+    assert ours.unknown_words("a cyan dragon, left of Ω") == ["dragon", "ω"]
+    with pytest.raises(Exception, match="must start with"):
+        WordPieceTokenizer(("a", "[PAD]"), 8)
+
+
+def test_restricted_minilm_gives_the_same_states_for_known_words(tmp_path, monkeypatch):
+    """restrict_vocabulary keeps the pieces of the given words: same hidden states for captions made of them, far
+    fewer embedding rows, round-trips through a checkpoint without the package, other words read as [UNK]."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from latent_diffusion.checkpoint import load_checkpoint
+    from latent_diffusion.config import DiffusionConfig, UNetConfig
+    from latent_diffusion.models.ldm import LatentDiffusion
+    from latent_diffusion.models.minilm_text import restrict_vocabulary
+    from latent_diffusion.train.ldm_run import export_model
+
+    torch.manual_seed(0)
+    full = build_conditioner(ConditionerConfig(kind="minilm", width=32, layers=1, heads=2, max_length=10,
+                                               vocab_size=len(VOCAB) + 1))
+    full._tokenizer = _bert_vocab_dir(tmp_path, VOCAB)
+    small = restrict_vocabulary(full, ["a", "red", "blue", "cyan", "circle", "left", "of"])
+    assert small.pieces == ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red", "blue", "circle", "c", "##yan",
+                            "left", "of")
+    caps = ["a red circle left of a cyan circle", "a blue circle"]
+    torch.testing.assert_close(small.encode(caps), full.encode(caps), rtol=0, atol=1e-6)
+    assert small.check_prompt("a red square") == ["square"] and full.check_prompt("a red square") == []
+    # the export path: a model with the full encoder, written with text_words, loads without the package
+    cond = ConditionerConfig(kind="minilm", width=32, layers=1, heads=2, max_length=10, vocab_size=len(VOCAB) + 1)
+    unet = UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1,), num_res_blocks=1,
+                      attention_resolutions=(1,), num_heads=-1, num_head_channels=16, use_spatial_transformer=True,
+                      context_dim=32)
+    model = LatentDiffusion(DiffusionConfig(unet=unet, conditioner=cond, conditioning_key="crossattn",
+                                            first_stage="none"))
+    model.cond_stage_model = full
+    export_model(model, tmp_path / "m.safetensors", text_words=["a", "red", "blue", "cyan", "circle", "left", "of"])
+    loaded = load_checkpoint(tmp_path / "m.safetensors").cond_stage_model
+    torch.testing.assert_close(loaded.encode(caps), full.encode(caps), rtol=0, atol=1e-6)
+    with pytest.raises(Exception, match="takes its weights from its checkpoint"):
+        loaded.load_pretrained()

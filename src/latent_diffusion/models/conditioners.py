@@ -157,7 +157,8 @@ def _build_trained_or_minilm(cfg: ConditionerConfig) -> nn.Module:
         from .minilm_text import FrozenMiniLMEmbedder
 
         vocab = 30522 if cfg.vocab_size == 49408 else cfg.vocab_size  # the field defaults to CLIP's BPE size
-        return FrozenMiniLMEmbedder(cfg.width, cfg.layers, cfg.heads, cfg.max_length, vocab, cfg.minilm_dir)
+        return FrozenMiniLMEmbedder(cfg.width, cfg.layers, cfg.heads, cfg.max_length, vocab, cfg.minilm_dir,
+                                    tuple(cfg.pieces))
     if cfg.kind == "bert":
         from ..data.shapes import vocabulary
 

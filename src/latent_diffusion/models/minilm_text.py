@@ -3,14 +3,19 @@
 
 The architecture is built from our config (so ``load_checkpoint`` rebuilds it from the weights in the file, on the
 meta device); the pretrained weights are read from the package only by :meth:`FrozenMiniLMEmbedder.load_pretrained`
-(training start). The tokenizer (WordPiece, ``vocab.txt``) always comes from the package. Keys:
-``cond_stage_model.transformer.*`` = transformers ``BertModel`` keys.
+(training start). Keys: ``cond_stage_model.transformer.*`` = transformers ``BertModel`` keys.
+
+Tokens: the package's WordPiece tokenizer (``vocab.txt``, 30 522 pieces), or, in a model exported with a restricted
+vocabulary (``conditioner.pieces``, :func:`restrict_vocabulary`), our :class:`WordPieceTokenizer` over the pieces the
+training captions use, with the matching rows of the embedding table: the same hidden states for those captions, a
+file that needs neither the package nor its 11.7 M-parameter table.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import unicodedata
 from pathlib import Path
 
 import torch
@@ -36,12 +41,84 @@ def minilm_dir(path: str | None = None) -> Path:
     return p
 
 
+SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # a restricted vocabulary starts with these ([PAD] = id 0)
+
+
+def _is_punctuation(ch: str) -> bool:
+    """BERT's rule: ASCII non-alphanumeric printable characters and every Unicode P* category are punctuation."""
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def basic_words(text: str) -> list[str]:
+    """BERT-uncased pre-tokenisation: lower case, accents stripped, split at white space and at each punctuation
+    character (a punctuation character is a word of its own)."""
+    text = unicodedata.normalize("NFD", text.lower())
+    text = "".join(c for c in text if unicodedata.category(c) != "Mn" and unicodedata.category(c) not in ("Cc", "Cf")
+                   or c in "\t\n\r")
+    words: list[str] = []
+    for chunk in text.split():
+        word = ""
+        for c in chunk:
+            if _is_punctuation(c):
+                words += [word, c] if word else [c]
+                word = ""
+            else:
+                word += c
+        if word:
+            words.append(word)
+    return words
+
+
+class WordPieceTokenizer:
+    """BERT's WordPiece over a given piece list (ids = positions): greedy longest match, ``##`` marks a continuation,
+    a word with no full cover (or over 100 characters) is one [UNK]. ``pieces`` must start with SPECIAL_PIECES."""
+
+    def __init__(self, pieces: tuple[str, ...], max_length: int) -> None:
+        if tuple(pieces[: len(SPECIAL_PIECES)]) != SPECIAL_PIECES:
+            raise ConfigError(f"conditioner.pieces must start with {list(SPECIAL_PIECES)}, got {list(pieces[:4])}")
+        self.ids = {p: i for i, p in enumerate(pieces)}
+        self.max_length = max_length
+
+    def unknown_words(self, text: str) -> list[str]:
+        unk = self.ids["[UNK]"]
+        return [w for w in basic_words(text) if unk in self.word_ids(w)]
+
+    def word_ids(self, word: str) -> list[int]:
+        if len(word) > 100:
+            return [self.ids["[UNK]"]]
+        out, start = [], 0
+        while start < len(word):
+            for end in range(len(word), start, -1):
+                piece = ("##" if start else "") + word[start:end]
+                if piece in self.ids:
+                    out.append(self.ids[piece])
+                    start = end
+                    break
+            else:
+                return [self.ids["[UNK]"]]
+        return out
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """(B, max_length) int64: [CLS] pieces [SEP] [PAD]...; a longer text is cut to max_length - 2 pieces."""
+        out = torch.zeros(len(texts), self.max_length, dtype=torch.int64)  # [PAD] = 0
+        for i, text in enumerate(texts):
+            body = [j for w in basic_words(text) for j in self.word_ids(w)][: self.max_length - 2]
+            ids = [self.ids["[CLS]"], *body, self.ids["[SEP]"]]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+
 class FrozenMiniLMEmbedder(nn.Module):
     """Captions → last hidden states (B, max_length, 384). Frozen: no gradients, always eval."""
 
     def __init__(self, width: int = 384, layers: int = 6, heads: int = 12, max_length: int = 32,
-                 vocab_size: int = 30522, path: str | None = None) -> None:
+                 vocab_size: int = 30522, path: str | None = None, pieces: tuple[str, ...] = ()) -> None:
         super().__init__()
+        if pieces and vocab_size != len(pieces):
+            raise ConfigError(f"conditioner.vocab_size {vocab_size} != len(conditioner.pieces) {len(pieces)}")
         from transformers import BertConfig, BertModel
 
         cfg = BertConfig(vocab_size=vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
@@ -54,7 +131,8 @@ class FrozenMiniLMEmbedder(nn.Module):
         emb.register_buffer("token_type_ids", torch.zeros(1, n, dtype=torch.long, device="cpu"), persistent=False)
         self.max_length = max_length
         self.path = path
-        self._tokenizer = None
+        self.pieces = tuple(pieces)
+        self._tokenizer = WordPieceTokenizer(self.pieces, max_length) if pieces else None
         self.requires_grad_(False)
         self.eval()
 
@@ -64,6 +142,9 @@ class FrozenMiniLMEmbedder(nn.Module):
     def load_pretrained(self) -> "FrozenMiniLMEmbedder":
         from safetensors.torch import load_file
 
+        if self.pieces:
+            raise ConfigError("a MiniLM with a restricted vocabulary (conditioner.pieces) takes its weights from its "
+                              "checkpoint, not from the package; train with conditioner.pieces: []")
         folder = minilm_dir(self.path)
         sd = load_file(folder / "model.safetensors")
         sd = {k.removeprefix("bert."): v for k, v in sd.items() if not k.startswith(("pooler.", "bert.pooler."))}
@@ -85,9 +166,38 @@ class FrozenMiniLMEmbedder(nn.Module):
         mask = (tokens != 0).long()
         return self.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state  # (B, L, 384)
 
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """(B, max_length) int64 ids: [CLS] pieces [SEP] [PAD]..."""
+        if self.pieces:
+            return self._tokenizer(list(texts))
+        return self.tokenizer()(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+                                return_tensors="pt")["input_ids"]
+
+    def check_prompt(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` a restricted vocabulary lacks (they become [UNK]); none for the full one."""
+        return self._tokenizer.unknown_words(prompt) if self.pieces else []
+
     def encode(self, texts: list[str]) -> torch.Tensor:
-        tok = self.tokenizer()(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
         device = self.transformer.embeddings.word_embeddings.weight.device
         with torch.no_grad():
-            return self(tok["input_ids"].to(device))
+            return self(self.tokenize(texts).to(device))
+
+
+def restrict_vocabulary(embedder: FrozenMiniLMEmbedder, words: list[str]) -> FrozenMiniLMEmbedder:
+    """A copy of a full-vocabulary ``embedder`` that keeps only the pieces ``words`` tokenize to (tokenised by the
+    package's tokenizer) and the four specials: the same hidden states for texts made of these words; any other word
+    reads as [UNK]. Used at export (``ldm train ldm --export-vocab data``)."""
+    if embedder.pieces:
+        raise ConfigError("this MiniLM already has a restricted vocabulary")
+    full = embedder.tokenizer()
+    kept = {full.convert_tokens_to_ids(p) for w in words for p in full.tokenize(w)}
+    specials = [full.convert_tokens_to_ids(p) for p in SPECIAL_PIECES]
+    ids = specials + sorted(kept - set(specials))
+    pieces = tuple(full.convert_ids_to_tokens(ids))
+    cfg = embedder.transformer.config
+    out = FrozenMiniLMEmbedder(cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, embedder.max_length,
+                               len(pieces), embedder.path, pieces)
+    sd = embedder.transformer.state_dict()
+    sd["embeddings.word_embeddings.weight"] = sd["embeddings.word_embeddings.weight"][ids]
+    out.transformer.load_state_dict(sd, strict=True)
+    return out.to(embedder.transformer.embeddings.word_embeddings.weight.dtype)

@@ -23,6 +23,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", default=None, help="also write the trained model (EMA weights) to this .safetensors")
     p.add_argument("--export-dtype", choices=sorted(DTYPES), default="fp32",
                    help="storage dtype of --export (fp16 halves the file; loading casts back to fp32)")
+    p.add_argument("--export-vocab", choices=("full", "data"), default="full",
+                   help="data: a frozen MiniLM in --export keeps only the word pieces of the training captions (the "
+                        "file then needs neither the optional package nor its 30 522-row table; other words read as "
+                        "[UNK])")
     p.add_argument("--force", action="store_true", help="replace an existing run folder / export file")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-step lines")
     p.set_defaults(func=_cmd_train_ldm)
@@ -46,7 +50,7 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
     if changes:
         cfg = cfg.replace_run(**changes)
     summary = train_ldm(cfg, resume=args.resume, force=args.force, export=args.export,
-                        export_dtype=getattr(torch, DTYPES[args.export_dtype]),
+                        export_dtype=getattr(torch, DTYPES[args.export_dtype]), export_vocab=args.export_vocab,
                         progress=not args.quiet and sys.stderr.isatty(), echo=not args.quiet)
     if not args.quiet and summary.get("world_size", 1) >= 1:
         print(f"done: {summary['steps']} steps in {summary['train_seconds']} s -> {cfg.run.out_dir}/model.safetensors"

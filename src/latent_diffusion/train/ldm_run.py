@@ -11,6 +11,7 @@ optimiser steps.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -63,10 +64,20 @@ def inference_model(model: LatentDiffusion, *, use_ema: bool = True, keep_ema: b
 
 def export_model(model: LatentDiffusion, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                  use_ema: bool = True, keep_ema: bool = True, overwrite: bool = False,
-                 metadata: dict[str, str] | None = None) -> Path:
+                 metadata: dict[str, str] | None = None, text_words: list[str] | None = None) -> Path:
     """CompVis-layout ``.safetensors`` of the trained model. ``dtype`` is the storage type of the weights (fp16 halves
-    the file; ``load_checkpoint`` casts back); the schedule and ``scale_factor`` stay float32."""
+    the file; ``load_checkpoint`` casts back); the schedule and ``scale_factor`` stay float32. ``text_words``: a
+    frozen MiniLM keeps only the vocabulary these words use (``conditioner.pieces``; see ``restrict_vocabulary``)."""
     m = inference_model(model, use_ema=use_ema and not keep_ema, keep_ema=keep_ema)
+    if text_words is not None:
+        from ..models.minilm_text import FrozenMiniLMEmbedder, restrict_vocabulary
+
+        if not isinstance(m.cond_stage_model, FrozenMiniLMEmbedder):
+            raise ConfigError(f"--export-vocab data restricts a frozen MiniLM's vocabulary; this model's conditioner "
+                              f"is {m.cfg.conditioner.kind!r}")
+        m.cond_stage_model = restrict_vocabulary(m.cond_stage_model, text_words)
+        m.cfg.conditioner = dataclasses.replace(m.cfg.conditioner, pieces=m.cond_stage_model.pieces,
+                                                vocab_size=len(m.cond_stage_model.pieces))
     keep32 = set(SCHEDULE_BUFFERS) | {"scale_factor"}
     with torch.no_grad():
         for name, t in list(m.named_parameters()) + list(m.named_buffers()):
@@ -186,9 +197,15 @@ def build_trainer(cfg: LDMTrainConfig, out_dir: Path, progress: bool, callbacks:
 
 
 def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = False, export: str | None = None,
-              export_dtype: torch.dtype = torch.float32, progress: bool | None = None, echo: bool = True,
-              callbacks: list | None = None) -> dict[str, Any]:
-    """Train (or resume) and return the summary (also written to ``out_dir/summary.json``)."""
+              export_dtype: torch.dtype = torch.float32, export_vocab: str = "full", progress: bool | None = None,
+              echo: bool = True, callbacks: list | None = None) -> dict[str, Any]:
+    """Train (or resume) and return the summary (also written to ``out_dir/summary.json``). ``export_vocab="data"``:
+    the ``export`` copy's frozen MiniLM keeps only the vocabulary of the training captions."""
+    if export_vocab not in ("full", "data"):
+        raise ConfigError(f"export_vocab must be 'full' or 'data', got {export_vocab!r}")
+    if export_vocab == "data" and cfg.model.conditioner.kind != "minilm":
+        raise ConfigError(f"--export-vocab data restricts a frozen MiniLM's vocabulary; this config's conditioner is "
+                          f"{cfg.model.conditioner.kind!r}")
     out_dir = Path(cfg.run.out_dir)
     if export is not None and Path(export).exists() and not force:
         raise ConfigError(f"export target {export} already exists; pass --force to replace it")
@@ -228,7 +245,10 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     if trainer.is_global_zero:
         export_model(module.model, out_dir / EXPORT, overwrite=True, metadata={"train_step": str(steps)})
         if export is not None:
+            from ..data.shapes import vocabulary
+
             export_model(module.model, export, dtype=export_dtype, keep_ema=False, overwrite=True,
-                         metadata={"train_step": str(steps)})
+                         metadata={"train_step": str(steps)},
+                         text_words=vocabulary() if export_vocab == "data" else None)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
