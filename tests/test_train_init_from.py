@@ -129,7 +129,7 @@ def test_init_skip_trains_a_new_text_encoder_on_the_loaded_unet(trained) -> None
     swap = {"unet": {"context_dim": 32}, "conditioner": {"width": 32, "heads": 4}}
     with pytest.raises(ConfigError, match="different model .conditioner.heads"):  # without init_skip: refused
         build_training_model(_cfg(run_file, run_file, model=swap))
-    with pytest.warns(UserWarning, match="conditioner.width: file 16 -> config 32"):
+    with pytest.warns(UserWarning, match="context_dim: file 16 -> config 32; conditioner: a new one"):
         model = build_training_model(_cfg(run_file, run_file, SWAP, model=swap))
     fresh = build_training_model(LDMTrainConfig.from_dict(tiny(model=swap)))
     unet, fresh_unet = model.model.diffusion_model.state_dict(), fresh.model.diffusion_model.state_dict()

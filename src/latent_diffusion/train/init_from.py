@@ -58,9 +58,12 @@ def _compare_configs(model: LatentDiffusion, file_cfg: DiffusionConfig, src: str
                            for k in fatal[:6])
         raise ConfigError(f"init_from {src} was trained with a different model ({detail}); its weights would mean "
                           "something else: copy these fields from the file's config")
+    if new_conditioner and any(k.startswith("conditioner.") for k in diff):  # one line for the new encoder
+        diff = [k for k in diff if not k.startswith("conditioner.")] + ["conditioner"]
     if diff:
         diff.sort(key=lambda k: k != "parameterization")  # the change that matters most is always named
-        detail = "; ".join(f"{k}: file {config_value(theirs, k)!r} -> config {config_value(ours, k)!r}"
+        detail = "; ".join("conditioner: a new one, trained afresh (init_skip)" if k == "conditioner" else
+                           f"{k}: file {config_value(theirs, k)!r} -> config {config_value(ours, k)!r}"
                            for k in diff[:8])
         warnings.warn(f"init_from {src}: fine-tuning with a changed model config ({detail})", stacklevel=3)
 
