@@ -61,6 +61,19 @@ def test_resume_from_other_config(tmp_path):
         train_ldm(other, resume=str(tmp_path / "a" / "checkpoints" / "last.ckpt"), progress=False, echo=False)
 
 
+def test_resume_a_checkpoint_written_before_a_config_field_existed(tmp_path):
+    """A field added to the config since (conditioner.pieces, init_skip) reads as its default, not as a change."""
+    from latent_diffusion.train.ldm_run import check_resume
+
+    cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(tmp_path / "a"), "max_steps": 2}))
+    train_ldm(cfg, progress=False, echo=False)
+    path = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["ldm_train_config"]["model"]["conditioner"]["pieces"], ckpt["ldm_train_config"]["init_skip"]
+    torch.save(ckpt, path)
+    assert check_resume(cfg, str(path)) == 2
+
+
 class _PoisonAt(L.Callback):
     """Makes the UNet's output NaN from micro-batch ``at`` on."""
 

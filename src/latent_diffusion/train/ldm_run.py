@@ -160,6 +160,10 @@ def check_resume(cfg: LDMTrainConfig, resume: str) -> int:
     saved = ckpt.get("ldm_train_config") if isinstance(ckpt, dict) else None
     if saved is None:
         raise ConfigError(f"--resume {resume} is not a stage-2 (ldm) training checkpoint of this project")
+    try:  # a field added to the config since the checkpoint was written reads as its default
+        saved = LDMTrainConfig.from_dict(saved, where=f"--resume {resume}'s config").to_dict()
+    except ConfigError:
+        pass  # compared as stored: the difference is named below
     diff = [k for k in diff_configs(saved, cfg.to_dict()) if k not in RESUMABLE_CHANGES]
     if diff:
         ours = cfg.to_dict()
