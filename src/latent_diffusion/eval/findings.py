@@ -9,6 +9,9 @@
 ``python -m latent_diffusion.eval.findings relations --model NAME=FILE ... --out DIR``
     text-to-image: does the model follow the relation word (same seed, relation flipped), and does the noise at the
     first sampler step still carry the layout (eval/relations.py)?
+``python -m latent_diffusion.eval.findings grounded [--layout-ckpt FILE] --out DIR``
+    the ceiling of caption → layout → image: the layout model on each held-out scene's own layout, judged against
+    its caption (eval/grounded.py).
 
 Each writes ``<name>.json`` and ``<name>.png`` into ``--out`` and prints a Markdown table.
 """
@@ -160,6 +163,29 @@ def _plot_relations(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_grounded(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .grounded import KEYS
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = [r["source"] + ("" if r["cfg_scale"] is None else f", CFG {r['cfg_scale']:g}") for r in rows]
+    width = 0.8 / len(KEYS)
+    for k, key in enumerate(KEYS):
+        ax.bar([i + (k - (len(KEYS) - 1) / 2) * width for i in range(len(rows))], [100 * r[key] for r in rows],
+               width, label=key)
+    ax.set_xticks(range(len(rows)), names, fontsize=8)
+    ax.set_ylabel("% of held-out captions")
+    ax.set_title("caption → layout → image with a perfect planner")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _markdown(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys)]
@@ -192,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--n", type=int, default=64, help="held-out captions with a relation (default 64)")
     r.add_argument("--cfg", type=float, default=5.0)
     r.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
-    for q in (s, f, r):
+    g = sub.add_parser("grounded")
+    g.add_argument("--layout-ckpt", default=None, help="layout-to-image .safetensors (default: the embedded one)")
+    g.add_argument("--n", type=int, default=64)
+    g.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0])
+    g.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    for q in (s, f, r, g):
         q.add_argument("--out", required=True, help="folder for the JSON and PNG")
         q.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -207,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "first-stage":
         rows = first_stage_sweep(_named(args.run, "--run", "NAME=RUN_DIR"), n=args.n)
         name, plot = "first-stage", _plot_first_stage
+    elif args.what == "grounded":
+        from .grounded import grounded_ceiling
+
+        rows = grounded_ceiling(args.layout_ckpt, n=args.n, cfg_scales=args.cfg, steps=args.steps)
+        name, plot = "grounded", _plot_grounded
     else:
         from .relations import relation_sweep
 
