@@ -167,3 +167,24 @@ def test_layout2img_without_a_layout_is_a_clear_error(tmp_path: Path, capsys: py
     layout = save_checkpoint(tiny_model("layout"), tmp_path / "layout.safetensors")
     assert main(["layout2img", "--ckpt", str(layout), "--out", str(tmp_path), "--quiet"]) != 0
     assert "--object CLASS X0 Y0 X1 Y1" in capsys.readouterr().err
+
+
+def test_layout2img_from_a_prompt_through_a_planner(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--prompt with --planner: the planner draws the layout from the seed; the PNG records the layout it drew (so
+    --object re-runs it) and where it came from."""
+    import torch
+
+    from latent_diffusion.models.layout_planner import LayoutPlanner, PlannerConfig
+
+    layout = save_checkpoint(tiny_model("layout"), tmp_path / "layout.safetensors")
+    torch.manual_seed(0)
+    LayoutPlanner(PlannerConfig(width=32, layers=1, heads=2)).save(tmp_path / "planner.safetensors")
+    base = ["layout2img", "--ckpt", str(layout), "--height", "32", "--width", "32", "--steps", "2", "--quiet",
+            "--seed", "3", "--out", str(tmp_path / "lay")]
+    assert main([*base, "--prompt", "a red circle above a blue square", "--planner",
+                 str(tmp_path / "planner.safetensors")]) == 0
+    _, _, s = parse_parameters(read_png_parameters(tmp_path / "lay" / "00000-3.png"))
+    assert s["Planned from"] == "a red circle above a blue square" and len(s["Layout"].split("; ")) >= 1
+    assert main([*base, "--prompt", "a red circle"]) != 0
+    assert "--prompt needs --planner" in capsys.readouterr().err
+    assert main([*base, "--example", "1", "--prompt", "a red circle"]) != 0

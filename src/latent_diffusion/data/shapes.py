@@ -302,6 +302,18 @@ class ShapesWorld(Dataset):
         mask[y0:y0 + bh, x0:x0 + bw] = True
         return mask
 
+    def _set_box(self, o: SceneObject, mask: np.ndarray) -> None:
+        ys, xs = np.nonzero(mask)
+        o.box = (xs.min() / self.w, ys.min() / self.h, (xs.max() + 1) / self.w, (ys.max() + 1) / self.h)
+
+    def caption_and_layout(self, index: int) -> tuple[str, torch.Tensor]:
+        """Item ``index``'s caption and (MAX_OBJECTS, 5) layout without rendering the image (the same values as
+        ``self[index]``)."""
+        objs, relation, _ = self.sample_scene(int(index))
+        for o in objs:
+            self._set_box(o, self._object_mask(o))
+        return caption_for(objs, relation), torch.from_numpy(_layout_rows(objs))
+
     def __getitem__(self, index: int) -> dict:
         objs, relation, rng = self.sample_scene(int(index))
         img = self._background(rng)  # (3, H, W) in [0, 1]
@@ -310,12 +322,8 @@ class ShapesWorld(Dataset):
             m = self._object_mask(o)
             img[:, m] = np.asarray(o.rgb)[:, None]
             seg[m] = 1 + o.cls
-            ys, xs = np.nonzero(m)
-            o.box = (xs.min() / self.w, ys.min() / self.h, (xs.max() + 1) / self.w, (ys.max() + 1) / self.h)
-        layout = np.zeros((MAX_OBJECTS, 5), dtype=np.float32)
-        layout[:, 0] = -1
-        for i, o in enumerate(objs):
-            layout[i] = (o.cls, *o.box)
+            self._set_box(o, m)
+        layout = _layout_rows(objs)
         image = torch.from_numpy(img.astype(np.float32)) * 2 - 1  # (3, H, W) in [-1, 1]
         lowres = _downsample4(img)
         return {
@@ -329,6 +337,15 @@ class ShapesWorld(Dataset):
             "mask_box": torch.from_numpy(self._box_mask(rng).astype(np.float32))[None],
             "mask_stroke": torch.from_numpy(self._strokes(rng).astype(np.float32))[None],
         }
+
+
+def _layout_rows(objs: list[SceneObject]) -> np.ndarray:
+    """(MAX_OBJECTS, 5) float32 rows (class, x0, y0, x1, y1); rows without an object have class -1."""
+    layout = np.zeros((MAX_OBJECTS, 5), dtype=np.float32)
+    layout[:, 0] = -1
+    for i, o in enumerate(objs):
+        layout[i] = (o.cls, *o.box)
+    return layout
 
 
 def _downsample4(img: np.ndarray) -> torch.Tensor:

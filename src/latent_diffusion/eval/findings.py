@@ -9,9 +9,9 @@
 ``python -m latent_diffusion.eval.findings relations --model NAME=FILE ... --out DIR``
     text-to-image: does the model follow the relation word (same seed, relation flipped), and does the noise at the
     first sampler step still carry the layout (eval/relations.py)?
-``python -m latent_diffusion.eval.findings grounded [--layout-ckpt FILE] --out DIR``
+``python -m latent_diffusion.eval.findings grounded [--planner FILE] [--layout-ckpt FILE] --out DIR``
     the ceiling of caption → layout → image: the layout model on each held-out scene's own layout, judged against
-    its caption (eval/grounded.py).
+    its caption, and with ``--planner`` on the planner's layouts (eval/grounded.py).
 
 Each writes ``<name>.json`` and ``<name>.png`` into ``--out`` and prints a Markdown table.
 """
@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     g = sub.add_parser("grounded")
     g.add_argument("--layout-ckpt", default=None, help="layout-to-image .safetensors (default: the embedded one)")
+    g.add_argument("--planner", default=None, help="a caption -> layout planner (`ldm train planner`): adds the rows "
+                   "of the whole grounded pipeline")
     g.add_argument("--n", type=int, default=64)
     g.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0])
     g.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
@@ -241,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "grounded":
         from .grounded import grounded_ceiling
 
-        rows = grounded_ceiling(args.layout_ckpt, n=args.n, cfg_scales=args.cfg, steps=args.steps)
+        rows = grounded_ceiling(args.layout_ckpt, planner=args.planner, n=args.n, cfg_scales=args.cfg,
+                                steps=args.steps)
         name, plot = "grounded", _plot_grounded
     else:
         from .relations import relation_sweep

@@ -4,7 +4,9 @@ The text-to-image models place objects from the seed, not from the relation word
 (LMD, Lian et al. 2023; LayoutGPT, Feng et al. 2023) let a planner turn the caption into boxes and a layout-to-image
 model draw them. This measures the second half with a perfect planner: the embedded layout model sampled on each
 held-out scene's own layout, judged against the scene's *caption* with the text-to-image adherence rule
-(eval/adherence.py) — next to the judge on the real scenes (the ceiling of any generator).
+(eval/adherence.py) — next to the judge on the real scenes (the ceiling of any generator). With a trained planner
+(``ldm train planner``) the same layout model draws the planner's layouts instead: the whole grounded pipeline
+(pipelines/grounded.py), from the caption alone.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ def _row(name: str, cfg: float | None, verdicts: dict[str, float], n: int) -> di
     return {"source": name, "cfg_scale": cfg, "n": n} | {k: verdicts["all" if k == "adherence" else k] for k in KEYS}
 
 
-def grounded_ceiling(layout_ckpt: str | None = None, *, n: int = 64, cfg_scales: Sequence[float] = (1.0, 3.0),
-                     steps: int = 20, seed: int = 0) -> list[dict[str, Any]]:
-    """Rows: the judge on the real scenes, then the layout model on the scenes' layouts at each CFG scale."""
+def grounded_ceiling(layout_ckpt: str | None = None, *, planner: str | None = None, n: int = 64,
+                     cfg_scales: Sequence[float] = (1.0, 3.0), steps: int = 20, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows: the judge on the real scenes, then the layout model on the scenes' layouts at each CFG scale, then (with
+    ``planner``) on the planner's layouts for the captions."""
     from ..default_model import task_model_path
     from ..pipelines.pipeline import Pipeline
     from .judge import Judge
@@ -35,4 +38,12 @@ def grounded_ceiling(layout_ckpt: str | None = None, *, n: int = 64, cfg_scales:
     for c in cfg_scales:
         images = layout_generator(pipe, s, c)(data["layouts"])
         rows.append(_row("layout model, the scene's layout", float(c), adherence(judge, images, data["captions"]), n))
+    if planner is not None:
+        from ..models.layout_planner import LayoutPlanner
+        from ..pipelines.grounded import plan_layouts
+
+        planned = plan_layouts(LayoutPlanner.load(planner), data["captions"], seed=seed)
+        for c in cfg_scales:
+            images = layout_generator(pipe, s, c)(planned)
+            rows.append(_row("planner -> layout model", float(c), adherence(judge, images, data["captions"]), n))
     return rows

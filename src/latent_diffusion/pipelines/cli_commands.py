@@ -111,6 +111,10 @@ def add_generate_commands(sub: Any) -> None:
                           "x to the right, y down (repeatable)")
     lay.add_argument("--example", type=int, default=None, metavar="I",
                      help="take the layout of held-out ShapesWorld scene I (instead of --object)")
+    lay.add_argument("--prompt", default=None,
+                     help="a caption; the layout planner (--planner) draws its layout from the seed (grounded "
+                          "text-to-image: pipelines/grounded.py)")
+    lay.add_argument("--planner", default=None, help="caption -> layout planner .safetensors (`ldm train planner`)")
     _size_args(lay)
     lay.set_defaults(func=_cmd_layout2img)
     sem = sub.add_parser("semantic2img", help="semantic-map-to-image")
@@ -356,9 +360,21 @@ def _example(i: int) -> dict:
 def _cmd_layout2img(args: argparse.Namespace) -> int:
     from ..data.shapes import class_name
 
-    if (args.object is None) == (args.example is None):
-        raise LDMError("layout2img needs the layout: --object CLASS X0 Y0 X1 Y1 (repeatable) or --example I")
-    if args.example is not None:
+    given = [args.object is not None, args.example is not None, args.prompt is not None]
+    if sum(given) != 1:
+        raise LDMError("layout2img needs the layout, one way: --object CLASS X0 Y0 X1 Y1 (repeatable), --example I, "
+                       "or --prompt TEXT with --planner FILE")
+    if args.planner is not None and args.prompt is None:
+        raise LDMError("--planner draws the layout for a --prompt; pass --prompt TEXT")
+    if args.prompt is not None:
+        if args.planner is None:
+            raise LDMError("--prompt needs --planner FILE (a caption -> layout planner from `ldm train planner`)")
+        from ..models.layout_planner import LayoutPlanner
+        from .grounded import plan_layouts
+
+        planned = plan_layouts(LayoutPlanner.load(args.planner), [args.prompt], seed=_seed(args))[0]
+        layout = [(class_name(int(r[0])), *(round(float(v), 4) for v in r[1:])) for r in planned if r[0] >= 0]
+    elif args.example is not None:
         rows = _example(args.example)["layout"]
         layout = [(class_name(int(r[0])), *(round(float(v), 4) for v in r[1:])) for r in rows if r[0] >= 0]
     else:
@@ -368,7 +384,8 @@ def _cmd_layout2img(args: argparse.Namespace) -> int:
                              height=args.height, width=args.width, progress=_progress(args),
                              batch_size=args.batch_size)
     text = "; ".join(f"{o[0]} {' '.join(str(v) for v in o[1:])}" for o in layout)
-    _save(args, pipe, images, "", "", _base_settings(args) | {"Layout": text}, seed)
+    planned = {"Planned from": args.prompt, "Planner": args.planner} if args.prompt is not None else {}
+    _save(args, pipe, images, "", "", _base_settings(args) | {"Layout": text} | planned, seed)
     return 0
 
 

@@ -30,7 +30,39 @@ from ..eval.task_cli import add_train_judge_command  # noqa: E402 - the evaluati
 
 from .ldm_cli import add_train_ldm_command  # noqa: E402 - stage 2 (latent diffusion)
 
-_STAGE_ADDERS = [add_train_autoencoder_command, add_train_ldm_command, add_train_judge_command]
+
+
+def add_train_planner_command(tsub: Any) -> None:
+    p = tsub.add_parser("planner", help="train the caption -> layout planner of grounded text-to-image "
+                        "(models/layout_planner.py) on ShapesWorld ground truth")
+    p.add_argument("--out", required=True, help="weights .safetensors to write")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 3000)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train_planner)
+
+
+def _cmd_train_planner(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from .planner import PlannerTrainConfig, train_planner
+
+    if Path(args.out).exists() and not args.force:
+        raise ConfigError(f"{args.out} already exists; pass --force to replace it")
+    cfg = PlannerTrainConfig()
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    model, summary = train_planner(cfg, log=None if args.quiet else print)
+    model.save(args.out, overwrite=True)
+    print(f"wrote {args.out} ({summary['params']:,} parameters, {summary['steps']} steps, loss "
+          f"{summary['loss']:.4f}, {summary['train_seconds']} s)")
+    return 0
+
+
+_STAGE_ADDERS = [add_train_autoencoder_command, add_train_ldm_command, add_train_judge_command,
+                 add_train_planner_command]
 
 
 def add_train_commands(sub: Any) -> None:
