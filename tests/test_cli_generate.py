@@ -185,6 +185,8 @@ def test_layout2img_from_a_prompt_through_a_planner(tmp_path: Path, capsys: pyte
                  str(tmp_path / "planner.safetensors")]) == 0
     _, _, s = parse_parameters(read_png_parameters(tmp_path / "lay" / "00000-3.png"))
     assert s["Planned from"] == "a red circle above a blue square" and len(s["Layout"].split("; ")) >= 1
-    assert main([*base, "--prompt", "a red circle"]) != 0
-    assert "--prompt needs --planner" in capsys.readouterr().err
+    assert main([*base, "--prompt", "a red circle"]) == 0  # the embedded planner
+    _, _, s = parse_parameters(read_png_parameters(tmp_path / "lay" / "00001-3.png"))
+    assert s["Planner"].endswith("planner-shapes.safetensors") and s["Layout"].startswith("red circle ")
     assert main([*base, "--example", "1", "--prompt", "a red circle"]) != 0
+    assert "one way" in capsys.readouterr().err

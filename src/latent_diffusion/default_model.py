@@ -29,6 +29,18 @@ TASK_MODELS: dict[str, str] = {
 }
 
 
+PLANNER_FILE = "planner-shapes.safetensors"  # the caption -> layout planner of grounded text-to-image
+
+
+def planner_path() -> Path:
+    """The embedded ShapesWorld caption -> layout planner (``ldm train planner``; docs/training.md)."""
+    path = ASSETS / PLANNER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"the embedded layout planner {path} is missing (a broken install?); reinstall the "
+                              "package or pass --planner with a planner file")
+    return path
+
+
 def default_model_path() -> Path:
     return task_model_path("txt2img")
 

@@ -114,7 +114,9 @@ def add_generate_commands(sub: Any) -> None:
     lay.add_argument("--prompt", default=None,
                      help="a caption; the layout planner (--planner) draws its layout from the seed (grounded "
                           "text-to-image: pipelines/grounded.py)")
-    lay.add_argument("--planner", default=None, help="caption -> layout planner .safetensors (`ldm train planner`)")
+    lay.add_argument("--planner", default=None,
+                     help="caption -> layout planner .safetensors for --prompt (`ldm train planner`; default: the "
+                          "embedded ShapesWorld planner)")
     _size_args(lay)
     lay.set_defaults(func=_cmd_layout2img)
     sem = sub.add_parser("semantic2img", help="semantic-map-to-image")
@@ -367,11 +369,11 @@ def _cmd_layout2img(args: argparse.Namespace) -> int:
     if args.planner is not None and args.prompt is None:
         raise LDMError("--planner draws the layout for a --prompt; pass --prompt TEXT")
     if args.prompt is not None:
-        if args.planner is None:
-            raise LDMError("--prompt needs --planner FILE (a caption -> layout planner from `ldm train planner`)")
+        from ..default_model import planner_path
         from ..models.layout_planner import LayoutPlanner
         from .grounded import plan_layouts
 
+        args.planner = args.planner or str(planner_path())
         planned = plan_layouts(LayoutPlanner.load(args.planner), [args.prompt], seed=_seed(args))[0]
         layout = [(class_name(int(r[0])), *(round(float(v), 4) for v in r[1:])) for r in planned if r[0] >= 0]
     elif args.example is not None:
