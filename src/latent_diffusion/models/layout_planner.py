@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .text_encoder import PAD, WordTokenizer
+from .text_encoder import PAD, WordTokenizer, quantise_boxes
 
 PLANNER_METADATA_KEY = "layout_planner_config"
 
@@ -31,7 +31,7 @@ PLANNER_METADATA_KEY = "layout_planner_config"
 @dataclass
 class PlannerConfig:
     words: tuple[str, ...] = ()  # caption vocabulary; () = the ShapesWorld words
-    n_classes: int = 40
+    n_classes: int = 40  # ShapesWorld's shape x colour classes (data.shapes.NUM_CLASSES)
     max_objects: int = 3
     bins: int = 32
     max_words: int = 16
@@ -97,7 +97,7 @@ class LayoutPlanner(nn.Module):
         if (real[:, 1:] & ~real[:, :-1]).any():
             raise ConfigError("layout rows must list the objects first, padding rows (class -1) after them")
         out = torch.full((b, self.n_layout), PAD, dtype=torch.int64)
-        coords = (layouts[..., 1:].clamp(0, 1) * (cfg.bins - 1)).round().long() + self.bin0  # (B, K, 4)
+        coords = quantise_boxes(layouts[..., 1:], cfg.bins) + self.bin0  # (B, K, 4)
         cls = layouts[..., 0].long() + self.class0
         for i in range(b):
             k = int(real[i].sum())

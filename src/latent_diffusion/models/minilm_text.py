@@ -144,7 +144,8 @@ class FrozenMiniLMEmbedder(nn.Module):
 
         if self.pieces:
             raise ConfigError("a MiniLM with a restricted vocabulary (conditioner.pieces) takes its weights from its "
-                              "checkpoint, not from the package; train with conditioner.pieces: []")
+                              "checkpoint, not from the package; train with conditioner.pieces: [] (init_from such "
+                              "a file then uses the package's full encoder, which gives the same states)")
         folder = minilm_dir(self.path)
         sd = load_file(folder / "model.safetensors")
         sd = {k.removeprefix("bert."): v for k, v in sd.items() if not k.startswith(("pooler.", "bert.pooler."))}

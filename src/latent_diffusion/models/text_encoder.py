@@ -54,6 +54,11 @@ class WordTokenizer:
         return out
 
 
+def quantise_boxes(boxes: torch.Tensor, bins: int) -> torch.Tensor:
+    """Box coordinates in [0, 1] (clamped) → integer levels 0 .. bins - 1 (the layout token scheme)."""
+    return (boxes.clamp(0, 1) * (bins - 1)).round().long()
+
+
 class LayoutTokenizer:
     """(B, N, 5) rows ``(class, x0, y0, x1, y1)`` (class -1 = padding) → (B, max_length) int64 tokens."""
 
@@ -67,7 +72,7 @@ class LayoutTokenizer:
     def __call__(self, layout: torch.Tensor) -> torch.Tensor:
         b, n, _ = layout.shape
         cls = layout[..., 0].long()  # (B, N)
-        coords = (layout[..., 1:].clamp(0, 1) * (self.bins - 1)).round().long()  # (B, N, 4)
+        coords = quantise_boxes(layout[..., 1:], self.bins)  # (B, N, 4)
         tok = torch.cat([(cls + len(SPECIALS))[..., None], coords + len(SPECIALS) + self.n_classes], dim=-1)
         tok = torch.where((cls >= 0)[..., None], tok, torch.full_like(tok, PAD))  # (B, N, 5)
         body = tok.reshape(b, n * 5)

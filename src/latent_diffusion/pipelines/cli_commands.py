@@ -112,8 +112,8 @@ def add_generate_commands(sub: Any) -> None:
     lay.add_argument("--example", type=int, default=None, metavar="I",
                      help="take the layout of held-out ShapesWorld scene I (instead of --object)")
     lay.add_argument("--prompt", default=None,
-                     help="a caption; the layout planner (--planner) draws its layout from the seed (grounded "
-                          "text-to-image: pipelines/grounded.py)")
+                     help="a caption; the layout planner (--planner) draws one layout from --seed, and all --n "
+                          "images are drawn for it (grounded text-to-image: pipelines/grounded.py)")
     lay.add_argument("--planner", default=None,
                      help="caption -> layout planner .safetensors for --prompt (`ldm train planner`; default: the "
                           "embedded ShapesWorld planner)")
@@ -365,7 +365,7 @@ def _cmd_layout2img(args: argparse.Namespace) -> int:
     given = [args.object is not None, args.example is not None, args.prompt is not None]
     if sum(given) != 1:
         raise LDMError("layout2img needs the layout, one way: --object CLASS X0 Y0 X1 Y1 (repeatable), --example I, "
-                       "or --prompt TEXT with --planner FILE")
+                       "or --prompt TEXT [--planner FILE]")
     if args.planner is not None and args.prompt is None:
         raise LDMError("--planner draws the layout for a --prompt; pass --prompt TEXT")
     if args.prompt is not None:

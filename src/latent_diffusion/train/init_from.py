@@ -42,6 +42,10 @@ def _ema_unet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for key, value in sd.items()}
 
 
+def _restricted_minilm(cfg: DiffusionConfig) -> bool:
+    return cfg.conditioner.kind == "minilm" and bool(cfg.conditioner.pieces)
+
+
 def _skipped(key: str, skip: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in skip)
 
@@ -62,7 +66,7 @@ def _compare_configs(model: LatentDiffusion, file_cfg: DiffusionConfig, src: str
         diff = [k for k in diff if not k.startswith("conditioner.")] + ["conditioner"]
     if diff:
         diff.sort(key=lambda k: k != "parameterization")  # the change that matters most is always named
-        detail = "; ".join("conditioner: a new one, trained afresh (init_skip)" if k == "conditioner" else
+        detail = "; ".join("conditioner: a new one (init_skip), not loaded from the file" if k == "conditioner" else
                            f"{k}: file {config_value(theirs, k)!r} -> config {config_value(ours, k)!r}"
                            for k in diff[:8])
         warnings.warn(f"init_from {src}: fine-tuning with a changed model config ({detail})", stacklevel=3)
@@ -97,15 +101,22 @@ def load_init_weights(model: LatentDiffusion, path: str | os.PathLike, *, first_
         raise ConfigError(f"init_from {src} is not a stage-2 model exported by this project (it needs "
                           "model.diffusion_model.* weights and a scale_factor); export one with `ldm train ldm "
                           "--export`, or use a run's model.safetensors")
+    file_cfg = DiffusionConfig.from_json(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
+    if file_cfg is not None and _restricted_minilm(file_cfg) and not _restricted_minilm(model.cfg):
+        # an --export-vocab data file: its frozen MiniLM is the package's with fewer embedding rows, so the
+        # package's full encoder (already in the model) stands in for it
+        skip = (*skip, COND + "*")
     cond_keys = [COND + k for k in (model.cond_stage_model.state_dict() if model.cond_stage_model is not None else {})]
     new_conditioner = bool(cond_keys) and all(_skipped(k, skip) for k in cond_keys)
-    if CONFIG_METADATA_KEY in meta:
-        _compare_configs(model, DiffusionConfig.from_json(meta[CONFIG_METADATA_KEY]), src, new_conditioner)
-    unused = [p for p in skip if not any(_skipped(k, (p,)) for k in (*sd, *cond_keys, *(
-        UNET + k for k in model.model.diffusion_model.state_dict())))]
+    if file_cfg is not None:
+        _compare_configs(model, file_cfg, src, new_conditioner)
+    loadable = (*cond_keys, *(UNET + k for k in model.model.diffusion_model.state_dict()), *(
+        k for k in sd if k.startswith((UNET, COND))))
+    unused = [p for p in skip if not any(_skipped(k, (p,)) for k in loadable)]
     if unused:
-        raise ConfigError(f"init_skip pattern(s) {unused} match no weight of the model or of {src} (patterns are "
-                          "globs on full keys, e.g. 'cond_stage_model.*', 'model.diffusion_model.*.attn2.to_[kv].*')")
+        raise ConfigError(f"init_skip pattern(s) {unused} match no UNet or conditioner weight of the model or of "
+                          f"{src} (patterns are globs on full keys under {UNET}* or {COND}*, e.g. "
+                          "'cond_stage_model.*', 'model.diffusion_model.*.attn2.to_[kv].*')")
     _check_first_stage(model, sd, src, first_stage_named)
     sd = _ema_unet(sd)
     for prefix, part in ((UNET, model.model.diffusion_model), (COND, model.cond_stage_model)):

@@ -207,6 +207,8 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     the ``export`` copy's frozen MiniLM keeps only the vocabulary of the training captions."""
     if export_vocab not in ("full", "data"):
         raise ConfigError(f"export_vocab must be 'full' or 'data', got {export_vocab!r}")
+    if export_vocab == "data" and export is None:
+        raise ConfigError("--export-vocab data restricts the --export copy; pass --export PATH too")
     if export_vocab == "data" and cfg.model.conditioner.kind != "minilm":
         raise ConfigError(f"--export-vocab data restricts a frozen MiniLM's vocabulary; this config's conditioner is "
                           f"{cfg.model.conditioner.kind!r}")
