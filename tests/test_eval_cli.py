@@ -64,3 +64,19 @@ def test_ema_flag_samples_with_the_files_ema_weights(sd1: str, tmp_path) -> None
     assert run(["txt2img", "--ckpt", ema, "--ema", "--n", "2", "--steps", "1", "--cfg", "1", "--n-real", "4",
                 "--json", str(j), "--quiet"]) == 0
     assert json.loads(j.read_text())["ema"] is True
+
+
+def test_grounded_txt2img_evaluation(sd1: str, tmp_path) -> None:
+    """--grounded: the embedded planner and layout model, scored with the text-to-image rule; --planner alone and a
+    text-to-image --ckpt are refused."""
+    j = tmp_path / "g.json"
+    assert run(["txt2img", "--grounded", "--n", "2", "--steps", "1", "--cfg", "3", "--n-real", "8",
+                "--json", str(j), "--quiet"]) == 0
+    out = json.loads(j.read_text())
+    assert out["grounded"] is True and out["planner"] == "default"
+    (row,) = out["rows"]
+    assert row["cfg_scale"] == 3.0 and 0.0 <= row["adherence"] <= 1.0 and "fid" in row
+    with pytest.raises(LDMError, match="add --grounded"):
+        run(["txt2img", "--planner", "p.safetensors", "--n", "1"])
+    with pytest.raises(LDMError, match="cannot evaluate layout on this model"):
+        run(["txt2img", "--grounded", "--ckpt", sd1, "--n", "1"])

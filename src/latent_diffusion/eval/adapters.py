@@ -78,6 +78,19 @@ def text_generator(pipe: Any, s: SampleSettings, size: int) -> Callable[[list[st
     return generate
 
 
+def grounded_generator(planner: Any, pipe: Any, s: SampleSettings) -> Callable[[list[str], float], torch.Tensor]:
+    """Grounded text-to-image (pipelines/grounded.py): the planner draws one layout per prompt (generator seeded by
+    ``s.seed``: the same layouts at every CFG scale), the layout model ``pipe`` draws the image."""
+    from ..pipelines.grounded import plan_layouts
+
+    check_task(pipe, "layout")
+
+    def generate(prompts: list[str], cfg_scale: float) -> torch.Tensor:
+        return layout_generator(pipe, s, cfg_scale)(plan_layouts(planner, list(prompts), seed=s.seed))
+
+    return generate
+
+
 def class_generator(pipe: Any, s: SampleSettings, cfg_scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
     check_task(pipe, "class")
 

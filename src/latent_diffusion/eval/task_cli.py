@@ -48,6 +48,12 @@ def add_eval_task_commands(esub: Any) -> None:
             p.add_argument("--strength", type=float, nargs="+", default=[1.0, 0.5],
                            help="1 = sample from pure noise (the paper); < 1 = start from the bicubic upsample noised "
                                 "that far up (SDEdit); one table row each (default: 1 0.5)")
+        if task == "txt2img":
+            p.add_argument("--grounded", action="store_true",
+                           help="evaluate grounded text-to-image instead: a caption -> layout planner draws the boxes, "
+                                "the layout model (--ckpt, default the embedded one) the image")
+            p.add_argument("--planner", default=None,
+                           help="planner .safetensors for --grounded (default: the embedded planner-shapes)")
         if task in ("txt2img", "uncond"):
             p.add_argument("--n-real", type=int, default=None, help="real images for FID (default: max(--n, 256))")
         p.add_argument("--judge", default=None, help="judge weights (default: the committed assets/judge-shapes)")
@@ -156,10 +162,15 @@ def _cmd_eval_task(args: argparse.Namespace) -> int:
     if args.n <= 0:
         raise LDMError(f"--n must be positive, got {args.n}")
     t0 = time.perf_counter()
-    rows = run_task(args.eval_task, _load_pipeline(args.ckpt, args.eval_task, args.ema), args)
+    grounded = getattr(args, "grounded", False)
+    if getattr(args, "planner", None) is not None and not grounded:
+        raise LDMError("--planner is for --grounded evaluation; add --grounded")
+    rows = run_task(args.eval_task, _load_pipeline(args.ckpt, "layout" if grounded else args.eval_task, args.ema),
+                    args)
     cli = sys.argv[1:3] == ["eval", args.eval_task]  # run from the shell (not main(argv) from Python)
     meta = {"command": "ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if cli else None,
-            "ckpt": args.ckpt or "default", "ema": args.ema, "steps": args.steps, "sampler": args.sampler,
+            "ckpt": args.ckpt or "default", "ema": args.ema, **({"grounded": True, "planner": args.planner or "default"}
+                                                                 if grounded else {}), "steps": args.steps, "sampler": args.sampler,
             "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1)}
     write_reports(args.eval_task, rows, meta, args.json, args.markdown)
     print(markdown_table(args.eval_task, rows), end="")
@@ -174,7 +185,7 @@ def run_task(task: str, pipe: Any, args: argparse.Namespace) -> list[dict[str, A
     from .distribution import DistributionMetrics
     from .judge import Judge
 
-    ad.check_task(pipe, task)
+    ad.check_task(pipe, "layout" if getattr(args, "grounded", False) else task)
     s = ad.SampleSettings(steps=args.steps, sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
                           progress=not args.quiet and sys.stderr.isatty())
     judge = Judge.load(args.judge)
@@ -185,8 +196,14 @@ def run_task(task: str, pipe: Any, args: argparse.Namespace) -> list[dict[str, A
         metrics = DistributionMetrics(judge, tk.heldout(n_real, size=size, offset=100_000)["images"], seed=args.seed)
         if task == "uncond":
             return [tk.evaluate_uncond(ad.uncond_generator(pipe, s), metrics, args.n)]
-        return tk.evaluate_txt2img(ad.text_generator(pipe, s, size), judge, data["captions"], args.cfg,
-                                   metrics=metrics)
+        if getattr(args, "grounded", False):
+            from ..default_model import planner_path
+            from ..models.layout_planner import LayoutPlanner
+
+            generate = ad.grounded_generator(LayoutPlanner.load(args.planner or planner_path()), pipe, s)
+        else:
+            generate = ad.text_generator(pipe, s, size)
+        return tk.evaluate_txt2img(generate, judge, data["captions"], args.cfg, metrics=metrics)
     if task == "class":
         return [{"cfg_scale": c} | tk.evaluate_class(ad.class_generator(pipe, s, c), judge, data["labels"])
                 for c in args.cfg]
