@@ -169,9 +169,10 @@ def _cmd_eval_task(args: argparse.Namespace) -> int:
                     args)
     cli = sys.argv[1:3] == ["eval", args.eval_task]  # run from the shell (not main(argv) from Python)
     meta = {"command": "ldm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if cli else None,
-            "ckpt": args.ckpt or "default", "ema": args.ema, **({"grounded": True, "planner": args.planner or "default"}
-                                                                 if grounded else {}), "steps": args.steps, "sampler": args.sampler,
+            "ckpt": args.ckpt or "default", "ema": args.ema, "steps": args.steps, "sampler": args.sampler,
             "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1)}
+    if grounded:
+        meta |= {"grounded": True, "planner": args.planner or "default"}
     write_reports(args.eval_task, rows, meta, args.json, args.markdown)
     print(markdown_table(args.eval_task, rows), end="")
     print(f"({meta['seconds']} s)")
