@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .adapters import SampleSettings, layout_generator
+from .adapters import SampleSettings, grounded_generator, layout_generator
 from .tasks import adherence, heldout
 
 KEYS = ("adherence", "objects", "count", "relation")
@@ -40,10 +40,9 @@ def grounded_ceiling(layout_ckpt: str | None = None, *, planner: str | None = No
         rows.append(_row("true boxes -> layout model", float(c), adherence(judge, images, data["captions"]), n))
     if planner is not None:
         from ..models.layout_planner import LayoutPlanner
-        from ..pipelines.grounded import plan_layouts
 
-        planned = plan_layouts(LayoutPlanner.load(planner), data["captions"], seed=seed)
+        generate = grounded_generator(LayoutPlanner.load(planner), pipe, s)  # as `ldm eval txt2img --grounded`
         for c in cfg_scales:
-            images = layout_generator(pipe, s, c)(planned)
+            images = generate(list(data["captions"]), float(c))
             rows.append(_row("planner -> layout model", float(c), adherence(judge, images, data["captions"]), n))
     return rows
