@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from ldm_tiny_config import tiny
+from safetensors.torch import load_file
 
 from latent_diffusion.checkpoint import load_checkpoint
 from latent_diffusion.errors import ConfigError
@@ -116,10 +117,16 @@ def test_pixel_space_training():
 
 
 def test_train_export_and_load(tmp_path):
-    cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(tmp_path / "run")}, diffusion={"cache_latents": True}))
+    cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(tmp_path / "run"), "keep_epoch_models": True},
+                                        diffusion={"cache_latents": True}))
     summary = train_ldm(cfg, progress=False, echo=False, export=str(tmp_path / "m16.safetensors"),
                         export_dtype=torch.float16)
     assert summary["steps"] == 4
+    kept = sorted(p.name for p in (tmp_path / "run" / "models").iterdir())  # one per checkpoint (epoch_steps 2)
+    assert kept == ["step-000002.safetensors", "step-000004.safetensors"]
+    assert load_checkpoint(tmp_path / "run" / "models" / kept[0]).model_ema.num_updates == 2
+    last, final = (load_file(tmp_path / "run" / f) for f in ("models/" + kept[1], "model.safetensors"))
+    assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in last)
     full = load_checkpoint(tmp_path / "run" / "model.safetensors")
     assert full.model_ema is not None and float(full.model_ema.num_updates) == 4
     assert float(full.scale_factor) == pytest.approx(summary["scale_factor"])
@@ -165,3 +172,15 @@ def test_class_training_without_dropout_needs_no_null_label():
     m = _module(task="class", model={"conditioner": {"kind": "class", "n_classes": 40, "embed_dim": 16}},
                 diffusion={"cond_drop_prob": 0.0})
     assert math.isfinite(float(m.training_step(_batch(m), 0).detach()))
+
+
+def test_cli_overrides_reach_the_run(tmp_path):
+    from latent_diffusion.cli import main
+
+    LDMTrainConfig.from_dict(tiny()).to_yaml(tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    assert main(["train", "ldm", "--config", str(tmp_path / "tiny.yaml"), "--out-dir", str(out), "--max-steps", "2",
+                 "--seed", "3", "--quiet"]) == 0
+    saved = LDMTrainConfig.from_yaml(out / "config.yaml")
+    assert (saved.run.seed, saved.run.max_steps) == (3, 2)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2

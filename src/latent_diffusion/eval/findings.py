@@ -6,6 +6,9 @@
 ``python -m latent_diffusion.eval.findings first-stage --run NAME=RUN_DIR ... --out DIR``
     LDM-f at equal training compute: for each training run (its ``model.safetensors`` and ``summary.json``), the
     steps it reached, class accuracy at CFG 1 and 3, and sampling throughput (images / s, 20 DDIM steps, batch 16).
+``python -m latent_diffusion.eval.findings rescaling --run NAME=RUN_DIR ... [--every K] --out DIR``
+    latent rescaling at equal steps: class accuracy at CFG 1 and 3 and the training loss of each run's kept models
+    (``run.keep_epoch_models``) every K steps (eval/rescaling.py).
 ``python -m latent_diffusion.eval.findings relations --model NAME=FILE ... --out DIR``
     text-to-image: does the model follow the relation word (same seed, relation flipped), and does the noise at the
     first sampler step still carry the layout (eval/relations.py)?
@@ -138,6 +141,29 @@ def _plot_first_stage(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_rescaling(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        rs = [r for r in rows if r["model"] == name]
+        style = "--" if "unscaled" in name else "-"
+        for ax, key in zip(axes, ("class_accuracy_cfg1", "class_accuracy_cfg3")):
+            ax.plot([r["step"] for r in rs], [100 * r[key] for r in rs], style, marker="o", label=name)
+        axes[2].plot([r["step"] for r in rs if r["loss"] is not None], [r["loss"] for r in rs if r["loss"] is not None],
+                     style, marker="o", label=name)
+    for ax, title in zip(axes, ("class accuracy (%), CFG 1", "class accuracy (%), CFG 3", "training loss (ε MSE)")):
+        ax.set_xlabel("training steps")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plot_relations(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -214,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("first-stage")
     f.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR")
     f.add_argument("--n", type=int, default=80)
+    e = sub.add_parser("rescaling")
+    e.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR")
+    e.add_argument("--every", type=int, default=1000, help="evaluate the kept models at multiples of this step")
+    e.add_argument("--n", type=int, default=80)
+    e.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     r = sub.add_parser("relations")
     r.add_argument("--model", action="append", required=True, metavar="NAME=FILE",
                    help="a text-to-image .safetensors (a training run's model.safetensors is sampled with its EMA)")
@@ -227,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--n", type=int, default=64)
     g.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0])
     g.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
-    for q in (s, f, r, g):
+    for q in (s, f, e, r, g):
         q.add_argument("--out", required=True, help="folder for the JSON and PNG")
         q.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -242,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "first-stage":
         rows = first_stage_sweep(_named(args.run, "--run", "NAME=RUN_DIR"), n=args.n)
         name, plot = "first-stage", _plot_first_stage
+    elif args.what == "rescaling":
+        from .rescaling import rescaling_sweep
+
+        rows = rescaling_sweep(_named(args.run, "--run", "NAME=RUN_DIR"), every=args.every, n=args.n,
+                               steps=args.steps)
+        name, plot = "rescaling", _plot_rescaling
     elif args.what == "grounded":
         from .grounded import grounded_ceiling
 

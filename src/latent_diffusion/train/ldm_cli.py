@@ -20,6 +20,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default=None, help="override run.out_dir")
     p.add_argument("--max-steps", type=int, default=None, help="override run.max_steps")
     p.add_argument("--devices", type=int, default=None, help="override run.devices (processes; CPU uses gloo DDP)")
+    p.add_argument("--seed", type=int, default=None, help="override run.seed (weights, noise and batch order; the "
+                   "scenes are data.seed's)")
     p.add_argument("--export", default=None, help="also write the trained model (EMA weights) to this .safetensors")
     p.add_argument("--export-dtype", choices=sorted(DTYPES), default="fp32",
                    help="storage dtype of --export (fp16 halves the file; loading casts back to fp32)")
@@ -45,8 +47,8 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
     from .ldm_run import train_ldm
 
     cfg = LDMTrainConfig.from_yaml(args.config)
-    changes = {k: v for k, v in (("out_dir", args.out_dir), ("max_steps", args.max_steps), ("devices", args.devices))
-               if v is not None}
+    changes = {k: v for k, v in (("out_dir", args.out_dir), ("max_steps", args.max_steps), ("devices", args.devices),
+                                       ("seed", args.seed)) if v is not None}
     if changes:
         cfg = cfg.replace_run(**changes)
     summary = train_ldm(cfg, resume=args.resume, force=args.force, export=args.export,

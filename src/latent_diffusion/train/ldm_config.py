@@ -106,6 +106,8 @@ class LDMRunConfig:
     accelerator: str = "cpu"
     sample_every_epoch: bool = True  # write a sample grid of a few prompts at each checkpoint
     sample_steps: int = 20
+    # also keep each checkpoint's model as out_dir/models/step-NNNNNN.safetensors (EMA included; ~ quality vs steps)
+    keep_epoch_models: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("32", "bf16-mixed"):
@@ -119,7 +121,8 @@ class LDMRunConfig:
 
 # fields that may differ between a run and its resumption (they do not change the result's definition)
 RESUMABLE_CHANGES = ("run.max_steps", "run.max_minutes", "run.out_dir", "run.num_threads", "run.log_every",
-                     "run.sample_every_epoch", "run.sample_steps", "diffusion.latent_cache_dir")
+                     "run.sample_every_epoch", "run.sample_steps", "run.keep_epoch_models",
+                     "diffusion.latent_cache_dir")
 
 
 def _patterns(value: Any, where: str) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import sys
 import time
 import warnings
@@ -123,6 +124,9 @@ class CheckpointEveryEpoch(L.Callback):
         if trainer.is_global_zero:
             export_model(module.model, self.out_dir / EXPORT, overwrite=True, metadata={"train_step": str(step)})
             r = module.cfg.run
+            if r.keep_epoch_models:
+                (self.out_dir / "models").mkdir(exist_ok=True)
+                shutil.copyfile(self.out_dir / EXPORT, self.out_dir / "models" / f"step-{step:06d}.safetensors")
             if r.sample_every_epoch and module.cfg.task == "txt2img":
                 try:  # a preview only: a failure here must never stop a training run
                     write_sample_grid(module.model, self.out_dir / "samples" / f"step-{step:06d}.png",
