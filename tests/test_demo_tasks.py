@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,6 +14,7 @@ from PIL import Image
 from latent_diffusion import default_model
 from latent_diffusion.checkpoint import save_checkpoint
 from latent_diffusion.errors import CheckpointError
+from latent_diffusion.models.layout_planner import LayoutPlanner, PlannerConfig
 from latent_diffusion.models.ldm import LatentDiffusion
 from latent_diffusion.pipelines.demo import run_demo
 from latent_diffusion.pipelines.demo_tasks import class_rgb, render_layout, render_masked, render_semantic
@@ -50,6 +52,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("assets")
     for task, build in BUILDERS.items():
         save_checkpoint(build(), d / default_model.TASK_MODELS[task])
+    torch.manual_seed(0)  # an untrained planner still writes valid layouts (grammar-masked sampling)
+    LayoutPlanner(PlannerConfig(width=32, layers=1, heads=2, bins=16)).save(d / default_model.PLANNER_FILE)
     return d
 
 
@@ -103,12 +107,29 @@ def test_task_demo_writes_grid_and_samples(assets: Path, tmp_path: Path, task: s
     assert Image.open(res["files"][0]).size == (32, 32)
 
 
+def test_grounded_demo_rows_are_planned_boxes_then_what_layout2img_draws(assets: Path, tmp_path: Path) -> None:
+    from latent_diffusion.pipelines.grounded import plan_layouts
+    from latent_diffusion.pipelines.pipeline import Pipeline
+
+    prompts = ("a red circle above a blue square", "a blue star")
+    res = run_demo(tmp_path / "demo", task="grounded", prompts=prompts, **FAST)
+    assert res["grid"] == tmp_path / "demo" / "grounded.png" == res["grids"]["grounded"]
+    assert Image.open(res["grid"]).size == _grid_size(2, 1 + 1, True)
+    assert [f.name for f in res["files"]] == ["grounded-00-0-a_red_circle_above_a_blue_square.png",
+                                              "grounded-01-0-a_blue_star.png"]
+    # row 2 = the layout planned for its prompt alone, drawn by the layout model at the demo's cfg 3 (exact)
+    layout = plan_layouts(LayoutPlanner.load(assets / default_model.PLANNER_FILE), [prompts[1]], seed=0)[0]
+    pipe = Pipeline.from_checkpoint(assets / default_model.TASK_MODELS["layout"])
+    again = pipe.layout2img(layout, n=1, steps=2, seed=0, cfg_scale=3.0, height=32, width=32)[0]
+    assert (np.asarray(Image.open(res["files"][1])) == np.asarray(again)).all()
+
+
 def test_all_runs_present_models_and_names_the_skipped(assets: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     for t in ("class", "layout", "superres", "inpaint"):  # only unconditional and semantic "trained" so far
         monkeypatch.setitem(default_model.TASK_MODELS, t, f"not-there-{t}.safetensors")
     res = run_demo(tmp_path / "demo", task="all", **FAST | {"echo": True})
     assert set(res["grids"]) == {"unconditional", "semantic"}
-    assert set(res["skipped"]) == {"txt2img", "class", "layout", "superres", "inpaint"}
+    assert set(res["skipped"]) == {"txt2img", "grounded", "class", "layout", "superres", "inpaint"}
     out = capsys.readouterr().out
     assert "layout: skipped" in out and "not-there-layout.safetensors" in out
     assert str(tmp_path / "demo" / "semantic.png") in out
@@ -137,4 +158,4 @@ def test_cli_task_demo_does_not_overwrite(assets: Path, tmp_path: Path, capsys) 
     assert main(args) == 0 and main(args) == 0
     assert (tmp_path / "d" / "semantic.png").is_file() and (tmp_path / "d-2" / "semantic.png").is_file()
     assert main([*args, "--prompt", "a red circle"]) == 2
-    assert "--prompt is for the txt2img demo" in capsys.readouterr().err
+    assert "--prompt is for the txt2img and grounded demos" in capsys.readouterr().err

@@ -128,20 +128,21 @@ def add_generate_commands(sub: Any) -> None:
     sem.set_defaults(func=_cmd_semantic2img)
     d = sub.add_parser("demo", help="grids from the embedded ShapesWorld models (no download): text-to-image by "
                        "default, or any task of the paper with --task")
-    d.add_argument("--task", default="txt2img", choices=["txt2img", "class", "unconditional", "layout", "semantic",
-                                                         "superres", "inpaint", "all"],
-                   help="txt2img (default: grid.png), another task (<task>.png: condition | samples [| truth]), or "
-                        "all (every task whose embedded model is present)")
+    d.add_argument("--task", default="txt2img", choices=["txt2img", "grounded", "class", "unconditional", "layout",
+                                                         "semantic", "superres", "inpaint", "all"],
+                   help="txt2img (default: grid.png), grounded (the prompts through the layout planner and the "
+                        "layout model: grounded.png, planned boxes | samples), another task (<task>.png: condition "
+                        "| samples [| truth]), or all (every task whose embedded models are present)")
     d.add_argument("--out", default="out/demo", help="output folder (default ./out/demo; a new out/demo-N if taken)")
     d.add_argument("--n", type=int, default=4, help="images per prompt / condition")
-    d.add_argument("--rows", type=int, default=6, help="classes / held-out scenes per task other than txt2img")
+    d.add_argument("--rows", type=int, default=6, help="classes / held-out scenes per task other than txt2img and grounded")
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--cfg", type=float, default=None,
-                   help="classifier-free guidance scale (default: the task's own: txt2img 5, class / layout 3, "
-                        "inpaint 1; tasks that cannot guide always use 1)")
+                   help="classifier-free guidance scale (default: the task's own: txt2img 5, grounded / class / "
+                        "layout 3, inpaint 1; tasks that cannot guide always use 1)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--prompt", action="append", default=None,
-                   help="a txt2img prompt (repeatable; default: six built-in ones)")
+                   help="a txt2img / grounded prompt (repeatable; default: six built-in ones)")
     d.add_argument("--force", action="store_true", help="write into --out even if it holds an earlier demo")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
@@ -275,11 +276,11 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_PROMPTS, run_demo
+    from .demo import DEMO_PROMPTS, PROMPT_TASKS, run_demo
 
-    if args.prompt and args.task not in ("txt2img", "all"):
-        raise LDMError(f"--prompt is for the txt2img demo; the {args.task} demo takes its conditions from held-out "
-                       "ShapesWorld scenes")
+    if args.prompt and args.task not in (*PROMPT_TASKS, "all"):
+        raise LDMError(f"--prompt is for the txt2img and grounded demos; the {args.task} demo takes its conditions "
+                       "from held-out ShapesWorld scenes or classes")
     run_demo(args.out, prompts=tuple(args.prompt) if args.prompt else DEMO_PROMPTS, n=args.n, steps=args.steps,
              cfg_scale=args.cfg, seed=args.seed, force=args.force, progress=not args.quiet and sys.stderr.isatty(),
              task=args.task, rows=args.rows)

@@ -1,8 +1,10 @@
 """``ldm demo``: grids of images from the embedded ShapesWorld models, nothing downloaded.
 
-``--task txt2img`` (the default): a few prompts with the default text-to-image model into ``grid.png``. The other
-tasks of the paper (class, unconditional, layout, semantic, superres, inpaint; ``all`` = every one whose model file
-is present) write ``<task>.png`` with the condition next to the samples (``demo_tasks``).
+``--task txt2img`` (the default): a few prompts with the default text-to-image model into ``grid.png``.
+``--task grounded``: the same prompts through the embedded layout planner and layout model (``pipelines/grounded``),
+the planned boxes next to the samples, into ``grounded.png``. The other tasks of the paper (class, unconditional,
+layout, semantic, superres, inpaint; ``all`` = every one whose model files are present) write ``<task>.png`` with
+the condition next to the samples (``demo_tasks``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,22 @@ DEMO_PROMPTS = (
     "a blue star",
     "a yellow circle left of a red cross",
 )
-TASKS = ("txt2img", "class", "unconditional", "layout", "semantic", "superres", "inpaint")
+TASKS = ("txt2img", "grounded", "class", "unconditional", "layout", "semantic", "superres", "inpaint")
+PROMPT_TASKS = ("txt2img", "grounded")  # rows = prompts; the others' rows are classes or held-out scenes
 
 
 def grid_name(task: str) -> str:
     return "grid.png" if task == "txt2img" else f"{task}.png"
+
+
+def task_files(task: str) -> list[Path]:
+    """The embedded files ``task`` needs, its diffusion model first (grounded: the layout model, then the planner)."""
+    from .. import default_model
+
+    if task == "grounded":
+        return [default_model.ASSETS / default_model.TASK_MODELS["layout"],
+                default_model.ASSETS / default_model.PLANNER_FILE]
+    return [default_model.ASSETS / default_model.TASK_MODELS[task]]
 
 
 def _holds_demo(folder: Path) -> bool:
@@ -50,15 +63,16 @@ def resolve_tasks(task: str) -> tuple[list[tuple[str, Path]], list[tuple[str, Pa
 
     if task != "all" and task not in TASKS:
         raise LDMError(f"unknown demo task {task!r}; accepted: {', '.join(TASKS)}, all")
-    paths = [(t, default_model.ASSETS / default_model.TASK_MODELS[t]) for t in (TASKS if task == "all" else [task])]
-    found = [(t, p) for t, p in paths if p.is_file()]
-    missing = [(t, p) for t, p in paths if not p.is_file()]
+    files = {t: task_files(t) for t in (TASKS if task == "all" else [task])}
+    found = [(t, fs[0]) for t, fs in files.items() if all(p.is_file() for p in fs)]
+    missing = [(t, next(p for p in fs if not p.is_file())) for t, fs in files.items()
+               if not all(p.is_file() for p in fs)]
     if task != "all" and missing:
         raise CheckpointError(f"the embedded {task} model {missing[0][1]} does not exist (not trained / not "
                               "installed yet); `ldm demo --task all` runs the tasks whose models are present")
     if not found:
         raise CheckpointError(f"none of the embedded task models exists in {default_model.ASSETS} "
-                              f"(looked for {', '.join(p.name for _, p in paths)})")
+                              f"(looked for {', '.join(dict.fromkeys(p.name for fs in files.values() for p in fs))})")
     return found, missing
 
 
@@ -84,8 +98,9 @@ def run_demo(out: str | Path = "out/demo", *, prompts: tuple[str, ...] = DEMO_PR
              size: int | None = None) -> dict:
     """Write ``n`` images per row and a grid per task into ``out`` (a new ``out-N`` if it holds an earlier demo).
 
-    txt2img: rows = ``prompts``, ``grid.png``; other tasks: ``rows`` classes / held-out scenes, ``<task>.png``.
-    ``cfg_scale=None``: each task's natural scale (txt2img 5, class / layout 3, the rest 1); tasks without guidance
+    txt2img: rows = ``prompts``, ``grid.png``; grounded: rows = ``prompts`` (planned boxes | samples),
+    ``grounded.png``; other tasks: ``rows`` classes / held-out scenes, ``<task>.png``.
+    ``cfg_scale=None``: each task's natural scale (txt2img 5, grounded / class / layout 3, the rest 1); tasks without guidance
     always use 1. ``size``: the image (and ShapesWorld scene) size, default the embedded models' 64. Returns {"grid", "grids", "files", "skipped", "dir", "seconds"}."""
     if n < 1 or not prompts or rows < 1:
         raise LDMError(f"demo needs n >= 1, rows >= 1 and at least one prompt, got n={n}, rows={rows}, "
@@ -103,6 +118,8 @@ def run_demo(out: str | Path = "out/demo", *, prompts: tuple[str, ...] = DEMO_PR
         pipe = _load(t, path)
         if t == "txt2img":
             grid, written, what = _txt2img(pipe, target, prompts, n, steps, cfg_scale, sampler, seed, progress, size)
+        elif t == "grounded":
+            grid, written, what = _grounded(pipe, target, prompts, n, steps, cfg_scale, sampler, seed, progress, size)
         else:
             grid, written, what = _task(t, pipe, target, rows, n, steps, cfg_scale, sampler, seed, progress, size)
         grids[t], files = grid, files + written
@@ -138,6 +155,34 @@ def _txt2img(pipe, target: Path, prompts: tuple[str, ...], n: int, steps: int, c
     grid = target / "grid.png"
     image_grid(rows, labels=list(prompts), scale=2, label_width=170).save(grid)
     return grid, files, f"{len(prompts)} prompts x {n} seeds, cfg {cfg}"
+
+
+def _grounded(pipe, target: Path, prompts: tuple[str, ...], n: int, steps: int, cfg_scale: float | None,
+              sampler: str, seed: int, progress: bool, size: int) -> tuple[Path, list[Path], str]:
+    """Each prompt's layout is planned alone from ``seed``, so a row is what ``ldm layout2img --prompt P --seed S
+    --n N --cfg C`` draws."""
+    from .. import default_model
+    from ..models.layout_planner import LayoutPlanner
+    from ..train.grid import image_grid
+    from .demo_tasks import render_layout, task_cfg
+    from .grounded import plan_layouts
+
+    planner = LayoutPlanner.load(default_model.ASSETS / default_model.PLANNER_FILE)
+    cfg = task_cfg("grounded", pipe, cfg_scale)
+    rows, files = [], []
+    for i, prompt in enumerate(prompts):
+        layout = plan_layouts(planner, [prompt], seed=seed)[0]  # (max_objects, 5), padding rows class -1
+        label = f"[grounded {i + 1}/{len(prompts)}] {prompt}" if progress else False
+        images = pipe.layout2img(layout, n=n, steps=steps, sampler=sampler, cfg_scale=cfg, seed=seed, height=size,
+                                 width=size, progress=label)
+        rows.append([render_layout(layout, size), *images])
+        for j, im in enumerate(images):
+            path = target / f"grounded-{i:02d}-{j}-{_slug(prompt)}.png"
+            im.save(path)
+            files.append(path)
+    grid = target / grid_name("grounded")
+    image_grid(rows, labels=list(prompts), scale=2, label_width=170).save(grid)
+    return grid, files, f"{len(prompts)} prompts: planned boxes | {n} samples, cfg {cfg}"
 
 
 def _task(task: str, pipe, target: Path, rows: int, n: int, steps: int, cfg_scale: float | None, sampler: str,
