@@ -114,9 +114,6 @@ class LatentDiffusionModule(L.LightningModule):
         cfg = self.cfg
         self.source = TaskSource(build_world(cfg), cfg.task, cfg.data.mask)
         if cfg.diffusion.cache_latents:
-            if cfg.task == "inpaint":
-                raise ConfigError("diffusion.cache_latents cannot be used with task 'inpaint' (masked images are "
-                                  "encoded per step)")
             self.source.cache(lambda x: self._raw_latents(x, None),
                               path=latent_cache_file(cfg, self.first_stage_sha256))
         self._init_scale_factor()
@@ -186,7 +183,8 @@ class LatentDiffusionModule(L.LightningModule):
             out: dict[str, torch.Tensor] = {}
             if task == "inpaint":
                 m = batch["mask"].to(z)  # (B, 1, H, W), 1 = hole
-                masked = self.latents({"image": batch["image"] * (1 - batch["mask"])}, g)
+                masked = self.latents({"latent": batch["masked_latent"]} if "masked_latent" in batch
+                                      else {"image": batch["image"] * (1 - batch["mask"])}, g)
                 out["c_concat"] = torch.cat([F.interpolate(m, size=z.shape[-2:]), masked], dim=1)
             if cond_model is not None:
                 captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]

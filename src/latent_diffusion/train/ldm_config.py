@@ -56,7 +56,7 @@ class DiffusionTrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # CompVis LitEma: decay_n = min(decay, (1 + n) / (10 + n))
     scale_factor: float | None = None  # None: 1 / std of the first batch's latents (paper appendix G)
-    cache_latents: bool = False  # encode data.length items once (posterior mean), then train on the cache
+    cache_latents: bool = False  # encode data.length items once (posterior mean; inpaint: the masked images too)
     sample_posterior: bool = False  # KL: sample z ~ q(z|x) instead of its mean (ignored with cache_latents)
     # with cache_latents: keep the encoded latents on disk in this folder, one file per (first stage file, data
     # config), so that re-runs, resumes and variants of a recipe skip the encoding; None = in memory only

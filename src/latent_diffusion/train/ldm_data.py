@@ -59,6 +59,7 @@ class TaskSource:
     def __init__(self, world: ShapesWorld, task: str, mask: str = "both") -> None:
         self.world, self.task, self.mask = world, task, mask
         self.latents: torch.Tensor | None = None  # (N, C, h, w) unscaled posterior means when cached
+        self.masked_latents: torch.Tensor | None = None  # inpaint: the same of each item's masked image
 
     def __len__(self) -> int:
         return len(self.world)
@@ -71,38 +72,49 @@ class TaskSource:
         else:
             out["image"] = item["image"]
         for k in TASK_FIELDS[self.task]:
-            if k == "mask":
-                use_box = self.mask == "box" or (self.mask == "both" and i % 2 == 0)
-                out["mask"] = item["mask_box" if use_box else "mask_stroke"]
-            else:
-                out[k] = item[k]
+            out[k] = self._mask(item, i) if k == "mask" else item[k]
+        if self.masked_latents is not None:
+            out["masked_latent"] = self.masked_latents[i]
         return out
+
+    def _mask(self, item: dict, i: int) -> torch.Tensor:
+        """Item ``i``'s inpainting mask (1, H, W), 1 = hole: ``data.mask``'s kind, box and stroke alternating."""
+        use_box = self.mask == "box" or (self.mask == "both" and i % 2 == 0)
+        return item["mask_box" if use_box else "mask_stroke"]
 
     @torch.no_grad()
     def cache(self, encode, batch_size: int = 64, path: Path | None = None) -> None:  # noqa: ANN001
-        """Encode every item once (``encode``: images (B, 3, H, W) -> latents); with ``path``, read the latents from
-        that file when it exists, else write them there (atomically) for the next run."""
+        """Encode every item once (``encode``: images (B, 3, H, W) -> latents; inpaint: its masked image too); with
+        ``path``, read the latents from that file when it exists, else write them there (atomically) for the next
+        run."""
+        names = ("latents", "masked_latents") if self.task == "inpaint" else ("latents",)
         if path is not None and path.is_file():
             try:
-                latents = read_state_dict(path, mmap=False)[0].get("latents")  # header and sizes checked
+                stored = read_state_dict(path, mmap=False)[0]  # header and sizes checked
             except CheckpointError as exc:
                 raise ConfigError(f"latent cache {path} cannot be read ({exc}); delete the file to rebuild it") from exc
-            if latents is None:
-                raise ConfigError(f"latent cache {path} holds no 'latents' tensor; delete the file to rebuild it")
-            if latents.shape[0] != len(self):
-                raise ConfigError(f"latent cache {path} holds {latents.shape[0]} items, the data has {len(self)}; "
-                                  "delete the file to rebuild it")
-            self.latents = latents
+            for name in names:
+                if name not in stored:
+                    raise ConfigError(f"latent cache {path} holds no {name!r} tensor; delete the file to rebuild it")
+                if stored[name].shape[0] != len(self):
+                    raise ConfigError(f"latent cache {path} holds {stored[name].shape[0]} items, the data has "
+                                      f"{len(self)}; delete the file to rebuild it")
+            self.latents, self.masked_latents = stored["latents"], stored.get("masked_latents")
             return
         if path is not None:  # before the encoding, so that a path that cannot be made fails at once
             path.parent.mkdir(parents=True, exist_ok=True)
-        chunks = []
+        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         for start in range(0, len(self), batch_size):
-            imgs = torch.stack([self.world[i]["image"] for i in range(start, min(start + batch_size, len(self)))])
-            chunks.append(encode(imgs).float())
-        self.latents = torch.cat(chunks)
+            items = [(i, self.world[i]) for i in range(start, min(start + batch_size, len(self)))]
+            imgs = torch.stack([it["image"] for _, it in items])  # (B, 3, H, W)
+            chunks["latents"].append(encode(imgs).float())
+            if self.task == "inpaint":
+                masks = torch.stack([self._mask(it, i) for i, it in items])  # (B, 1, H, W)
+                chunks["masked_latents"].append(encode(imgs * (1 - masks)).float())
+        stored = {name: torch.cat(c) for name, c in chunks.items()}
+        self.latents, self.masked_latents = stored["latents"], stored.get("masked_latents")
         if path is not None:  # overwrite: another rank may have written the same latents meanwhile
-            save_safetensors_atomic({"latents": self.latents}, path, overwrite=True)
+            save_safetensors_atomic(stored, path, overwrite=True)
 
 
 # part of the cache key: raise it when ShapesWorld's rendering or the encoding of cached latents changes, so that
@@ -119,8 +131,11 @@ def latent_cache_file(cfg: LDMTrainConfig, first_stage_sha256: str | None) -> Pa
     if first_stage_sha256 is None:
         raise ConfigError("diffusion.latent_cache_dir needs first_stage_path: the cache file is named after the first "
                           "stage file's sha256 (a random first stage has no file to name it after)")
-    key = json.dumps({"format": LATENT_CACHE_FORMAT, "first_stage_sha256": first_stage_sha256,
-                      "first_stage": cfg.model.first_stage, "data": to_dict(cfg.data)}, sort_keys=True)
+    fields = {"format": LATENT_CACHE_FORMAT, "first_stage_sha256": first_stage_sha256,
+              "first_stage": cfg.model.first_stage, "data": to_dict(cfg.data)}
+    if cfg.task == "inpaint":  # its file holds the masked images' latents too
+        fields["masked"] = True
+    key = json.dumps(fields, sort_keys=True)
     return Path(folder) / f"latents-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
