@@ -14,9 +14,9 @@ def test_pipeline_uses_embedded_model_by_default():
     assert pipe.kind == "text"
     a = pipe.txt2img("a red circle above a blue square", steps=3, sampler="ddim", cfg_scale=3.0, height=64, width=64,
                      output="latent")
-    b = pipe.txt2img("a red circle above a blue square", steps=3, sampler="ddim", cfg_scale=3.0, height=64, width=64,
-                     output="latent")
-    assert a.shape == (1, pipe.latent_channels, 16, 16) and (a == b).all()
+    b = pipe.txt2img("a red circle above a blue square", steps=3, sampler="ddim", cfg_scale=3.0, output="latent")
+    assert a.shape == (1, pipe.latent_channels, 16, 16) and (a == b).all()  # default size: the trained 64
+    assert pipe.text_size == 64 and Pipeline(pipe.model).text_size == 512  # an in-memory model: SD's 512
 
 
 def test_demo_writes_grid_and_does_not_overwrite(tmp_path, capsys):

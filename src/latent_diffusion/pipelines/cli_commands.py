@@ -256,13 +256,8 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
     pick = _apply_png(args) if args.from_png else None
     if args.prompt is None:
         raise LDMError("txt2img needs --prompt TEXT (or --from-png IMAGE.png)")
-    embedded = args.ckpt is None
     pipe = _pipeline(args)
-    if args.height is None or args.width is None:
-        from ..default_model import DEFAULT_SIZE
-
-        args.height = args.height or (DEFAULT_SIZE if embedded else 512)
-        args.width = args.width or (DEFAULT_SIZE if embedded else 512)
+    args.height, args.width = args.height or pipe.text_size, args.width or pipe.text_size  # recorded in the PNG
     expected = getattr(args, "expected_hash", None)
     if expected and expected != pipe.model_hash:
         print(f"ldm: warning: {args.from_png} was made with model hash {expected}, but {args.ckpt} has hash "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -99,6 +100,15 @@ class Pipeline:
     @property
     def latent_factor(self) -> int:
         return 1 if self.cfg.first_stage == "none" else self.cfg.autoencoder.downsample_factor
+
+    @property
+    def text_size(self) -> int:
+        """txt2img's default height and width: the training size of an embedded ShapesWorld model (64), else 512
+        (SD 1.x and 2-base; a file's nominal ``autoencoder.resolution`` does not say what it was trained at)."""
+        from ..default_model import ASSETS, DEFAULT_SIZE
+
+        embedded = self.checkpoint_path is not None and Path(self.checkpoint_path).resolve().parent == ASSETS.resolve()
+        return DEFAULT_SIZE if embedded else 512
 
     @property
     def size_multiple(self) -> int:
@@ -241,11 +251,14 @@ class Pipeline:
 
     # -- tasks -------------------------------------------------------------------------------------
     def txt2img(self, prompt: str, negative_prompt: str = "", *, steps: int = 20, sampler: str = "dpmpp_2m",
-                cfg_scale: float = 7.5, seed: int = 0, n: int = 1, height: int = 512, width: int = 512,
-                guidance_rescale: float = 0.0, callback: Callback | None = None, progress: bool = False,
-                batch_size: int | None = None, output: str = "pil") -> list[Image.Image] | torch.Tensor:
+                cfg_scale: float = 7.5, seed: int = 0, n: int = 1, height: int | None = None,
+                width: int | None = None, guidance_rescale: float = 0.0, callback: Callback | None = None,
+                progress: bool = False, batch_size: int | None = None,
+                output: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """``height`` / ``width`` default to ``text_size`` (512; 64 for the embedded ShapesWorld models)."""
         self._require("txt2img", "text", "inpaint")
         self._check_common(steps, sampler, cfg_scale, n)
+        height, width = height or self.text_size, width or self.text_size
         self._check_size(height, width)
         cond, uncond = self._text(prompt, negative_prompt, n, cfg_scale)
         if self.kind == "inpaint":  # whole image repainted: mask of ones, masked image all zero (gray)
