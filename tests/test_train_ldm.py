@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +185,19 @@ def test_cli_overrides_reach_the_run(tmp_path):
     saved = LDMTrainConfig.from_yaml(out / "config.yaml")
     assert (saved.run.seed, saved.run.max_steps) == (3, 2)
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*.yaml")))
+def test_every_shipped_config_parses(path):
+    """Every recipe under configs/ reads with its config class (unknown keys and bad values are errors)."""
+    import yaml
+
+    from latent_diffusion.train.autoencoder_config import AutoencoderTrainConfig
+
+    path = CONFIGS / path
+    raw = yaml.safe_load(path.read_text())
+    cfg = LDMTrainConfig.from_yaml(path) if "task" in raw else AutoencoderTrainConfig.from_yaml(path)
+    assert cfg.run.out_dir.startswith("runs/")
