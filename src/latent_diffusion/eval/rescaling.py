@@ -4,8 +4,8 @@ Each run is a class-conditional training folder written with ``run.keep_epoch_mo
 ``configs/findings/rescaling-{scaled,unscaled}.yaml``): its ``models/step-NNNNNN.safetensors`` are the EMA models
 at every checkpoint. For each kept model whose step is a multiple of ``every``, the judge's class accuracy on
 held-out labels at each guidance scale, and the run's training loss (the mean of the logged per-step losses in
-the ``every`` steps before it; ε-prediction losses are in units of the noise, so they compare across scale
-factors).
+the ``every`` steps before it, as logged: with ``min_snr_gamma`` the weighted loss; the weights depend on the
+schedule only, so runs that differ in scale factor alone are weighed alike).
 """
 
 from __future__ import annotations
