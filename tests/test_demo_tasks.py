@@ -137,11 +137,17 @@ def test_all_runs_present_models_and_names_the_skipped(assets: Path, tmp_path: P
 
 def test_missing_model_for_named_task_is_an_error_naming_the_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(default_model, "ASSETS", tmp_path / "empty")
-    with pytest.raises(CheckpointError, match=r"layout model .*layout-shapes\.safetensors"):
+    with pytest.raises(CheckpointError, match=r"layout demo needs the embedded file .*layout-shapes\.safetensors"):
         run_demo(tmp_path / "demo", task="layout", **FAST)
     assert not (tmp_path / "demo").exists()  # nothing written
     with pytest.raises(CheckpointError, match="none of the embedded task models"):
         run_demo(tmp_path / "demo", task="all", **FAST)
+
+
+def test_grounded_demo_without_the_planner_names_it(assets: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(default_model, "PLANNER_FILE", "not-there-planner.safetensors")
+    with pytest.raises(CheckpointError, match=r"grounded demo needs the embedded file .*not-there-planner"):
+        run_demo(tmp_path / "demo", task="grounded", **FAST)
 
 
 def test_wrong_model_for_task_is_an_error(assets: Path, monkeypatch, tmp_path: Path) -> None:

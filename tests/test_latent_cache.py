@@ -75,12 +75,12 @@ def test_a_cache_of_another_length_is_refused(first_stage, tmp_path) -> None:
 def test_inpaint_caches_the_masked_images_latents_too(first_stage, tmp_path) -> None:
     """Cached and per-step encoding give the same latents and the same 9-channel-style condition (1e-5: the encoder
     sees batches of another size)."""
-    from latent_diffusion.safe_load import read_state_dict
+    from latent_diffusion.safe_load import read_state_dict, save_safetensors_atomic
     from latent_diffusion.train.ldm_data import StepWindow
 
     inpaint = {"task": "inpaint", "model": {"conditioning_key": "hybrid", "unet": {"in_channels": 7}}}
     modules = []
-    for cache in (True, False):
+    for cache in (True, False, True):  # the second cached module reads the file the first wrote
         diffusion = {"cache_latents": True, "latent_cache_dir": str(tmp_path)} if cache else {}
         m = LatentDiffusionModule(LDMTrainConfig.from_dict({**tiny(diffusion=diffusion, **inpaint),
                                                             "first_stage_path": first_stage}))
@@ -90,11 +90,16 @@ def test_inpaint_caches_the_masked_images_latents_too(first_stage, tmp_path) -> 
         g = torch.Generator().manual_seed(0)
         z = m.latents(batch, g)
         modules.append((m, z, m.condition(batch, z, g)))
-    (cached, z1, c1), (_, z2, c2) = modules
+    (cached, z1, c1), (_, z2, c2), (_, z3, c3) = modules
     torch.testing.assert_close(z1, z2, atol=1e-5, rtol=0)
     torch.testing.assert_close(c1["c_concat"], c2["c_concat"], atol=1e-5, rtol=0)
+    assert torch.equal(z3, z1) and torch.equal(c3["c_concat"], c1["c_concat"])
     assert c1["c_concat"][:, 0].unique().tolist() == [0.0, 1.0]  # the mask channel
     stored = read_state_dict(latent_cache_file(cached.cfg, cached.first_stage_sha256), mmap=False)[0]
     assert set(stored) == {"latents", "masked_latents"}
     _module(first_stage, tmp_path)  # txt2img on the same data: its own file, without masked latents
     assert len(list(tmp_path.glob("latents-*.safetensors"))) == 2
+    path = latent_cache_file(cached.cfg, cached.first_stage_sha256)
+    save_safetensors_atomic({"latents": stored["latents"]}, path, overwrite=True)
+    with pytest.raises(ConfigError, match="holds no 'masked_latents' tensor; delete the file"):
+        LatentDiffusionModule(cached.cfg).setup("fit")

@@ -140,6 +140,15 @@ def test_train_export_and_load(tmp_path):
     assert "circle" in words and small.cond_stage_model.check_prompt("a red dragon") == ["dragon"]
 
 
+def test_a_fresh_or_resumed_run_drops_kept_models_of_steps_it_will_redo(tmp_path):
+    run = tmp_path / "run"
+    cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(run), "keep_epoch_models": True}))
+    train_ldm(cfg, progress=False, echo=False)
+    (run / "models" / "step-000006.safetensors").write_bytes(b"an older run's")  # not in this run's steps
+    train_ldm(cfg.replace_run(max_steps=2), progress=False, echo=False, force=True)
+    assert sorted(p.name for p in (run / "models").iterdir()) == ["step-000002.safetensors"]
+
+
 def test_log_rows_carry_the_window_mean_loss(tmp_path):
     rows = {}
     for every in (1, 2):

@@ -155,7 +155,8 @@ def _plot_rescaling(rows: list[dict], path: Path) -> None:
             ax.plot([r["step"] for r in rs], [100 * r[key] for r in rs], style, marker="o", label=name)
         axes[2].plot([r["step"] for r in rs if r["loss"] is not None], [r["loss"] for r in rs if r["loss"] is not None],
                      style, marker="o", label=name)
-    for ax, title in zip(axes, ("class accuracy (%), CFG 1", "class accuracy (%), CFG 3", "training loss (as logged: weighted ε MSE)")):
+    titles = ("class accuracy (%), CFG 1", "class accuracy (%), CFG 3", "training loss (as logged: weighted ε MSE)")
+    for ax, title in zip(axes, titles):
         ax.set_xlabel("training steps")
         ax.set_title(title)
         ax.legend(fontsize=7)

@@ -28,7 +28,7 @@ def kept_models(run_dir: Path, every: int) -> list[tuple[int, Path]]:
     if not chosen:
         have = [s for s, _ in found] or "none"
         raise LDMError(f"{run_dir}: no kept model at a multiple of {every} steps (kept: {have}); train it with "
-                       "run.keep_epoch_models: true, or pass an --every that divides run.epoch_steps")
+                       "run.keep_epoch_models: true, or pass an --every that is one of the kept steps or divides them")
     return chosen
 
 
@@ -45,11 +45,13 @@ def rescaling_sweep(runs: dict[str, str], *, every: int = 1000, n: int = 80,
                     cfg_scales: Sequence[float] = (1.0, 3.0), steps: int = 20, log: Any = print) -> list[dict]:
     from ..pipelines.pipeline import Pipeline
     from . import adapters as ad
-    from .judge import Judge
-    from .tasks import evaluate_class, heldout
+    from .findings import _judge_and_data
+    from .tasks import evaluate_class
 
+    if every < 1:
+        raise LDMError(f"--every must be >= 1 (steps), got {every}")
     models = {name: kept_models(Path(run), every) for name, run in runs.items()}  # every run checked before work
-    judge, data = Judge.load(None), heldout(n)
+    judge, data = _judge_and_data(n)
     rows = []
     for name, run in runs.items():
         for step, path in models[name]:

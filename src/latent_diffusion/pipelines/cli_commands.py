@@ -135,7 +135,8 @@ def add_generate_commands(sub: Any) -> None:
                         "| samples [| truth]), or all (every task whose embedded models are present)")
     d.add_argument("--out", default="out/demo", help="output folder (default ./out/demo; a new out/demo-N if taken)")
     d.add_argument("--n", type=int, default=4, help="images per prompt / condition")
-    d.add_argument("--rows", type=int, default=6, help="classes / held-out scenes per task other than txt2img and grounded")
+    d.add_argument("--rows", type=int, default=6,
+                   help="classes / held-out scenes per task other than txt2img and grounded")
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--cfg", type=float, default=None,
                    help="classifier-free guidance scale (default: the task's own: txt2img 5, grounded / class / "
@@ -257,7 +258,8 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
     if args.prompt is None:
         raise LDMError("txt2img needs --prompt TEXT (or --from-png IMAGE.png)")
     pipe = _pipeline(args)
-    args.height, args.width = args.height or pipe.text_size, args.width or pipe.text_size  # recorded in the PNG
+    args.height = pipe.text_size if args.height is None else args.height  # recorded in the PNG
+    args.width = pipe.text_size if args.width is None else args.width
     expected = getattr(args, "expected_hash", None)
     if expected and expected != pipe.model_hash:
         print(f"ldm: warning: {args.from_png} was made with model hash {expected}, but {args.ckpt} has hash "

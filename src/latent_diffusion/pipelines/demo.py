@@ -68,8 +68,9 @@ def resolve_tasks(task: str) -> tuple[list[tuple[str, Path]], list[tuple[str, Pa
     missing = [(t, next(p for p in fs if not p.is_file())) for t, fs in files.items()
                if not all(p.is_file() for p in fs)]
     if task != "all" and missing:
-        raise CheckpointError(f"the embedded {task} model {missing[0][1]} does not exist (not trained / not "
-                              "installed yet); `ldm demo --task all` runs the tasks whose models are present")
+        raise CheckpointError(f"the {task} demo needs the embedded file {missing[0][1]}, which does not exist (not "
+                              "trained / not installed yet); `ldm demo --task all` runs the tasks whose models are "
+                              "present")
     if not found:
         raise CheckpointError(f"none of the embedded task models exists in {default_model.ASSETS} "
                               f"(looked for {', '.join(dict.fromkeys(p.name for fs in files.values() for p in fs))})")
@@ -100,8 +101,9 @@ def run_demo(out: str | Path = "out/demo", *, prompts: tuple[str, ...] = DEMO_PR
 
     txt2img: rows = ``prompts``, ``grid.png``; grounded: rows = ``prompts`` (planned boxes | samples),
     ``grounded.png``; other tasks: ``rows`` classes / held-out scenes, ``<task>.png``.
-    ``cfg_scale=None``: each task's natural scale (txt2img 5, grounded / class / layout 3, the rest 1); tasks without guidance
-    always use 1. ``size``: the image (and ShapesWorld scene) size, default the embedded models' 64. Returns {"grid", "grids", "files", "skipped", "dir", "seconds"}."""
+    ``cfg_scale=None``: each task's natural scale (txt2img 5, grounded / class / layout 3, the rest 1); tasks
+    without guidance always use 1. ``size``: the image (and ShapesWorld scene) size, default the embedded models'
+    64. Returns {"grid", "grids", "files", "skipped", "dir", "seconds"}."""
     if n < 1 or not prompts or rows < 1:
         raise LDMError(f"demo needs n >= 1, rows >= 1 and at least one prompt, got n={n}, rows={rows}, "
                        f"{len(prompts)} prompts")
@@ -160,14 +162,14 @@ def _txt2img(pipe, target: Path, prompts: tuple[str, ...], n: int, steps: int, c
 def _grounded(pipe, target: Path, prompts: tuple[str, ...], n: int, steps: int, cfg_scale: float | None,
               sampler: str, seed: int, progress: bool, size: int) -> tuple[Path, list[Path], str]:
     """Each prompt's layout is planned alone from ``seed``, so a row is what ``ldm layout2img --prompt P --seed S
-    --n N --cfg C`` draws."""
+    --n N --steps STEPS --cfg C --sampler SAMPLER`` draws."""
     from .. import default_model
     from ..models.layout_planner import LayoutPlanner
     from ..train.grid import image_grid
     from .demo_tasks import render_layout, task_cfg
     from .grounded import plan_layouts
 
-    planner = LayoutPlanner.load(default_model.ASSETS / default_model.PLANNER_FILE)
+    planner = LayoutPlanner.load(default_model.planner_path())
     cfg = task_cfg("grounded", pipe, cfg_scale)
     rows, files = [], []
     for i, prompt in enumerate(prompts):

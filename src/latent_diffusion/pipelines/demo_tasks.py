@@ -30,8 +30,8 @@ from .images import tensor_to_pil
 SCENE_TASKS = ("layout", "semantic", "superres", "inpaint")  # rows = held-out scenes
 GUIDED = ("txt2img", "grounded", "class", "layout", "inpaint")  # tasks whose cfg scale the user may set
 # Pipeline.kind each task's model must have (grounded: the layout model that draws the planned boxes)
-TASK_KINDS = {"txt2img": ("text",), "grounded": ("layout",), "class": ("class",), "unconditional": ("uncond",), "layout": ("layout",),
-              "semantic": ("semantic",), "superres": ("concat",), "inpaint": ("inpaint", "text")}
+TASK_KINDS = {"txt2img": ("text",), "grounded": ("layout",), "class": ("class",), "unconditional": ("uncond",),
+              "layout": ("layout",), "semantic": ("semantic",), "superres": ("concat",), "inpaint": ("inpaint", "text")}
 DEFAULT_CFG = {"txt2img": 5.0, "grounded": 3.0, "class": 3.0, "layout": 3.0, "inpaint": 1.0}
 # one class of each shape, different colours: red circle, blue square, green triangle, yellow star, purple cross, ...
 DEMO_CLASSES = tuple(class_index(s, c) for s, c in [("circle", "red"), ("square", "blue"), ("triangle", "green"),

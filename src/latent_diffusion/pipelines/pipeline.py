@@ -258,7 +258,8 @@ class Pipeline:
         """``height`` / ``width`` default to ``text_size`` (512; 64 for the embedded ShapesWorld models)."""
         self._require("txt2img", "text", "inpaint")
         self._check_common(steps, sampler, cfg_scale, n)
-        height, width = height or self.text_size, width or self.text_size
+        height = self.text_size if height is None else height
+        width = self.text_size if width is None else width
         self._check_size(height, width)
         cond, uncond = self._text(prompt, negative_prompt, n, cfg_scale)
         if self.kind == "inpaint":  # whole image repainted: mask of ones, masked image all zero (gray)

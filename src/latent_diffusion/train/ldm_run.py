@@ -35,6 +35,7 @@ from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, config_value, diff_co
 
 CKPT = "checkpoints/last.ckpt"
 EXPORT = "model.safetensors"
+KEPT = "models"  # run.keep_epoch_models: models/step-NNNNNN.safetensors
 SAMPLE_PROMPTS = ("a red circle above a blue square", "a green triangle left of a yellow star",
                   "a purple cross below an orange circle", "a cyan square right of a pink triangle")
 
@@ -111,6 +112,28 @@ class JsonlLog:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
+def keep_model(src: Path, dst: Path) -> None:
+    """``dst`` becomes a copy of ``src`` atomically: a hard link (free; the next export replaces ``src`` by
+    ``os.replace``, so the link keeps this one), or a copy where links are not possible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def drop_kept_models(out_dir: Path, after: int) -> None:
+    """Remove the kept models of steps > ``after``: they belong to a run that is being started over (``after`` 0)
+    or to the part of a run after the checkpoint it resumes from."""
+    for p in (out_dir / KEPT).glob("step-*.safetensors"):
+        step = p.name.removeprefix("step-").removesuffix(".safetensors")
+        if step.isdigit() and int(step) > after:
+            p.unlink()
+
+
 class CheckpointEveryEpoch(L.Callback):
     """After every ``run.epoch_steps`` optimiser steps: Lightning checkpoint, exported model, a sample grid."""
 
@@ -125,8 +148,7 @@ class CheckpointEveryEpoch(L.Callback):
             export_model(module.model, self.out_dir / EXPORT, overwrite=True, metadata={"train_step": str(step)})
             r = module.cfg.run
             if r.keep_epoch_models:
-                (self.out_dir / "models").mkdir(exist_ok=True)
-                shutil.copyfile(self.out_dir / EXPORT, self.out_dir / "models" / f"step-{step:06d}.safetensors")
+                keep_model(self.out_dir / EXPORT, self.out_dir / KEPT / f"step-{step:06d}.safetensors")
             if r.sample_every_epoch and module.cfg.task == "txt2img":
                 try:  # a preview only: a failure here must never stop a training run
                     write_sample_grid(module.model, self.out_dir / "samples" / f"step-{step:06d}.png",
@@ -229,6 +251,7 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
         (out_dir / "log.jsonl").unlink(missing_ok=True)
     else:
         log.truncate_after(start)
+    drop_kept_models(out_dir, start)
     cfg.to_yaml(out_dir / "config.yaml")
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
