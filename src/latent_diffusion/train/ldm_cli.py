@@ -47,8 +47,9 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
     from .ldm_run import train_ldm
 
     cfg = LDMTrainConfig.from_yaml(args.config)
-    changes = {k: v for k, v in (("out_dir", args.out_dir), ("max_steps", args.max_steps), ("devices", args.devices),
-                                       ("seed", args.seed)) if v is not None}
+    overrides = (("out_dir", args.out_dir), ("max_steps", args.max_steps), ("devices", args.devices),
+                 ("seed", args.seed))
+    changes = {k: v for k, v in overrides if v is not None}
     if changes:
         cfg = cfg.replace_run(**changes)
     summary = train_ldm(cfg, resume=args.resume, force=args.force, export=args.export,
