@@ -11,19 +11,17 @@ schedule only, so runs that differ in scale factor alone are weighed alike).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import LDMError
 
-KEPT = re.compile(r"step-(\d+)\.safetensors")
-
 
 def kept_models(run_dir: Path, every: int) -> list[tuple[int, Path]]:
     """(step, file) of the run's kept models whose step is a multiple of ``every``, in step order."""
-    found = sorted((int(m.group(1)), p) for p in (run_dir / "models").glob("step-*.safetensors")
-                   if (m := KEPT.fullmatch(p.name)))
+    from ..train.ldm_run import kept_models as all_kept
+
+    found = all_kept(run_dir)
     chosen = [(s, p) for s, p in found if s % every == 0]
     if not chosen:
         have = [s for s, _ in found] or "none"
@@ -45,13 +43,13 @@ def rescaling_sweep(runs: dict[str, str], *, every: int = 1000, n: int = 80,
                     cfg_scales: Sequence[float] = (1.0, 3.0), steps: int = 20, log: Any = print) -> list[dict]:
     from ..pipelines.pipeline import Pipeline
     from . import adapters as ad
-    from .findings import _judge_and_data
+    from .findings import judge_and_heldout
     from .tasks import evaluate_class
 
     if every < 1:
         raise LDMError(f"--every must be >= 1 (steps), got {every}")
     models = {name: kept_models(Path(run), every) for name, run in runs.items()}  # every run checked before work
-    judge, data = _judge_and_data(n)
+    judge, data = judge_and_heldout(n)
     rows = []
     for name, run in runs.items():
         for step, path in models[name]:

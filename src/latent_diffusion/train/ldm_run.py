@@ -125,12 +125,25 @@ def keep_model(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def kept_model_path(out_dir: Path, step: int) -> Path:
+    return out_dir / KEPT / f"step-{step:06d}.safetensors"
+
+
+def kept_models(out_dir: Path) -> list[tuple[int, Path]]:
+    """(step, file) of the models ``run.keep_epoch_models`` kept in ``out_dir``, in step order."""
+    found = []
+    for p in (out_dir / KEPT).glob("step-*.safetensors"):
+        step = p.name.removeprefix("step-").removesuffix(".safetensors")
+        if step.isdigit():
+            found.append((int(step), p))
+    return sorted(found)
+
+
 def drop_kept_models(out_dir: Path, after: int) -> None:
     """Remove the kept models of steps > ``after``: they belong to a run that is being started over (``after`` 0)
     or to the part of a run after the checkpoint it resumes from."""
-    for p in (out_dir / KEPT).glob("step-*.safetensors"):
-        step = p.name.removeprefix("step-").removesuffix(".safetensors")
-        if step.isdigit() and int(step) > after:
+    for step, p in kept_models(out_dir):
+        if step > after:
             p.unlink()
 
 
@@ -148,7 +161,7 @@ class CheckpointEveryEpoch(L.Callback):
             export_model(module.model, self.out_dir / EXPORT, overwrite=True, metadata={"train_step": str(step)})
             r = module.cfg.run
             if r.keep_epoch_models:
-                keep_model(self.out_dir / EXPORT, self.out_dir / KEPT / f"step-{step:06d}.safetensors")
+                keep_model(self.out_dir / EXPORT, kept_model_path(self.out_dir, step))
             if r.sample_every_epoch and module.cfg.task == "txt2img":
                 try:  # a preview only: a failure here must never stop a training run
                     write_sample_grid(module.model, self.out_dir / "samples" / f"step-{step:06d}.png",
