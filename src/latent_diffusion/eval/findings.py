@@ -35,7 +35,8 @@ SAMPLERS = ("ddim", "plms", "dpmpp_2m")
 STEPS = (5, 10, 20, 50)
 
 
-def _judge_and_data(n: int) -> tuple[Any, dict]:
+def judge_and_heldout(n: int) -> tuple[Any, dict]:
+    """The committed judge and the first ``n`` held-out ShapesWorld scenes (``tasks.heldout``)."""
     from .judge import Judge
     from .tasks import heldout
 
@@ -50,7 +51,7 @@ def sampler_sweep(class_ckpt: str, uncond_ckpt: str, *, n_class: int = 80, n_unc
     from .distribution import DistributionMetrics
     from .tasks import evaluate_class, evaluate_uncond, heldout
 
-    judge, data = _judge_and_data(n_class)
+    judge, data = judge_and_heldout(n_class)
     metrics = DistributionMetrics(judge, heldout(max(n_uncond, 256), offset=100_000)["images"], seed=0)
     cls, unc = Pipeline.from_checkpoint(class_ckpt), Pipeline.from_checkpoint(uncond_ckpt)
     rows = []
@@ -84,7 +85,7 @@ def first_stage_sweep(runs: dict[str, str], *, n: int = 80, cfg_scales: Sequence
     from . import adapters as ad
     from .tasks import evaluate_class
 
-    judge, data = _judge_and_data(n)
+    judge, data = judge_and_heldout(n)
     rows = []
     for name, run in runs.items():
         run_dir = Path(run)

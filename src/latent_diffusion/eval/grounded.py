@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .adapters import SampleSettings, grounded_generator, layout_generator
-from .tasks import adherence, heldout
+from .tasks import adherence
 
 KEYS = ("adherence", "objects", "count", "relation")
 
@@ -29,9 +29,9 @@ def grounded_ceiling(layout_ckpt: str | None = None, *, planner: str | None = No
     ``planner``) on the planner's layouts for the captions."""
     from ..default_model import task_model_path
     from ..pipelines.pipeline import Pipeline
-    from .judge import Judge
+    from .findings import judge_and_heldout
 
-    judge, data = Judge.load(None), heldout(n)
+    judge, data = judge_and_heldout(n)
     rows = [_row("real scenes (judge)", None, adherence(judge, data["images"], data["captions"]), n)]
     pipe = Pipeline.from_checkpoint(layout_ckpt or task_model_path("layout"))
     s = SampleSettings(steps=steps, sampler="ddim", seed=seed)
