@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import linear
+
 GEMM_MAX_PIXELS = 16 * 16  # input pixels per image; measured: GEMM faster at ≤ 16×16, oneDNN at ≥ 32×32
 
 
@@ -33,7 +35,7 @@ def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         patches = torch.cat([padded[:, i:i + stride * (h_out - 1) + 1:stride, j:j + stride * (w_out - 1) + 1:stride]
                              for i in range(k) for j in range(k)], dim=-1)  # (B, H', W', k·k·C), (i, j, c) order
     w2 = weight.permute(0, 2, 3, 1).reshape(o, k * k * c)  # (O, k·k·C): free for a channels_last weight
-    out = F.linear(patches.reshape(-1, k * k * c), w2, bias)  # (B·H'·W', O)
+    out = linear(patches.reshape(-1, k * k * c), w2, bias)  # (B·H'·W', O); oneDNN in fp32 inference
     return out.view(b, h_out, w_out, o).permute(0, 3, 1, 2)  # (B, O, H', W'), channels_last memory
 
 

@@ -1,0 +1,66 @@
+"""``Linear`` that runs on oneDNN for fp32 inference on CPU (keys and numerics of ``nn.Linear``), optionally with
+GELU fused into the GEMM.
+
+torch's fp32 ``F.linear`` on CPU goes to MKL. On an AMD EPYC (Zen4) oneDNN's matmul
+(``torch.ops.mkldnn._linear_pointwise``, the kernel Inductor emits for CPU linears) ran the SD UNet's GEMM shapes —
+(8192, 320) → 1280, (2048, 640) → 2560, (512, 11520) → 1280, ... — 1.15–1.8× faster than MKL, at the rate oneDNN's
+convolutions reach on that machine (``bench/linear_kernels.py`` prints the table for the machine at hand). The
+Linear layers and the GEMM-lowered small convolutions are ~40 % of a 64² UNet call; this took our fp32 call from
+0.99 to 0.79 of diffusers' time (docs/performance.md). oneDNN also applies GELU as the GEMM writes its output (a
+"post-op"), which saves a pass over the (tokens, 4·C) GEGLU gate.
+
+The op has no autograd formula, so it is taken only when no gradient is wanted (sampling, evaluation); training,
+bf16 autocast (where torch already calls oneDNN) and other devices use ``F.linear``. ``onednn_linear(False)``
+turns it off, e.g. to compare against the plain path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_enabled = True
+
+
+@contextlib.contextmanager
+def onednn_linear(enabled: bool) -> Iterator[None]:
+    """Within the block, the oneDNN path is taken (where it applies) or not; restores the previous setting."""
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def _takes_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    if not (AVAILABLE and _enabled and x.device.type == "cpu" and x.dim() >= 2):
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    wants_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    return not (torch.is_grad_enabled() and wants_grad)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           gelu: bool = False) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, then exact (erf) GELU if ``gelu``. x: (..., in) -> (..., out)."""
+    if _takes_onednn(x, weight, bias):
+        attr, algorithm = ("gelu", "none") if gelu else ("none", "")
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
+    out = F.linear(x, weight, bias)
+    return F.gelu(out) if gelu else out
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) on oneDNN for fp32 CPU inference."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
