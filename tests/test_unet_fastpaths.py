@@ -78,3 +78,37 @@ def test_layout_switch_inside_inference_mode_leaves_trainable_weights():
     unet(x, t, context=ctx).square().mean().backward()
     assert all(p.grad is not None for p in unet.parameters())
     assert unet.input_blocks[0][0].weight.is_contiguous()  # training runs NCHW (faster backward on CPU)
+
+
+def test_gemm_lowered_conv_casts_its_weight_once_inside_cache_weight_casts():
+    """Under bf16 autocast a GEMM-lowered conv re-casts its weight view on every call, except inside
+    ``cache_weight_casts`` (entered by the sampling loop): one cast per weight, redone when the weight changes in
+    place, dropped at the end of the block; the outputs are those of the uncached path, bit for bit."""
+    from latent_diffusion.models import conv as conv_mod
+
+    torch.manual_seed(0)
+    conv = conv_mod.Conv2d(8, 6, 3, padding=1)
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert conv._lower_to_gemm(x)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        ref = conv(x)
+        assert conv_mod._weight_casts is None
+        with conv_mod.cache_weight_casts():
+            first, second = conv(x), conv(x)
+            assert len(conv_mod._weight_casts) == 1
+            cast = next(iter(conv_mod._weight_casts.values()))[-1]
+            assert cast.dtype == torch.bfloat16 and cast.shape == (6, 72)
+            conv(x)
+            assert next(iter(conv_mod._weight_casts.values()))[-1] is cast  # reused, not re-cast
+            conv.weight.mul_(2.0)  # changed in place: cast again
+            doubled = conv(x)
+            assert next(iter(conv_mod._weight_casts.values()))[-1] is not cast
+        assert conv_mod._weight_casts is None
+        conv.weight.mul_(0.5)
+    torch.testing.assert_close(first, ref, rtol=0, atol=0)
+    torch.testing.assert_close(second, ref, rtol=0, atol=0)
+    bias = conv.bias.to(torch.bfloat16).float().view(1, -1, 1, 1)
+    torch.testing.assert_close(doubled.float() - bias, 2 * (ref.float() - bias), rtol=0.02, atol=0.05)
+    with conv_mod.cache_weight_casts(), torch.autocast("cpu", torch.bfloat16):  # training: nothing cached
+        conv(x).float().sum().backward()
+        assert conv_mod._weight_casts == {}

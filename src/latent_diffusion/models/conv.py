@@ -10,6 +10,9 @@ the channels_last weight viewed as (O, 9·C), both views free — the same conv 
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,14 +21,54 @@ from .linear import linear
 
 GEMM_MAX_PIXELS = 16 * 16  # input pixels per image; measured: GEMM faster at ≤ 16×16, oneDNN at ≥ 32×32
 
+# id(weight) -> (weight, version, data_ptr, dtype, the (O, k·k·C) weight in dtype); None outside cache_weight_casts
+_weight_casts: dict[int, tuple[torch.Tensor, int, int, torch.dtype, torch.Tensor]] | None = None
+
+
+@contextlib.contextmanager
+def cache_weight_casts() -> Iterator[None]:
+    """Within the block, a GEMM-lowered conv under autocast casts its weight to the autocast dtype once and reuses
+    the copy, as autocast's own cache does for the weights its ops take directly: the lowered conv hands the GEMM
+    an (O, k·k·C) view of the weight, which autocast does not cache, so a sampling loop re-cast ~475M SD UNet
+    weights at every step. The copies are dropped when the outermost block ends; a weight changed in place is cast
+    again. Meant for sampling (no gradients): where a weight wants a gradient, nothing is cached."""
+    global _weight_casts
+    outermost = _weight_casts is None
+    if outermost:
+        _weight_casts = {}
+    try:
+        yield
+    finally:
+        if outermost:
+            _weight_casts = None
+
+
+def _gemm_weight(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """weight (O, C, k, k) -> (O, k·k·C) in ``dtype`` (None: as it is; a free view of a channels_last weight)."""
+    o = weight.shape[0]
+    w2 = weight.permute(0, 2, 3, 1).reshape(o, -1)
+    if dtype is None or dtype == weight.dtype:
+        return w2
+    cache = _weight_casts
+    if cache is None or (torch.is_grad_enabled() and weight.requires_grad):
+        return w2.to(dtype)
+    key = (weight, weight._version, weight.data_ptr(), dtype)
+    hit = cache.get(id(weight))
+    if hit is not None and hit[0] is weight and hit[1:4] == key[1:]:
+        return hit[4]
+    cast = w2.to(dtype)
+    cache[id(weight)] = (*key, cast)
+    return cast
+
 
 def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
                    padding: int) -> torch.Tensor:
     """x: (B, C, H, W) in channels_last memory; weight: (O, C, k, k) -> (B, O, H', W'), channels_last memory."""
     b, c, h, w = x.shape
     o, _, k, _ = weight.shape
-    if torch.is_autocast_enabled(x.device.type):  # build the patches in the GEMM's dtype, not in fp32
-        x = x.to(torch.get_autocast_dtype(x.device.type))
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+    if dtype is not None:  # build the patches in the GEMM's dtype, not in fp32
+        x = x.to(dtype)
     nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C), a view of channels_last memory
     h_out, w_out = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
     if k == 1 and padding == 0:
@@ -34,7 +77,7 @@ def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         padded = F.pad(nhwc, (0, 0, padding, padding, padding, padding))  # (B, H+2p, W+2p, C)
         patches = torch.cat([padded[:, i:i + stride * (h_out - 1) + 1:stride, j:j + stride * (w_out - 1) + 1:stride]
                              for i in range(k) for j in range(k)], dim=-1)  # (B, H', W', k·k·C), (i, j, c) order
-    w2 = weight.permute(0, 2, 3, 1).reshape(o, k * k * c)  # (O, k·k·C): free for a channels_last weight
+    w2 = _gemm_weight(weight, dtype)  # (O, k·k·C) in the (i, j, c) order of the patches
     out = linear(patches.reshape(-1, k * k * c), w2, bias)  # (B·H'·W', O); oneDNN in fp32 inference
     return out.view(b, h_out, w_out, o).permute(0, 3, 1, 2)  # (B, O, H', W'), channels_last memory
 

@@ -60,6 +60,7 @@ class FastPaths:
 def sampling_context(model: Any, fast: FastPaths, device: torch.device) -> Iterator[None]:
     """Around one sampling run: autocast, and the UNet swapped for its DeepCache / compiled form, restored after."""
     from ..models.attention import set_attention_slice
+    from ..models.conv import cache_weight_casts
     from ..models.deepcache import DeepCacheUNet
 
     wrapper = model.model  # DiffusionWrapper: calls self.diffusion_model(x, t, context=..., y=...)
@@ -75,7 +76,10 @@ def sampling_context(model: Any, fast: FastPaths, device: torch.device) -> Itera
         set_attention_slice(unet, fast.attention_slice)
     wrapper.diffusion_model = runner
     try:
-        with torch.autocast(device.type, torch.bfloat16, enabled=fast.precision == "bf16"):
+        bf16 = fast.precision == "bf16"
+        # autocast casts each weight its ops take once per run; cache_weight_casts does so for the GEMM-lowered convs
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16), \
+                cache_weight_casts() if bf16 else contextlib.nullcontext():
             yield
     finally:
         wrapper.diffusion_model = unet
