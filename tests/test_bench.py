@@ -73,3 +73,33 @@ def test_sd15_unet_shape_is_the_yaml_one() -> None:
     from latent_diffusion.config import DiffusionConfig
 
     assert DiffusionConfig.from_yaml(Path(__file__).parent / "data" / "v1-inference.yaml").unet == SD15_UNET
+
+
+def test_device_option_errors_are_clear(tmp_path, capsys, monkeypatch) -> None:
+    """--device: a bad name, a CUDA device this machine lacks, and a CPU-only case on a GPU are clear errors."""
+    import torch
+
+    assert main(["bench", "unet", "--quick", "--device", "tpu", "--out", str(tmp_path)]) == 2
+    assert "cpu or cuda" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "unet", "--quick", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert main(["bench", "unet", "vae", "--quick", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "vae" in err and "CPU only" in err and "unet" in err
+    assert not (tmp_path / "bench-results.json").exists()
+
+
+def test_unet_modes_and_table_with_gpu_memory() -> None:
+    """The CUDA modes (fp32, fp16, bf16 autocast) and the peak-memory column the table gets from a GPU run."""
+    from latent_diffusion.bench import unet
+
+    assert [(m.name, m.precision) for m in unet.CUDA_MODES] == [("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16")]
+    assert all(m.compiled for m in unet.COMPILED_MODES)
+    row = {"case": "64x64 fp16", "ours_s": 0.05, "diffusers_s": 0.06, "ratio": 0.05 / 0.06, "gflop_per_call": 1607,
+           "gflops": {"ours": 3.2e4, "diffusers": 2.7e4}, "peak_fraction": {"ours": 0.04, "diffusers": 0.03},
+           "max_abs_err": 1e-3, "peak_memory_gib": {"ours": 0.81, "diffusers": 0.93}}
+    text = unet.table([row])
+    assert "peak GiB ours / diffusers" in text.splitlines()[0] and "0.81 / 0.93" in text
+    assert "peak GiB" not in unet.table([{k: v for k, v in row.items() if k != "peak_memory_gib"}])

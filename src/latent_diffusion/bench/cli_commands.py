@@ -21,6 +21,10 @@ def add_bench_commands(sub: Any) -> None:
                    help="keep timing rounds that other processes disturbed (default: rerun them, up to 5 tries)")
     b.add_argument("--vae-latent", type=int, default=None, metavar="N",
                    help="vae case: decode N² latents (image 8N²; default 64, i.e. 512²; --quick: 16)")
+    b.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda[:N]: on a GPU the unet case runs fp32, fp16 and bf16 autocast")
+    b.add_argument("--compile", action="store_true",
+                   help="unet case: also a torch.compile mode for both models (slow to compile on a CPU)")
     b.set_defaults(func=_cmd_bench)
 
 
@@ -28,5 +32,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .runner import run_bench
 
     run_bench(args.cases, out=args.out, quick=args.quick, repeats=args.repeats, threads=args.threads,
-              plots=not args.no_plots, rerun=not args.no_rerun, vae_latent=args.vae_latent)
+              plots=not args.no_plots, rerun=not args.no_rerun, vae_latent=args.vae_latent, device=args.device,
+              compile=args.compile)
     return 0

@@ -47,31 +47,59 @@ def cpu_flags() -> tuple[str, set[str]]:
     return cpu.get("model name", platform.processor()), set(cpu.get("flags", "").split())
 
 
-def machine_info() -> dict:
-    """CPU model, the ISA flags that matter for bf16 (avx512_bf16, amx_*), torch version and threads."""
+def machine_info(device: str = "cpu") -> dict:
+    """CPU model, the ISA flags that matter for bf16 (avx512_bf16, amx_*), torch version and threads; on a CUDA
+    ``device`` also the GPU's name, memory and CUDA version."""
     model, flags = cpu_flags()
     env = {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "KMP_", "MALLOC_", "GOMP_", "LD_PRELOAD"))}
-    return {"cpu": model, "isa": {f: f in flags for f in ISA_FLAGS}, "logical_cpus": os.cpu_count(),
+    info = {"cpu": model, "isa": {f: f in flags for f in ISA_FLAGS}, "logical_cpus": os.cpu_count(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "mkldnn": torch.backends.mkldnn.is_available(), "env": env, "python": platform.python_version()}
+            "mkldnn": torch.backends.mkldnn.is_available(), "env": env, "python": platform.python_version(),
+            "device": str(device)}
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = {"name": props.name, "memory_gib": props.total_memory / 2**30,
+                       "multiprocessors": props.multi_processor_count, "cuda": torch.version.cuda}
+    return info
 
 
 def machine_line(info: dict) -> str:
     isa = " ".join(k for k, v in info["isa"].items() if v) or "none of " + ", ".join(ISA_FLAGS)
-    return (f"CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs)  ISA: {isa}\n"
+    line = (f"CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs)  ISA: {isa}\n"
             f"torch {info['torch']}, {info['threads']} threads, mkldnn={info['mkldnn']}")
+    if "gpu" in info:
+        gpu = info["gpu"]
+        line += (f"\nGPU ({info['device']}): {gpu['name']}, {gpu['memory_gib']:.0f} GiB, "
+                 f"{gpu['multiprocessors']} SMs, CUDA {gpu['cuda']}")
+    return line
 
 
-def gemm_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """Measured GFLOP/s of an n³ matmul, fp32 and bf16 (best of ``repeats`` after one warm-up): the better of
-    ``torch.mm`` (MKL for fp32 on x86) and oneDNN's matmul, which our fp32 inference Linear layers call
-    (``models/linear.py``) and which beat MKL by ~1.4× on an AMD EPYC. Also keyed ``{dtype}_mm`` and
-    ``{dtype}_onednn`` (0.0 where this torch has no oneDNN)."""
+def synchronized(fn: Callable[[], object], device: str | torch.device) -> Callable[[], object]:
+    """``fn`` that returns only when the device has finished its work (CUDA kernels run asynchronously); as is on
+    the CPU."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def call() -> object:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+    return call
+
+
+def gemm_peak(n: int = 2048, repeats: int = 10, device: str = "cpu") -> dict[str, float]:
+    """Measured GFLOP/s of an n³ matmul, fp32 and bf16 (best of ``repeats`` after one warm-up). On the CPU: the
+    better of ``torch.mm`` (MKL for fp32 on x86) and oneDNN's matmul, which our fp32 inference Linear layers call
+    (``models/linear.py``) and which beat MKL by ~1.4× on an AMD EPYC; also keyed ``{dtype}_mm`` and
+    ``{dtype}_onednn`` (0.0 where this torch has no oneDNN). On a CUDA device: ``torch.mm`` (cuBLAS; fp32 without
+    TF32, torch's default) for fp32, bf16 and fp16."""
     out = {}
-    for name, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        fns = {"mm": lambda: torch.mm(a, b)}
-        if linear.AVAILABLE:
+    on_cuda = torch.device(device).type == "cuda"
+    dtypes = [("fp32", torch.float32), ("bf16", torch.bfloat16)] + ([("fp16", torch.float16)] if on_cuda else [])
+    for name, dtype in dtypes:
+        a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+        fns = {"mm": synchronized(lambda: torch.mm(a, b), device)}
+        if linear.AVAILABLE and not on_cuda:
             fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
         with torch.inference_mode():
             times, _ = interleaved_times(fns, repeats)

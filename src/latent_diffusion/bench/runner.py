@@ -16,6 +16,7 @@ from . import common
 from .common import SCHEMA, gemm_peak, machine_info, machine_line
 
 CASES = ("unet", "vae", "pipeline", "samplers", "train", "fastpaths")
+CUDA_CASES = ("unet",)  # the cases that take --device cuda; the others are CPU benchmarks
 DEFAULT_CASES = ("unet", "vae", "samplers", "train", "fastpaths", "pipeline")
 
 
@@ -32,11 +33,14 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-results", quick: bool = False,
               repeats: int | None = None, threads: int | None = None, plots: bool = True, rerun: bool = True,
-              vae_latent: int | None = None, log: Callable[[str], None] = print) -> dict:
+              vae_latent: int | None = None, device: str = "cpu", compile: bool = False,
+              log: Callable[[str], None] = print) -> dict:
     """Run ``cases`` (default: all), write ``out/bench-results.json`` (+ PNGs unless ``plots=False``), return the
     report. ``quick``: tiny shapes, one thread, one repeat — a smoke test of every case and of the schema.
     ``rerun``: rerun timing rounds other processes disturbed (off in quick mode; off on a machine that is never
-    quiet, where the interleaving alone keeps the ratios fair). ``vae_latent``: latent side of the vae case."""
+    quiet, where the interleaving alone keeps the ratios fair). ``vae_latent``: latent side of the vae case.
+    ``device``: "cpu" (default) or a CUDA device for the cases in ``CUDA_CASES``; ``compile``: add a
+    ``torch.compile`` mode to the unet case."""
     cases = list(cases or DEFAULT_CASES)
     bad = [c for c in cases if c not in CASES]
     if bad:
@@ -45,21 +49,25 @@ def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-result
         raise LDMError(f"vae_latent must be an integer >= 8 (latent pixels per side), got {vae_latent!r}")
     if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
         raise LDMError(f"repeats must be a positive integer, got {repeats!r}")
+    device = _check_device(device, cases)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LDMError(f"--out must be a folder, but {out} is a file")
     common.RERUN_DISTURBED = rerun and not quick
     with _threads(threads or (1 if quick else None)):
-        info = machine_info()
+        info = machine_info(device)
         log(machine_line(info))
-        peak = gemm_peak(256, 2) if quick else gemm_peak()
-        log(f"GEMM peak ({'256' if quick else '2048'}³): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+        n = (256 if quick else 2048) * (4 if device.startswith("cuda") else 1)
+        peak = gemm_peak(n, 2 if quick else 10, device)
+        log(f"GEMM peak ({n}³): " + ", ".join(f"{k} {peak[k]:.0f}" for k in ("fp32", "bf16", "fp16") if k in peak)
+            + " GFLOP/s")
         report = {"schema": SCHEMA, "quick": quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": info,
                   "gemm_peak_gflops": peak, "cases": {}}
         for case in cases:
             module = importlib.import_module(f".{case}", __package__)
             t0 = time.perf_counter()
-            section = module.run(quick=quick, repeats=repeats, peak=peak, log=log, vae_latent=vae_latent)
+            section = module.run(quick=quick, repeats=repeats, peak=peak, log=log, vae_latent=vae_latent,
+                                 device=device, compile=compile)
             section["wall_s"] = time.perf_counter() - t0
             report["cases"][case] = section
     out.mkdir(parents=True, exist_ok=True)
@@ -75,10 +83,31 @@ def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-result
     return report
 
 
+def _check_device(device: str, cases: list[str]) -> str:
+    """``device`` as torch spells it, after checking that it exists here and that every case can run on it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise LDMError(f"--device must be cpu or cuda[:N], got {device!r}") from e
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise LDMError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if not torch.cuda.is_available():
+        raise LDMError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU here; "
+                       "run on a machine with one, or leave --device out for the CPU benchmarks")
+    cpu_only = [c for c in cases if c not in CUDA_CASES]
+    if cpu_only:
+        raise LDMError(f"bench case(s) {', '.join(cpu_only)} run on the CPU only; on {device} run: "
+                       f"{', '.join(CUDA_CASES)}")
+    return str(dev)
+
+
 def markdown_report(report: dict) -> str:
     info, peak = report["machine"], report["gemm_peak_gflops"]
+    peaks = ", ".join(f"{k} {peak[k]:.0f}" for k in ("fp32", "bf16", "fp16") if k in peak)
     parts = [f"# ldm bench{' (--quick)' if report['quick'] else ''}", "", "```", machine_line(info), "```", "",
-             f"Measured GEMM peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s", ""]
+             f"Measured GEMM peak: {peaks} GFLOP/s", ""]
     for case, section in report["cases"].items():
         parts += [f"## {case}", "", section["table"], ""]
     return "\n".join(parts)

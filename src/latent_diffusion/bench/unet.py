@@ -10,14 +10,14 @@ processes are rerun. FLOPs: ``torch.utils.flop_counter``; GEMM peak: best 2048³
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
 from ..config import UNetConfig, to_dict
 from ..models.unet import UNetModel
-from .common import count_flops, interleaved_times, markdown, median, require_diffusers
+from .common import count_flops, interleaved_times, markdown, median, require_diffusers, synchronized
 
 # The SD1.5 UNet (v1-inference.yaml's unet_config); tests check it against the YAML.
 SD15_UNET = UNetConfig(in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
@@ -31,31 +31,45 @@ TINY_UNET = UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel
 
 @dataclass(frozen=True)
 class Mode:
-    """How a case runs: fp32 or bf16 autocast; memory format of weights and activations; and cached casts: one
-    no_grad + autocast context around warm-up and repeats, as a sampling loop can hold, so that autocast's cast
-    cache turns each fp32 weight into bf16 once, not on every call (inference_mode turns that cache off)."""
+    """How a case runs: fp32, or autocast to ``amp`` ("bf16" / "fp16"); memory format of weights and activations;
+    cached casts: one no_grad + autocast context around warm-up and repeats, as a sampling loop can hold, so that
+    autocast's cast cache turns each fp32 weight into bf16 once, not on every call (inference_mode turns that cache
+    off); ``compiled``: both models through ``torch.compile`` (compiled during the warm-up call)."""
 
     name: str
-    bf16: bool = False
+    amp: str | None = None
     channels_last: bool = False
     cached_casts: bool = False
+    compiled: bool = False
+
+    @property
+    def precision(self) -> str:
+        """The GEMM peak this mode is measured against: "fp32", "bf16" or "fp16"."""
+        return self.amp or "fp32"
+
+    def _autocast(self, device_type: str, enabled: bool):  # noqa: ANN202 - a context manager
+        dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
+        return torch.autocast(device_type, dtype=dtype, enabled=enabled)
 
     @contextlib.contextmanager
-    def outer(self):
+    def outer(self, device_type: str = "cpu"):
         """Around warm-up and repeats: no_grad + autocast for the cached-casts mode, nothing otherwise."""
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cached_casts):
+        with torch.no_grad(), self._autocast(device_type, self.cached_casts):
             yield
 
     @contextlib.contextmanager
-    def per_call(self):
+    def per_call(self, device_type: str = "cpu"):
         """Around each call; with cached casts, the inner autocast leaves the outer one's cache alone."""
-        with torch.inference_mode(not self.cached_casts), torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+        with torch.inference_mode(not self.cached_casts), self._autocast(device_type, self.amp is not None):
             yield
 
 
-MODES = [Mode("fp32"), Mode("bf16", bf16=True)]
-EXTRA_MODES = [Mode("fp32 channels_last", channels_last=True), Mode("bf16 channels_last", True, channels_last=True),
-               Mode("bf16 cached casts", bf16=True, cached_casts=True)]
+MODES = [Mode("fp32"), Mode("bf16", amp="bf16")]
+EXTRA_MODES = [Mode("fp32 channels_last", channels_last=True), Mode("bf16 channels_last", "bf16", channels_last=True),
+               Mode("bf16 cached casts", "bf16", cached_casts=True)]
+# On a CUDA device: SDPA picks flash / memory-efficient kernels itself; fp16 is the GPU's usual precision
+CUDA_MODES = [Mode("fp32"), Mode("fp16", amp="fp16"), Mode("bf16", amp="bf16")]
+COMPILED_MODES = [Mode("bf16 compiled", amp="bf16", compiled=True)]
 
 
 def seeded_unet(cfg: UNetConfig = SD15_UNET, seed: int = 0) -> UNetModel:
@@ -96,67 +110,110 @@ def inputs(cfg: UNetConfig, size: int, batch: int = 2, seed: int = 1) -> tuple[t
 
 
 def callers(ours, ref, x, t, ctx, mode: Mode) -> dict[str, Callable[[], torch.Tensor]]:
-    """Zero-argument forward calls for both models, each inside ``mode``'s per-call contexts."""
+    """Zero-argument forward calls for both models, each inside ``mode``'s per-call contexts, returning only when
+    the device is done."""
+    device = x.device
+    if mode.compiled:
+        ours, ref = _compiled(ours), _compiled(ref)
+
     def wrap(fn):
         def call():
-            with mode.per_call():
+            with mode.per_call(device.type):
                 return fn()
-        return call
+        return synchronized(call, device)
 
     return {"ours": wrap(lambda: ours(x, t, context=ctx)),
             "diffusers": wrap(lambda: ref(x, t, encoder_hidden_states=ctx).sample)}
 
 
+def _compiled(model: torch.nn.Module):  # noqa: ANN202 - a compiled module
+    """``torch.compile`` of ``model``, kept on it so that every size reuses it."""
+    if "_bench_compiled" not in model.__dict__:
+        model.__dict__["_bench_compiled"] = torch.compile(model)
+    return model.__dict__["_bench_compiled"]
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
+    """GiB a call allocates on a CUDA device at its peak, over what was allocated before it."""
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**30
+
+
 def run_case(ours, ref, size: int, mode: Mode, repeats: int, peak: dict[str, float]) -> dict:
+    device = next(ours.parameters()).device
     fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
     for model in (ours, ref):
         model.to(memory_format=fmt)  # in place; changes only the conv weights' strides
-    x, t, ctx = inputs(ours.cfg, size)
+    x, t, ctx = (v.to(device) for v in inputs(ours.cfg, size))
     fns = callers(ours, ref, x.contiguous(memory_format=fmt), t, ctx, mode)
-    with mode.outer():
-        out = {k: fn().float() for k, fn in fns.items()}
-        flops = count_flops(fns["ours"])
+    with mode.outer(device.type):
+        out = {k: fn().float() for k, fn in fns.items()}  # on CUDA with `compiled`, this call compiles
+        eager = callers(ours, ref, x.contiguous(memory_format=fmt), t, ctx, replace(mode, compiled=False))
+        flops = count_flops(eager["ours"])  # the same math compiled or not; counted on the eager module
         times, discarded = interleaved_times(fns, repeats)
+        memory = {k: peak_memory(fn, device) for k, fn in fns.items()} if device.type == "cuda" else None
     med = {k: median(v) for k, v in times.items()}
     gflops = {k: flops / v / 1e9 for k, v in med.items()}
-    return {
+    result = {
         "case": f"{size}x{size} {mode.name}", "size": size, "mode": mode.name, "repeats": repeats,
-        "discarded_rounds": discarded,
+        "device": str(device), "discarded_rounds": discarded,
         "ours_s": med["ours"], "diffusers_s": med["diffusers"], "ratio": med["ours"] / med["diffusers"],
         "min_s": {k: min(v) for k, v in times.items()}, "times": times, "gflop_per_call": flops / 1e9,
-        "gflops": gflops, "peak_fraction": {k: v / peak["bf16" if mode.bf16 else "fp32"] for k, v in gflops.items()},
+        "gflops": gflops, "peak_fraction": {k: v / peak[mode.precision] for k, v in gflops.items()},
         "max_abs_err": (out["ours"] - out["diffusers"]).abs().max().item(),
         "ref_max_abs": out["diffusers"].abs().max().item(),
     }
+    if memory is not None:
+        result["peak_memory_gib"] = memory
+    return result
 
 
 def table(results: list[dict]) -> str:
+    with_memory = any("peak_memory_gib" in r for r in results)
     rows = []
     for r in results:
         g, p = r["gflops"], r["peak_fraction"]
-        rows.append([r["case"], f"{r['ours_s']:.3f}", f"{r['diffusers_s']:.3f}", f"**{r['ratio']:.3f}**",
-                     f"{r['gflop_per_call']:.0f}", f"{g['ours']:.0f} ({p['ours']:.0%})",
-                     f"{g['diffusers']:.0f} ({p['diffusers']:.0%})", f"{r['max_abs_err']:.1e}"])
+        row = [r["case"], f"{r['ours_s']:.3f}", f"{r['diffusers_s']:.3f}", f"**{r['ratio']:.3f}**",
+               f"{r['gflop_per_call']:.0f}", f"{g['ours']:.0f} ({p['ours']:.0%})",
+               f"{g['diffusers']:.0f} ({p['diffusers']:.0%})", f"{r['max_abs_err']:.1e}"]
+        if with_memory:
+            m = r.get("peak_memory_gib")
+            row.append(f"{m['ours']:.2f} / {m['diffusers']:.2f}" if m else "")
+        rows.append(row)
     return markdown(["case", "ours s", "diffusers s", "ours/diffusers", "GFLOP/call", "ours GFLOP/s (% peak)",
-                     "diffusers GFLOP/s (% peak)", "max abs err"], rows)
+                     "diffusers GFLOP/s (% peak)", "max abs err"] + (["peak GiB ours / diffusers"] if with_memory
+                                                                      else []), rows)
 
 
 def run(*, quick: bool, peak: dict[str, float], repeats: int | None = None, extras: bool = False,
-        sizes: list[int] | None = None, log: Callable[[str], None] = print, **_) -> dict:
-    """The ``unet`` case; returns its JSON section (``results``, ``table``, ``plot_data``)."""
+        sizes: list[int] | None = None, log: Callable[[str], None] = print, device: str = "cpu",
+        compile: bool = False, **_) -> dict:
+    """The ``unet`` case; returns its JSON section (``results``, ``table``, ``plot_data``). On a CUDA ``device`` the
+    modes are fp32, fp16 and bf16 autocast (and bf16 compiled with ``compile``), with peak memory per call."""
     cfg = TINY_UNET if quick else SD15_UNET
     sizes = sizes or ([8] if quick else [64, 32])
     repeats = repeats or (1 if quick else 7)
+    on_cuda = torch.device(device).type == "cuda"
+    modes = (CUDA_MODES if on_cuda else MODES) + (EXTRA_MODES if extras and not on_cuda else [])
+    modes += COMPILED_MODES if compile else []
     ours = seeded_unet(cfg)
     ref = diffusers_twin(ours)
+    ours, ref = ours.to(device), ref.to(device)
     results = []
     for size in sizes:
-        for mode in MODES + (EXTRA_MODES if extras else []):
+        for mode in modes:
             r = run_case(ours, ref, size, mode, repeats, peak)
             results.append(r)
+            memory = r.get("peak_memory_gib")
+            memory = f"  peak GiB {memory['ours']:.2f} / {memory['diffusers']:.2f}" if memory else ""
             log(f"  unet {r['case']}: ours {r['ours_s']:.3f}s  diffusers {r['diffusers_s']:.3f}s  "
-                f"ratio {r['ratio']:.3f}  err {r['max_abs_err']:.1e} (|ref| ≤ {r['ref_max_abs']:.1f})")
-    return {"setup": {"unet": to_dict(cfg), "batch": 2, "context": [2, 77, cfg.context_dim], "repeats": repeats},
+                f"ratio {r['ratio']:.3f}  err {r['max_abs_err']:.1e} (|ref| ≤ {r['ref_max_abs']:.1f}){memory}")
+    return {"setup": {"unet": to_dict(cfg), "batch": 2, "context": [2, 77, cfg.context_dim], "repeats": repeats,
+                      "device": str(device)},
             "results": results, "table": table(results)}
 
 
