@@ -103,3 +103,16 @@ def test_unet_modes_and_table_with_gpu_memory() -> None:
     text = unet.table([row])
     assert "peak GiB ours / diffusers" in text.splitlines()[0] and "0.81 / 0.93" in text
     assert "peak GiB" not in unet.table([{k: v for k, v in row.items() if k != "peak_memory_gib"}])
+
+
+def test_unet_case_runs_the_gpu_modes_on_the_cpu(monkeypatch) -> None:
+    """The GPU mode list (fp16 included) through the whole unet case, on the CPU and the tiny UNet: what a CUDA run
+    does apart from synchronising and reading GPU memory."""
+    from latent_diffusion.bench import unet
+
+    monkeypatch.setattr(unet, "MODES", unet.CUDA_MODES)
+    section = unet.run(quick=True, peak={"fp32": 1.0, "bf16": 1.0, "fp16": 1.0}, log=lambda _: None)
+    results = {r["mode"]: r for r in section["results"]}
+    assert list(results) == ["fp32", "fp16", "bf16"]
+    assert results["fp32"]["max_abs_err"] < 1e-4 and results["fp16"]["max_abs_err"] < 0.05
+    assert all(r["device"] == "cpu" and "peak_memory_gib" not in r for r in results.values())
