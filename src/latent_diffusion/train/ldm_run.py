@@ -148,13 +148,23 @@ def drop_kept_models(out_dir: Path, after: int) -> None:
 
 
 class CheckpointEveryEpoch(L.Callback):
-    """After every ``run.epoch_steps`` optimiser steps: Lightning checkpoint, exported model, a sample grid."""
+    """After every ``run.epoch_steps`` optimiser steps, and at the last step: Lightning checkpoint, exported model, a
+    sample grid.
+
+    Saved at the end of the epoch's last batch, not in ``on_train_epoch_end``: Lightning restores a checkpoint
+    written there as an epoch that has yet to end, and a resumed run then ended its first window one step later
+    (checkpoints at 5, 7, ... after resuming from 4 with ``epoch_steps`` 2). A checkpoint of the last batch resumes
+    at the next window's start."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: LatentDiffusionModule) -> None:  # type: ignore[override]
+    def on_train_batch_end(self, trainer: L.Trainer, module: LatentDiffusionModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # type: ignore[override]
         step = module.optimizer_steps(int(module.batches_seen))
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if not (last_batch or 0 <= trainer.max_steps <= step):
+            return
         save_lightning_atomic(trainer, self.out_dir / CKPT)
         module.last_good = (step, str(self.out_dir / CKPT))
         if trainer.is_global_zero:
