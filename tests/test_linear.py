@@ -87,8 +87,12 @@ def test_geglu_and_gemm_lowered_conv_on_onednn_match_plain_path():
 
 
 @needs_onednn
-def test_unet_output_same_with_and_without_onednn_linear():
-    """The whole tiny UNet, inference: oneDNN Linear on vs off (measured ≤ 2e-6 on outputs of magnitude ~1)."""
+def test_unet_output_same_with_and_without_onednn_linear(monkeypatch):
+    """The whole tiny UNet, inference: oneDNN Linear on vs off (measured ≤ 2e-6 on outputs of magnitude ~1), and the
+    oneDNN path really taken by every transformer Linear and lowered conv."""
+    taken = []
+    original = lin._takes_onednn
+    monkeypatch.setattr(lin, "_takes_onednn", lambda *a: taken.append(original(*a)) or taken[-1])
     unet = UNetModel(TINY_UNET).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -101,6 +105,19 @@ def test_unet_output_same_with_and_without_onednn_linear():
         out = unet(x, t, context=ctx)
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    assert len(taken) > 20 and all(taken[len(taken) // 2:])  # off: all False; on: all True
+
+
+def test_frozen_weights_with_an_input_that_wants_grad_stay_on_f_linear():
+    """Weights frozen, input requiring grad (e.g. guidance by gradient): F.linear, gradients as ``nn.Linear``'s."""
+    torch.manual_seed(0)
+    ours, ref = lin.Linear(6, 5).requires_grad_(False), torch.nn.Linear(6, 5).requires_grad_(False)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, requires_grad=True)
+    assert not lin._takes_onednn(x, ours.weight, ours.bias)
+    g_ours = torch.autograd.grad(ours(x).square().sum(), x)[0]
+    g_ref = torch.autograd.grad(ref(x).square().sum(), x)[0]
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=0)
 
 
 @needs_onednn

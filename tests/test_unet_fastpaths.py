@@ -6,6 +6,7 @@ gradients must be those of the plain formulas (≤ 1e-5).
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -92,18 +93,22 @@ def test_gemm_lowered_conv_casts_its_weight_once_inside_cache_weight_casts():
     assert conv._lower_to_gemm(x)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         ref = conv(x)
-        assert conv_mod._weight_casts is None
+        assert getattr(conv_mod._local, "casts", None) is None
         with conv_mod.cache_weight_casts():
             first, second = conv(x), conv(x)
-            assert len(conv_mod._weight_casts) == 1
-            cast = next(iter(conv_mod._weight_casts.values()))[-1]
+            assert len(conv_mod._local.casts) == 1
+            cast = next(iter(conv_mod._local.casts.values()))[-1]
             assert cast.dtype == torch.bfloat16 and cast.shape == (6, 72)
             conv(x)
-            assert next(iter(conv_mod._weight_casts.values()))[-1] is cast  # reused, not re-cast
+            assert next(iter(conv_mod._local.casts.values()))[-1] is cast  # reused, not re-cast
             conv.weight.mul_(2.0)  # changed in place: cast again
             doubled = conv(x)
-            assert next(iter(conv_mod._weight_casts.values()))[-1] is not cast
-        assert conv_mod._weight_casts is None
+            assert next(iter(conv_mod._local.casts.values()))[-1] is not cast
+        assert conv_mod._local.casts is None
+        with pytest.raises(RuntimeError), conv_mod.cache_weight_casts():  # dropped on an error too
+            conv(x)
+            raise RuntimeError("a failing sampling step")
+        assert conv_mod._local.casts is None
         conv.weight.mul_(0.5)
     torch.testing.assert_close(first, ref, rtol=0, atol=0)
     torch.testing.assert_close(second, ref, rtol=0, atol=0)
@@ -111,4 +116,4 @@ def test_gemm_lowered_conv_casts_its_weight_once_inside_cache_weight_casts():
     torch.testing.assert_close(doubled.float() - bias, 2 * (ref.float() - bias), rtol=0.02, atol=0.05)
     with conv_mod.cache_weight_casts(), torch.autocast("cpu", torch.bfloat16):  # training: nothing cached
         conv(x).float().sum().backward()
-        assert conv_mod._weight_casts == {}
+        assert conv_mod._local.casts == {}

@@ -99,7 +99,8 @@ def gemm_peak(n: int = 2048, repeats: int = 10, device: str = "cpu") -> dict[str
     for name, dtype in dtypes:
         a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
         fns = {"mm": synchronized(lambda: torch.mm(a, b), device)}
-        if linear.AVAILABLE and not on_cuda:
+        onednn_dtype = dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()  # bf16: AVX-512 / AMX
+        if linear.AVAILABLE and not on_cuda and onednn_dtype:
             fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
         with torch.inference_mode():
             times, _ = interleaved_times(fns, repeats)

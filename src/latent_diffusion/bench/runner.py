@@ -41,7 +41,8 @@ def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-result
     quiet, where the interleaving alone keeps the ratios fair). ``vae_latent``: latent side of the vae case.
     ``device``: "cpu" (default) or a CUDA device for the cases in ``CUDA_CASES``; ``compile``: add a
     ``torch.compile`` mode to the unet case."""
-    cases = list(cases or DEFAULT_CASES)
+    on_cuda = str(device).startswith("cuda")
+    cases = list(cases or (CUDA_CASES if on_cuda else DEFAULT_CASES))
     bad = [c for c in cases if c not in CASES]
     if bad:
         raise LDMError(f"unknown bench case(s) {', '.join(map(repr, bad))}; accepted: {', '.join(CASES)}")
@@ -53,7 +54,8 @@ def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-result
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LDMError(f"--out must be a folder, but {out} is a file")
-    common.RERUN_DISTURBED = rerun and not quick
+    # the rerun test reads the host's CPU load: meaningless for GPU timings, and a busy host would stall them
+    common.RERUN_DISTURBED = rerun and not quick and device == "cpu"
     with _threads(threads or (1 if quick else None)):
         info = machine_info(device)
         log(machine_line(info))
@@ -96,6 +98,9 @@ def _check_device(device: str, cases: list[str]) -> str:
     if not torch.cuda.is_available():
         raise LDMError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU here; "
                        "run on a machine with one, or leave --device out for the CPU benchmarks")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LDMError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                       f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     cpu_only = [c for c in cases if c not in CUDA_CASES]
     if cpu_only:
         raise LDMError(f"bench case(s) {', '.join(cpu_only)} run on the CPU only; on {device} run: "

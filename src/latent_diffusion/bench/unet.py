@@ -1,10 +1,12 @@
 """``ldm bench unet``: our UNet against diffusers' UNet2DConditionModel, timed in the same process run.
 
 Both models hold the same random weights (diffusers' own CompVis converter copies ours across). One call is one
-classifier-free-guidance step: batch 2, context (2, 77, 768) for the SD1.5 shape. Cases: fp32 and bf16 autocast,
-64×64 and 32×32 latents; ``extras`` adds channels_last and cached-cast modes. Timings: medians of N repeats after
-warm-up, interleaved ours, diffusers, diffusers, ours, ... so drift hits both alike; rounds disturbed by other
-processes are rerun. FLOPs: ``torch.utils.flop_counter``; GEMM peak: best 2048³ matmul, measured in the same run.
+classifier-free-guidance step: batch 2, context (2, 77, 768) for the SD1.5 shape. Cases: fp32 and bf16 autocast
+(on a CUDA device fp32, fp16 and bf16, with each call's peak GPU memory), 64×64 and 32×32 latents; ``extras`` adds
+channels_last and cached-cast modes, ``compile`` a torch.compile mode. Timings: medians of N repeats after warm-up,
+interleaved ours, diffusers, diffusers, ours, ... so drift hits both alike; on the CPU, rounds disturbed by other
+processes are rerun. FLOPs: ``torch.utils.flop_counter``; GEMM peak: the best n³ matmul (2048³ on the CPU, 8192³ on
+a GPU), measured in the same run.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class Mode:
 MODES = [Mode("fp32"), Mode("bf16", amp="bf16")]
 EXTRA_MODES = [Mode("fp32 channels_last", channels_last=True), Mode("bf16 channels_last", "bf16", channels_last=True),
                Mode("bf16 cached casts", "bf16", cached_casts=True)]
-# On a CUDA device: SDPA picks flash / memory-efficient kernels itself; fp16 is the GPU's usual precision
+# On a CUDA device: SDPA picks flash / memory-efficient kernels itself; fp16 is the GPU's usual precision. fp32 runs
+# as torch defaults: cuBLAS GEMMs in full fp32 (the fp32 peak is measured so), cuDNN convolutions in TF32
 CUDA_MODES = [Mode("fp32"), Mode("fp16", amp="fp16"), Mode("bf16", amp="bf16")]
 COMPILED_MODES = [Mode("bf16 compiled", amp="bf16", compiled=True)]
 
@@ -129,7 +132,7 @@ def callers(ours, ref, x, t, ctx, mode: Mode) -> dict[str, Callable[[], torch.Te
 def _compiled(model: torch.nn.Module):  # noqa: ANN202 - a compiled module
     """``torch.compile`` of ``model``, kept on it so that every size reuses it."""
     if "_bench_compiled" not in model.__dict__:
-        model.__dict__["_bench_compiled"] = torch.compile(model)
+        model.__dict__["_bench_compiled"] = torch.compile(model, dynamic=False)  # a graph per size, as in sampling
     return model.__dict__["_bench_compiled"]
 
 
@@ -208,10 +211,10 @@ def run(*, quick: bool, peak: dict[str, float], repeats: int | None = None, extr
         for mode in modes:
             r = run_case(ours, ref, size, mode, repeats, peak)
             results.append(r)
-            memory = r.get("peak_memory_gib")
-            memory = f"  peak GiB {memory['ours']:.2f} / {memory['diffusers']:.2f}" if memory else ""
+            gib = r.get("peak_memory_gib")
+            gib_text = f"  peak GiB {gib['ours']:.2f} / {gib['diffusers']:.2f}" if gib else ""
             log(f"  unet {r['case']}: ours {r['ours_s']:.3f}s  diffusers {r['diffusers_s']:.3f}s  "
-                f"ratio {r['ratio']:.3f}  err {r['max_abs_err']:.1e} (|ref| ≤ {r['ref_max_abs']:.1f}){memory}")
+                f"ratio {r['ratio']:.3f}  err {r['max_abs_err']:.1e} (|ref| ≤ {r['ref_max_abs']:.1f}){gib_text}")
     return {"setup": {"unet": to_dict(cfg), "batch": 2, "context": [2, 77, cfg.context_dim], "repeats": repeats,
                       "device": str(device)},
             "results": results, "table": table(results)}

@@ -11,6 +11,7 @@ the channels_last weight viewed as (O, 9·C), both views free — the same conv 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import torch
@@ -21,26 +22,27 @@ from .linear import linear
 
 GEMM_MAX_PIXELS = 16 * 16  # input pixels per image; measured: GEMM faster at ≤ 16×16, oneDNN at ≥ 32×32
 
-# id(weight) -> (weight, version, data_ptr, dtype, the (O, k·k·C) weight in dtype); None outside cache_weight_casts
-_weight_casts: dict[int, tuple[torch.Tensor, int, int, torch.dtype, torch.Tensor]] | None = None
+_local = threading.local()  # .casts: id(weight) -> (weight, version, data_ptr, dtype, cast); unset outside the block
 
 
 @contextlib.contextmanager
 def cache_weight_casts() -> Iterator[None]:
-    """Within the block, a GEMM-lowered conv under autocast casts its weight to the autocast dtype once and reuses
-    the copy, as autocast's own cache does for the weights its ops take directly: the lowered conv hands the GEMM
-    an (O, k·k·C) view of the weight, which autocast does not cache, so a sampling loop re-cast ~475M SD UNet
-    weights at every step. The copies are dropped when the outermost block ends; a weight changed in place is cast
-    again. Meant for sampling (no gradients): where a weight wants a gradient, nothing is cached."""
-    global _weight_casts
-    outermost = _weight_casts is None
+    """Within the block (in this thread), a GEMM-lowered conv under autocast casts its weight to the autocast dtype
+    once and reuses the copy, as autocast's own cache does for the weights its ops take directly: the lowered conv
+    hands the GEMM an (O, k·k·C) view of the weight, which autocast does not cache, so a sampling loop re-cast
+    ~475M SD UNet weights at every step. The copies are dropped when the outermost block ends. A parameter changed
+    in place through autograd-visible ops (its version counter moves) or given new storage is cast again; writes
+    through ``.data`` are not seen, so do not edit weights that way inside the block. Meant for sampling (no
+    gradients): where a weight wants a gradient, is not a leaf, or is an inference tensor, nothing is cached; nor
+    under ``torch.compile``."""
+    outermost = getattr(_local, "casts", None) is None
     if outermost:
-        _weight_casts = {}
+        _local.casts = {}
     try:
         yield
     finally:
         if outermost:
-            _weight_casts = None
+            _local.casts = None
 
 
 def _gemm_weight(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -49,8 +51,9 @@ def _gemm_weight(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.Tenso
     w2 = weight.permute(0, 2, 3, 1).reshape(o, -1)
     if dtype is None or dtype == weight.dtype:
         return w2
-    cache = _weight_casts
-    if cache is None or (torch.is_grad_enabled() and weight.requires_grad):
+    cache = getattr(_local, "casts", None)
+    if (cache is None or torch.compiler.is_compiling() or not weight.is_leaf or weight.is_inference()
+            or (torch.is_grad_enabled() and weight.requires_grad)):
         return w2.to(dtype)
     key = (weight, weight._version, weight.data_ptr(), dtype)
     hit = cache.get(id(weight))

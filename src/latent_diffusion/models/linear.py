@@ -6,40 +6,48 @@ torch's fp32 ``F.linear`` on CPU goes to MKL. On an AMD EPYC (Zen4) oneDNN's mat
 (8192, 320) → 1280, (2048, 640) → 2560, (512, 11520) → 1280, ... — 1.15–1.8× faster than MKL, at the rate oneDNN's
 convolutions reach on that machine (``bench/linear_kernels.py`` prints the table for the machine at hand). The
 Linear layers and the GEMM-lowered small convolutions are ~40 % of a 64² UNet call; this took our fp32 call from
-0.99 to 0.79 of diffusers' time (docs/performance.md). oneDNN also applies GELU as the GEMM writes its output (a
-"post-op"), which saves a pass over the (tokens, 4·C) GEGLU gate.
+0.99 to ≈ 0.80 of diffusers' time (docs/performance.md). Taken on x86-64 only (where it was measured; on Arm,
+oneDNN without ACL can lose to the BLAS torch uses) and only while ``torch.backends.mkldnn.enabled``. oneDNN also
+applies GELU as the GEMM writes its output (a "post-op"), which saves a pass over the (tokens, 4·C) GEGLU gate.
 
 The op has no autograd formula, so it is taken only when no gradient is wanted (sampling, evaluation); training,
-bf16 autocast (where torch already calls oneDNN) and other devices use ``F.linear``. ``onednn_linear(False)``
-turns it off, e.g. to compare against the plain path.
+bf16 autocast (where torch already calls oneDNN) and other devices use ``F.linear``. Forward-mode AD (dual
+tensors) is not covered either: nothing here uses it. ``onednn_linear(False)`` turns the path off in the calling
+thread, e.g. to compare against the plain path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
+import threading
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_enabled = True
+AVAILABLE = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+             and platform.machine().lower() in ("x86_64", "amd64"))
+_local = threading.local()  # .enabled: this thread's onednn_linear setting (True when unset)
 
 
 @contextlib.contextmanager
 def onednn_linear(enabled: bool) -> Iterator[None]:
-    """Within the block, the oneDNN path is taken (where it applies) or not; restores the previous setting."""
-    global _enabled
-    previous, _enabled = _enabled, bool(enabled)
+    """Within the block, the oneDNN path is taken (where it applies) or not, in this thread; restores the previous
+    setting."""
+    previous = getattr(_local, "enabled", True)
+    _local.enabled = bool(enabled)
     try:
         yield
     finally:
-        _enabled = previous
+        _local.enabled = previous
 
 
 def _takes_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    if not (AVAILABLE and _enabled and x.device.type == "cpu" and x.dim() >= 2):
+    if not (AVAILABLE and getattr(_local, "enabled", True) and torch.backends.mkldnn.enabled):
+        return False
+    if x.device.type != "cpu" or x.dim() < 2:
         return False
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32):
         return False

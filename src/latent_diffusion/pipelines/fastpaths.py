@@ -76,10 +76,9 @@ def sampling_context(model: Any, fast: FastPaths, device: torch.device) -> Itera
         set_attention_slice(unet, fast.attention_slice)
     wrapper.diffusion_model = runner
     try:
-        bf16 = fast.precision == "bf16"
-        # autocast casts each weight its ops take once per run; cache_weight_casts does so for the GEMM-lowered convs
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16), \
-                cache_weight_casts() if bf16 else contextlib.nullcontext():
+        # autocast casts each weight its ops take once per run; cache_weight_casts does so for the GEMM-lowered
+        # convs (a no-op without autocast)
+        with torch.autocast(device.type, torch.bfloat16, enabled=fast.precision == "bf16"), cache_weight_casts():
             yield
     finally:
         wrapper.diffusion_model = unet
