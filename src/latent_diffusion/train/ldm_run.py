@@ -154,17 +154,26 @@ class CheckpointEveryEpoch(L.Callback):
     Saved at the end of the epoch's last batch, not in ``on_train_epoch_end``: Lightning restores a checkpoint
     written there as an epoch that has yet to end, and a resumed run then ended its first window one step later
     (checkpoints at 5, 7, ... after resuming from 4 with ``epoch_steps`` 2). A checkpoint of the last batch resumes
-    at the next window's start."""
+    at the next window's start. A run stopped inside a window (``max_minutes``, a stop signal) is saved at that
+    epoch's end, as before."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
+        self.saved_step: int | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, module: LatentDiffusionModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # type: ignore[override]
         step = module.optimizer_steps(int(module.batches_seen))
-        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if not (last_batch or 0 <= trainer.max_steps <= step):
-            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or 0 <= trainer.max_steps <= step:
+            self._save(trainer, module, step)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: LatentDiffusionModule) -> None:  # type: ignore[override]
+        step = module.optimizer_steps(int(module.batches_seen))
+        if step != self.saved_step:  # stopped inside the window
+            self._save(trainer, module, step)
+
+    def _save(self, trainer: L.Trainer, module: LatentDiffusionModule, step: int) -> None:
+        self.saved_step = step
         save_lightning_atomic(trainer, self.out_dir / CKPT)
         module.last_good = (step, str(self.out_dir / CKPT))
         if trainer.is_global_zero:
