@@ -146,3 +146,19 @@ def test_restricted_minilm_gives_the_same_states_for_known_words(tmp_path, monke
     torch.testing.assert_close(loaded.encode(caps), full.encode(caps), rtol=0, atol=1e-6)
     with pytest.raises(Exception, match="takes its weights from its checkpoint"):
         loaded.load_pretrained()
+
+
+def test_basic_words_match_bert_pre_tokenisation_including_cjk():
+    """``basic_words`` against the `tokenizers` library's BERT normaliser + pre-tokeniser (what BertTokenizerFast
+    runs): punctuation and each CJK ideograph are words of their own; kana and Hangul stay whole; accents go."""
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    from latent_diffusion.models.minilm_text import basic_words
+
+    normalizer = BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True)
+    pre = BertPreTokenizer()
+    texts = ["A red 猫 on 青い box, café!", "一只红色的猫", "한국어 テスト 𠀀x", "Über naïve—test\u200b x", "Ｒed dragon"]
+    for text in texts:
+        assert basic_words(text) == [w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text))], text
+    assert basic_words("一只猫") == ["一", "只", "猫"]

@@ -52,9 +52,20 @@ def _is_punctuation(ch: str) -> bool:
     return unicodedata.category(ch).startswith("P")
 
 
+# BERT's "Chinese character" blocks: CJK unified ideographs (and extensions A–E) and compatibility ideographs. Each
+# such character is a word of its own (Hiragana, Katakana and Hangul are not in these blocks and are not split).
+_CJK_BLOCKS = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+               (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+def _is_cjk(ch: str) -> bool:
+    cp = ord(ch)
+    return any(lo <= cp <= hi for lo, hi in _CJK_BLOCKS)
+
+
 def basic_words(text: str) -> list[str]:
-    """BERT-uncased pre-tokenisation: lower case, accents stripped, split at white space and at each punctuation
-    character (a punctuation character is a word of its own)."""
+    """BERT-uncased pre-tokenisation: lower case, accents stripped, split at white space, at each punctuation
+    character and at each CJK ideograph (each a word of its own)."""
     text = unicodedata.normalize("NFD", text.lower())
     text = "".join(c for c in text if unicodedata.category(c) != "Mn" and unicodedata.category(c) not in ("Cc", "Cf")
                    or c in "\t\n\r")
@@ -62,7 +73,7 @@ def basic_words(text: str) -> list[str]:
     for chunk in text.split():
         word = ""
         for c in chunk:
-            if _is_punctuation(c):
+            if _is_punctuation(c) or _is_cjk(c):
                 words += [word, c] if word else [c]
                 word = ""
             else:
