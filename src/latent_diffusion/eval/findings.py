@@ -151,7 +151,7 @@ def _plot_rescaling(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for name in dict.fromkeys(r["model"] for r in rows):
         rs = [r for r in rows if r["model"] == name]
-        style = "--" if "unscaled" in name else "-"
+        style = "--" if rs[0].get("scale_factor") == 1.0 else "-"  # dashed: latents not rescaled
         for ax, key in zip(axes, ("class_accuracy_cfg1", "class_accuracy_cfg3")):
             ax.plot([r["step"] for r in rs], [100 * r[key] for r in rs], style, marker="o", label=name)
         axes[2].plot([r["step"] for r in rs if r["loss"] is not None], [r["loss"] for r in rs if r["loss"] is not None],
