@@ -84,10 +84,11 @@ def test_resume_with_more_steps_after_a_mid_epoch_end(tmp_path):
     assert summary["steps"] == 6
 
 
-def test_resumed_run_keeps_its_checkpoint_windows(tmp_path):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_resumed_run_keeps_its_checkpoint_windows(tmp_path, accumulate):
     """Resuming from the checkpoint of step 4 (epoch_steps 2) checkpoints at 6 and 8, as the run would have without
     the stop; it used to end its first window one step late (5, 7, 8: Lightning restored the epoch-end checkpoint
-    as an epoch not yet ended)."""
+    as an epoch not yet ended). With gradient accumulation too."""
     import json
 
     from latent_diffusion.train.ldm_config import LDMTrainConfig
@@ -95,9 +96,10 @@ def test_resumed_run_keeps_its_checkpoint_windows(tmp_path):
 
     out = tmp_path / "run"
     run = {"out_dir": str(out), "max_steps": 4, "epoch_steps": 2, "keep_epoch_models": True}
-    train_ldm(LDMTrainConfig.from_dict(tiny(run=run)), progress=False, echo=False)
+    optim = {"accumulate": accumulate}
+    train_ldm(LDMTrainConfig.from_dict(tiny(run=run, optim=optim)), progress=False, echo=False)
     assert [step for step, _ in kept_models(out)] == [2, 4]
-    longer = LDMTrainConfig.from_dict(tiny(run=run | {"max_steps": 8}))
+    longer = LDMTrainConfig.from_dict(tiny(run=run | {"max_steps": 8}, optim=optim))
     train_ldm(longer, resume=str(out / "checkpoints" / "last.ckpt"), progress=False, echo=False)
     assert [step for step, _ in kept_models(out)] == [2, 4, 6, 8]
     logged = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines() if "checkpoint" in line]
