@@ -210,3 +210,24 @@ def test_every_shipped_config_parses(path):
     raw = yaml.safe_load(path.read_text())
     cfg = LDMTrainConfig.from_yaml(path) if "task" in raw else AutoencoderTrainConfig.from_yaml(path)
     assert cfg.run.out_dir.startswith("runs/")
+
+
+def test_a_stop_inside_an_accumulation_waits_for_its_last_micro_batch(tmp_path):
+    """accumulate 2: a stop asked for after micro-batch 3 (as the max_minutes timer can) takes effect after
+    micro-batch 4, so the run ends on an optimiser step (2 steps, 4 micro-batches) and its checkpoint agrees."""
+    import lightning as L
+
+    from latent_diffusion.safe_load import read_pickle
+
+    class StopAfterThree(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):  # noqa: ANN001
+            if int(module.batches_seen) == 3:
+                trainer.should_stop = True
+
+    out = tmp_path / "run"
+    cfg = LDMTrainConfig.from_dict(tiny(run={"out_dir": str(out), "max_steps": 8, "epoch_steps": 4},
+                                        optim={"accumulate": 2}))
+    summary = train_ldm(cfg, progress=False, echo=False, callbacks=[StopAfterThree()])
+    assert summary["steps"] == 2
+    ckpt = read_pickle(out / "checkpoints" / "last.ckpt")
+    assert int(ckpt["state_dict"]["batches_seen"]) == 4 and ckpt["global_step"] == 2

@@ -88,6 +88,7 @@ class LatentDiffusionModule(L.LightningModule):
         self.log_sink: Any = None
         self.last_good: tuple[int, str] | None = None  # (step, path) of the latest checkpoint written
         self._window: list[float] = []  # this rank's losses since the last log row
+        self._stop_deferred = False  # a stop asked for inside a gradient accumulation (on_train_batch_end)
 
     # -- freezing -----------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "LatentDiffusionModule":
@@ -239,6 +240,17 @@ class LatentDiffusionModule(L.LightningModule):
         if (step + 1) % self.cfg.run.log_every == 0:
             self._window = []
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """A stop asked for inside a gradient accumulation (``run.max_minutes``' timer, another callback) waits for
+        the accumulation's last micro-batch: stopping between them dropped the gradients gathered so far and left a
+        checkpoint whose step count (micro-batches // accumulate) disagreed with the optimiser's. Runs after every
+        callback's hook; ``should_stop`` is the same on all ranks, and so is ``batches_seen``."""
+        inside = int(self.batches_seen) % self.cfg.optim.accumulate != 0
+        if self.trainer.should_stop and inside:
+            self._stop_deferred, self.trainer.should_stop = True, False
+        elif self._stop_deferred and not inside:
+            self._stop_deferred, self.trainer.should_stop = False, True
 
     def optimizer_steps(self, micro_batches: int) -> int:
         return micro_batches // self.cfg.optim.accumulate
