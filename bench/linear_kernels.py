@@ -1,6 +1,7 @@
 """fp32 GEMM kernels on this CPU, on the SD1.5 UNet's Linear shapes: MKL (``F.linear``, torch's default) against
 oneDNN (``torch.ops.mkldnn._linear_pointwise``, what ``models/linear.py`` calls for fp32 inference), with and
-without a fused GELU. Prints the CPU and a Markdown table of GFLOP/s (median of N calls after warm-up).
+without a fused GELU. Prints the CPU and a Markdown table of GFLOP/s (median of N interleaved calls after warm-up;
+rounds that other processes disturbed are rerun).
 
     PYTHONPATH=src python bench/linear_kernels.py [--repeats N] [--threads T]
 
@@ -10,7 +11,6 @@ Run it on an idle machine: it is the evidence for (or against) the oneDNN path o
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
@@ -23,16 +23,6 @@ from latent_diffusion.models import linear
 SHAPES = [(8192, 320, 320), (8192, 320, 1280), (8192, 1280, 320), (2048, 640, 640), (2048, 640, 2560),
           (2048, 2560, 640), (512, 1280, 1280), (512, 1280, 5120), (512, 5120, 1280), (512, 11520, 1280),
           (128, 11520, 1280)]
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return common.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,9 +42,11 @@ def main(argv: list[str] | None = None) -> None:
         for m, k, n in SHAPES:
             x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g) / k**0.5, torch.randn(n)
             flops = 2 * m * k * n
-            rates = [flops / median_seconds(fn, args.repeats) / 1e9 for fn in (
-                lambda: F.linear(x, w, b), lambda: op(x, w, b, "none", [], ""),
-                lambda: F.gelu(F.linear(x, w, b)), lambda: op(x, w, b, "gelu", [], "none"))]
+            times, _ = common.interleaved_times({
+                "mkl": lambda: F.linear(x, w, b), "onednn": lambda: op(x, w, b, "none", [], ""),
+                "mkl_gelu": lambda: F.gelu(F.linear(x, w, b)), "onednn_gelu": lambda: op(x, w, b, "gelu", [], "none"),
+            }, args.repeats)
+            rates = [flops / common.median(ts) / 1e9 for ts in times.values()]
             rows.append([f"({m}, {k}) → {n}"] + [f"{r:.0f}" for r in rates] + [f"{rates[1] / rates[0]:.2f}×"])
     print(common.markdown(["GEMM", "MKL", "oneDNN", "MKL + GELU", "oneDNN, GELU fused", "oneDNN / MKL"], rows))
 

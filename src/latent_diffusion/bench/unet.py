@@ -19,6 +19,7 @@ import torch
 
 from ..config import UNetConfig, to_dict
 from ..models.unet import UNetModel
+from ..pipelines.fastpaths import compiled
 from .common import count_flops, interleaved_times, markdown, median, require_diffusers, synchronized
 
 # The SD1.5 UNet (v1-inference.yaml's unet_config); tests check it against the YAML.
@@ -117,7 +118,7 @@ def callers(ours, ref, x, t, ctx, mode: Mode) -> dict[str, Callable[[], torch.Te
     the device is done."""
     device = x.device
     if mode.compiled:
-        ours, ref = _compiled(ours), _compiled(ref)
+        ours, ref = compiled(ours, ours), compiled(ref, ref)
 
     def wrap(fn):
         def call():
@@ -127,13 +128,6 @@ def callers(ours, ref, x, t, ctx, mode: Mode) -> dict[str, Callable[[], torch.Te
 
     return {"ours": wrap(lambda: ours(x, t, context=ctx)),
             "diffusers": wrap(lambda: ref(x, t, encoder_hidden_states=ctx).sample)}
-
-
-def _compiled(model: torch.nn.Module):  # noqa: ANN202 - a compiled module
-    """``torch.compile`` of ``model``, kept on it so that every size reuses it."""
-    if "_bench_compiled" not in model.__dict__:
-        model.__dict__["_bench_compiled"] = torch.compile(model, dynamic=False)  # a graph per size, as in sampling
-    return model.__dict__["_bench_compiled"]
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
@@ -155,8 +149,10 @@ def run_case(ours, ref, size: int, mode: Mode, repeats: int, peak: dict[str, flo
     fns = callers(ours, ref, x.contiguous(memory_format=fmt), t, ctx, mode)
     with mode.outer(device.type):
         out = {k: fn().float() for k, fn in fns.items()}  # on CUDA with `compiled`, this call compiles
-        eager = callers(ours, ref, x.contiguous(memory_format=fmt), t, ctx, replace(mode, compiled=False))
-        flops = count_flops(eager["ours"])  # the same math compiled or not; counted on the eager module
+        eager = fns
+        if mode.compiled:  # the same math compiled or not: FLOPs are counted on the eager module
+            eager = callers(ours, ref, x.contiguous(memory_format=fmt), t, ctx, replace(mode, compiled=False))
+        flops = count_flops(eager["ours"])
         times, discarded = interleaved_times(fns, repeats)
         memory = {k: peak_memory(fn, device) for k, fn in fns.items()} if device.type == "cuda" else None
     med = {k: median(v) for k, v in times.items()}

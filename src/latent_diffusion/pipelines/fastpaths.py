@@ -71,7 +71,7 @@ def sampling_context(model: Any, fast: FastPaths, device: torch.device) -> Itera
             raise ConfigError("compile and deepcache cannot be combined (DeepCache calls parts of the UNet); pick one")
         runner = DeepCacheUNet(unet, fast.deepcache, fast.deepcache_branch)
     elif fast.compile:
-        runner = _compiled(model, unet)
+        runner = compiled(model, unet)
     if fast.attention_slice:
         set_attention_slice(unet, fast.attention_slice)
     wrapper.diffusion_model = runner
@@ -86,9 +86,10 @@ def sampling_context(model: Any, fast: FastPaths, device: torch.device) -> Itera
             set_attention_slice(unet, None)
 
 
-def _compiled(model: Any, unet: torch.nn.Module) -> Any:
-    """``torch.compile`` of the UNet, kept on the model so later sampling runs reuse the compiled code."""
-    cache = model.__dict__.setdefault("_ldm_compiled", {})
-    if id(unet) not in cache:
-        cache[id(unet)] = torch.compile(unet, dynamic=False)
-    return cache[id(unet)]
+def compiled(owner: Any, module: torch.nn.Module) -> Any:
+    """``torch.compile(module, dynamic=False)`` (a graph per input size), kept on ``owner`` (the pipeline's model,
+    or the module itself) so that later runs reuse the compiled code."""
+    cache = owner.__dict__.setdefault("_ldm_compiled", {})
+    if id(module) not in cache:
+        cache[id(module)] = torch.compile(module, dynamic=False)
+    return cache[id(module)]
