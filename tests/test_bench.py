@@ -116,3 +116,28 @@ def test_unet_case_runs_the_gpu_modes_on_the_cpu(monkeypatch) -> None:
     assert list(results) == ["fp32", "fp16", "bf16"]
     assert results["fp32"]["max_abs_err"] < 1e-4 and results["fp16"]["max_abs_err"] < 0.05
     assert all(r["device"] == "cpu" and "peak_memory_gib" not in r for r in results.values())
+
+
+def test_cached_casts_mode_calls_without_gradients_and_with_the_cast_cache() -> None:
+    """The "bf16 cached casts" mode stands for a sampling loop: its calls run under no_grad (``inference_mode(False)``
+    would switch gradients back on, so autograd graphs were built and our in-place and cached paths were skipped),
+    bf16 autocast, and our lowered convs' cast cache; the plain bf16 mode runs each call under inference_mode."""
+    import torch
+
+    from latent_diffusion.bench import unet
+    from latent_diffusion.models import conv
+
+    def state(mode: unet.Mode) -> tuple:
+        with mode.outer(), mode.per_call():
+            return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu"),
+                    getattr(conv._local, "casts", None) is not None)
+
+    cached = next(m for m in unet.EXTRA_MODES if m.cached_casts)
+    assert state(cached) == (False, False, True, True)
+    assert state(unet.Mode("bf16", amp="bf16")) == (False, True, True, False)
+    assert getattr(conv._local, "casts", None) is None  # dropped after the block
+    model = unet.seeded_unet(unet.TINY_UNET)
+    x, t, ctx = unet.inputs(unet.TINY_UNET, 8)
+    with cached.outer(), cached.per_call():
+        out = model(x, t, context=ctx)
+    assert not out.requires_grad

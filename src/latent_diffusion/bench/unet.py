@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..config import UNetConfig, to_dict
+from ..models.conv import cache_weight_casts
 from ..models.unet import UNetModel
 from ..pipelines.fastpaths import compiled
 from .common import count_flops, interleaved_times, markdown, median, require_diffusers, synchronized
@@ -35,9 +36,9 @@ TINY_UNET = UNetConfig(in_channels=4, out_channels=4, model_channels=32, channel
 @dataclass(frozen=True)
 class Mode:
     """How a case runs: fp32, or autocast to ``amp`` ("bf16" / "fp16"); memory format of weights and activations;
-    cached casts: one no_grad + autocast context around warm-up and repeats, as a sampling loop can hold, so that
-    autocast's cast cache turns each fp32 weight into bf16 once, not on every call (inference_mode turns that cache
-    off); ``compiled``: both models through ``torch.compile`` (compiled during the warm-up call)."""
+    cached casts: one no_grad + autocast context around warm-up and repeats, as our sampling loop holds, so that
+    autocast's cast cache (and ours for the lowered convs) turns each fp32 weight into bf16 once, not on every call
+    (inference_mode turns that cache off); ``compiled``: both models through ``torch.compile`` (compiled during the warm-up call)."""
 
     name: str
     amp: str | None = None
@@ -56,14 +57,19 @@ class Mode:
 
     @contextlib.contextmanager
     def outer(self, device_type: str = "cpu"):
-        """Around warm-up and repeats: no_grad + autocast for the cached-casts mode, nothing otherwise."""
-        with torch.no_grad(), self._autocast(device_type, self.cached_casts):
+        """Around warm-up and repeats: for the cached-casts mode no_grad + autocast, and our lowered convs' cast cache
+        (``conv.cache_weight_casts``, which our sampling loop enters too; diffusers has no such convs); nothing
+        otherwise."""
+        casts = cache_weight_casts() if self.cached_casts else contextlib.nullcontext()
+        with torch.no_grad(), self._autocast(device_type, self.cached_casts), casts:
             yield
 
     @contextlib.contextmanager
     def per_call(self, device_type: str = "cpu"):
-        """Around each call; with cached casts, the inner autocast leaves the outer one's cache alone."""
-        with torch.inference_mode(not self.cached_casts), self._autocast(device_type, self.amp is not None):
+        """Around each call: inference_mode, or with cached casts the outer no_grad (``inference_mode(False)`` would
+        turn gradients back on); the inner autocast leaves the outer one's cache alone."""
+        grad = contextlib.nullcontext() if self.cached_casts else torch.inference_mode()
+        with grad, self._autocast(device_type, self.amp is not None):
             yield
 
 
