@@ -1,9 +1,11 @@
 """Our SD1.5-shaped UNet against diffusers' UNet2DConditionModel, timed in the same process run — a thin wrapper
 around ``latent_diffusion.bench.unet`` (the ``ldm bench unet`` case), kept for its extra modes and sizes.
 
-    PYTHONPATH=src python bench/unet.py [--quick] [--extras] [--out DIR] [--repeats N]
+    PYTHONPATH=src python bench/unet.py [--quick] [--extras] [--modes M1,M2] [--sizes 64,32] [--out DIR] [--repeats N]
 
---quick: the SD1.5 UNet at 32×32 only, 3 repeats; --extras: also channels_last and cached-cast modes.
+--quick: the SD1.5 UNet at 32×32 only, 3 repeats; --extras: also channels_last and cached-cast modes ("bf16 cached
+casts" is a call as our sampling loop makes it: no_grad, one autocast and cast cache around all calls); --modes: only
+these modes by name.
 Writes --out/bench-results.json (the ``ldm bench`` schema, case "unet").
 """
 
@@ -23,12 +25,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extras", action="store_true", help="also channels_last and cached-cast modes")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="directory for bench-results.json")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per model and case")
+    parser.add_argument("--modes", default=None,
+                        help='comma-separated mode names to run, e.g. "bf16,bf16 cached casts" (with --extras)')
+    parser.add_argument("--sizes", default=None, help="comma-separated latent sizes (default 64,32; --quick: 32)")
     args = parser.parse_args(argv)
     info = common.machine_info()
     print(common.machine_line(info))
     peak = common.gemm_peak()
     print(f"GEMM peak (2048³): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    section = unet_case.run(quick=False, peak=peak, extras=args.extras, sizes=[32] if args.quick else [64, 32],
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else ([32] if args.quick else [64, 32])
+    only = [v.strip() for v in args.modes.split(",")] if args.modes else None
+    section = unet_case.run(quick=False, peak=peak, extras=args.extras, sizes=sizes, only=only,
                             repeats=args.repeats or (3 if args.quick else 7))
     print(section["table"])
     report = {"schema": common.SCHEMA, "quick": False, "machine": info, "gemm_peak_gflops": peak,

@@ -141,3 +141,16 @@ def test_cached_casts_mode_calls_without_gradients_and_with_the_cast_cache() -> 
     with cached.outer(), cached.per_call():
         out = model(x, t, context=ctx)
     assert not out.requires_grad
+
+
+def test_unet_mode_filter() -> None:
+    """``only`` runs the named modes and names the accepted ones when a name is wrong (before any model is built)."""
+    from latent_diffusion.bench import unet
+    from latent_diffusion.errors import ConfigError
+
+    section = unet.run(quick=True, peak={"fp32": 1.0, "bf16": 1.0}, extras=True, only=["bf16 cached casts"],
+                       log=lambda _: None)
+    assert [r["mode"] for r in section["results"]] == ["bf16 cached casts"]
+    assert section["results"][0]["max_abs_err"] < 0.05
+    with pytest.raises(ConfigError, match="'bf16 cached casts'"):
+        unet.run(quick=True, peak={}, only=["bf16 cached casts"], log=lambda _: None)  # an extra mode, no extras

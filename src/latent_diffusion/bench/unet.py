@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..config import UNetConfig, to_dict
+from ..errors import ConfigError
 from ..models.conv import cache_weight_casts
 from ..models.unet import UNetModel
 from ..pipelines.fastpaths import compiled
@@ -196,15 +197,22 @@ def table(results: list[dict]) -> str:
 
 def run(*, quick: bool, peak: dict[str, float], repeats: int | None = None, extras: bool = False,
         sizes: list[int] | None = None, log: Callable[[str], None] = print, device: str = "cpu",
-        compile: bool = False, **_) -> dict:
+        compile: bool = False, only: list[str] | None = None, **_) -> dict:
     """The ``unet`` case; returns its JSON section (``results``, ``table``, ``plot_data``). On a CUDA ``device`` the
-    modes are fp32, fp16 and bf16 autocast (and bf16 compiled with ``compile``), with peak memory per call."""
+    modes are fp32, fp16 and bf16 autocast (and bf16 compiled with ``compile``), with peak memory per call.
+    ``only``: run just these of the chosen modes, by name (e.g. ["bf16", "bf16 cached casts"] with ``extras``)."""
     cfg = TINY_UNET if quick else SD15_UNET
     sizes = sizes or ([8] if quick else [64, 32])
     repeats = repeats or (1 if quick else 7)
     on_cuda = torch.device(device).type == "cuda"
     modes = (CUDA_MODES if on_cuda else MODES) + (EXTRA_MODES if extras and not on_cuda else [])
     modes += COMPILED_MODES if compile else []
+    if only is not None:
+        unknown = sorted(set(only) - {m.name for m in modes})
+        if unknown:
+            raise ConfigError(f"unknown unet mode(s) {', '.join(map(repr, unknown))}; "
+                             f"these can run here: {', '.join(repr(m.name) for m in modes)}")
+        modes = [m for m in modes if m.name in only]
     ours = seeded_unet(cfg)
     ref = diffusers_twin(ours)
     ours, ref = ours.to(device), ref.to(device)
