@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from latent_diffusion.bench import common
@@ -29,17 +30,27 @@ def main(argv: list[str] | None = None) -> None:
                         help='comma-separated mode names to run, e.g. "bf16,bf16 cached casts" (with --extras)')
     parser.add_argument("--sizes", default=None, help="comma-separated latent sizes (default 64,32; --quick: 32)")
     args = parser.parse_args(argv)
+    try:  # checked before the GEMM-peak timing and the models
+        sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else ([32] if args.quick else [64, 32])
+    except ValueError:
+        parser.error(f"--sizes takes comma-separated integers, got {args.sizes!r}")
+    if any(v < 8 or v % 8 for v in sizes):
+        parser.error(f"--sizes: each latent size must be a multiple of 8 (the UNet halves it three times), got {sizes}")
+    only = [v.strip() for v in args.modes.split(",")] if args.modes else None
+    names = [m.name for m in unet_case.MODES + (unet_case.EXTRA_MODES if args.extras else [])]
+    unknown = [m for m in only or [] if m not in names]
+    if unknown:
+        hint = "" if args.extras else " (channels_last and cached-cast modes need --extras)"
+        parser.error(f"--modes: unknown {', '.join(map(repr, unknown))}; accepted: {', '.join(map(repr, names))}{hint}")
     info = common.machine_info()
     print(common.machine_line(info))
     peak = common.gemm_peak()
     print(f"GEMM peak (2048³): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else ([32] if args.quick else [64, 32])
-    only = [v.strip() for v in args.modes.split(",")] if args.modes else None
     section = unet_case.run(quick=False, peak=peak, extras=args.extras, sizes=sizes, only=only,
                             repeats=args.repeats or (3 if args.quick else 7))
     print(section["table"])
-    report = {"schema": common.SCHEMA, "quick": False, "machine": info, "gemm_peak_gflops": peak,
-              "cases": {"unet": section}}
+    report = {"schema": common.SCHEMA, "quick": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": info,
+              "gemm_peak_gflops": peak, "cases": {"unet": section}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench-results.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out / 'bench-results.json'}")

@@ -108,8 +108,9 @@ def test_unet_modes_and_table_with_gpu_memory() -> None:
 def test_unet_case_runs_the_gpu_modes_on_the_cpu(monkeypatch) -> None:
     """The GPU mode list (fp16 included) through the whole unet case, on the CPU and the tiny UNet: what a CUDA run
     does apart from synchronising and reading GPU memory."""
-    from latent_diffusion.bench import unet
+    from latent_diffusion.bench import common, unet
 
+    monkeypatch.setattr(common, "RERUN_DISTURBED", False)  # a loaded test host would stall on reruns
     monkeypatch.setattr(unet, "MODES", unet.CUDA_MODES)
     section = unet.run(quick=True, peak={"fp32": 1.0, "bf16": 1.0, "fp16": 1.0}, log=lambda _: None)
     results = {r["mode"]: r for r in section["results"]}
@@ -140,17 +141,38 @@ def test_cached_casts_mode_calls_without_gradients_and_with_the_cast_cache() -> 
     x, t, ctx = unet.inputs(unet.TINY_UNET, 8)
     with cached.outer(), cached.per_call():
         out = model(x, t, context=ctx)
+        assert conv._local.casts  # our lowered convs filled the cache (the tiny UNet lowers its 8² and 4² convs)
     assert not out.requires_grad
 
 
-def test_unet_mode_filter() -> None:
-    """``only`` runs the named modes and names the accepted ones when a name is wrong (before any model is built)."""
-    from latent_diffusion.bench import unet
+def test_unet_mode_filter(monkeypatch, capsys) -> None:
+    """``only`` runs the named modes and names the accepted ones when a name is wrong, before any model is built;
+    the bench/unet.py wrapper checks --modes and --sizes before it times anything."""
+    import importlib.util
+    from pathlib import Path
+
+    from latent_diffusion.bench import common, unet
     from latent_diffusion.errors import ConfigError
 
+    monkeypatch.setattr(common, "RERUN_DISTURBED", False)  # a loaded test host would stall on reruns
     section = unet.run(quick=True, peak={"fp32": 1.0, "bf16": 1.0}, extras=True, only=["bf16 cached casts"],
                        log=lambda _: None)
     assert [r["mode"] for r in section["results"]] == ["bf16 cached casts"]
     assert section["results"][0]["max_abs_err"] < 0.05
+
+    def no_models(*_a, **_k):
+        raise AssertionError("a model was built before the mode names were checked")
+
+    monkeypatch.setattr(unet, "seeded_unet", no_models)
     with pytest.raises(ConfigError, match="'bf16 cached casts'"):
         unet.run(quick=True, peak={}, only=["bf16 cached casts"], log=lambda _: None)  # an extra mode, no extras
+
+    spec = importlib.util.spec_from_file_location("bench_unet_script", Path(__file__).parents[1] / "bench" / "unet.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(common, "gemm_peak", no_models)
+    for argv, message in [(["--modes", "bf16 cached casts"], "need --extras"), (["--modes", "bf17"], "'bf17'"),
+                          (["--sizes", "64,x"], "comma-separated integers"), (["--sizes", "20"], "multiple of 8")]:
+        with pytest.raises(SystemExit):
+            script.main(argv)
+        assert message in capsys.readouterr().err

@@ -55,23 +55,26 @@ def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-result
     if out.exists() and not out.is_dir():
         raise LDMError(f"--out must be a folder, but {out} is a file")
     # the rerun test reads the host's CPU load: meaningless for GPU timings, and a busy host would stall them
-    common.RERUN_DISTURBED = rerun and not quick and device == "cpu"
-    with _threads(threads or (1 if quick else None)):
-        info = machine_info(device)
-        log(machine_line(info))
-        n = (256 if quick else 2048) * (4 if device.startswith("cuda") else 1)
-        peak = gemm_peak(n, 2 if quick else 10, device)
-        log(f"GEMM peak ({n}³): " + ", ".join(f"{k} {peak[k]:.0f}" for k in ("fp32", "bf16", "fp16") if k in peak)
-            + " GFLOP/s")
-        report = {"schema": SCHEMA, "quick": quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": info,
-                  "gemm_peak_gflops": peak, "cases": {}}
-        for case in cases:
-            module = importlib.import_module(f".{case}", __package__)
-            t0 = time.perf_counter()
-            section = module.run(quick=quick, repeats=repeats, peak=peak, log=log, vae_latent=vae_latent,
-                                 device=device, compile=compile)
-            section["wall_s"] = time.perf_counter() - t0
-            report["cases"][case] = section
+    previous, common.RERUN_DISTURBED = common.RERUN_DISTURBED, rerun and not quick and device == "cpu"
+    try:  # the flag is module state: put it back for whoever calls the cases next (tests, a second run)
+        with _threads(threads or (1 if quick else None)):
+            info = machine_info(device)
+            log(machine_line(info))
+            n = (256 if quick else 2048) * (4 if device.startswith("cuda") else 1)
+            peak = gemm_peak(n, 2 if quick else 10, device)
+            rates = ", ".join(f"{k} {peak[k]:.0f}" for k in ("fp32", "bf16", "fp16") if k in peak)
+            log(f"GEMM peak ({n}³): {rates} GFLOP/s")
+            report = {"schema": SCHEMA, "quick": quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      "machine": info, "gemm_peak_gflops": peak, "cases": {}}
+            for case in cases:
+                module = importlib.import_module(f".{case}", __package__)
+                t0 = time.perf_counter()
+                section = module.run(quick=quick, repeats=repeats, peak=peak, log=log, vae_latent=vae_latent,
+                                     device=device, compile=compile)
+                section["wall_s"] = time.perf_counter() - t0
+                report["cases"][case] = section
+    finally:
+        common.RERUN_DISTURBED = previous
     out.mkdir(parents=True, exist_ok=True)
     if plots:
         for case, section in report["cases"].items():

@@ -39,7 +39,8 @@ class Mode:
     """How a case runs: fp32, or autocast to ``amp`` ("bf16" / "fp16"); memory format of weights and activations;
     cached casts: one no_grad + autocast context around warm-up and repeats, as our sampling loop holds, so that
     autocast's cast cache (and ours for the lowered convs) turns each fp32 weight into bf16 once, not on every call
-    (inference_mode turns that cache off); ``compiled``: both models through ``torch.compile`` (compiled during the warm-up call)."""
+    (inference_mode turns that cache off); ``compiled``: both models through ``torch.compile`` (compiled during the
+    warm-up call)."""
 
     name: str
     amp: str | None = None
@@ -58,9 +59,8 @@ class Mode:
 
     @contextlib.contextmanager
     def outer(self, device_type: str = "cpu"):
-        """Around warm-up and repeats: for the cached-casts mode no_grad + autocast, and our lowered convs' cast cache
-        (``conv.cache_weight_casts``, which our sampling loop enters too; diffusers has no such convs); nothing
-        otherwise."""
+        """Around warm-up and repeats: no_grad; for the cached-casts mode also autocast and our lowered convs' cast
+        cache (``conv.cache_weight_casts``, which our sampling loop enters too; diffusers has no such convs)."""
         casts = cache_weight_casts() if self.cached_casts else contextlib.nullcontext()
         with torch.no_grad(), self._autocast(device_type, self.cached_casts), casts:
             yield
