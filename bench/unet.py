@@ -18,6 +18,7 @@ from pathlib import Path
 
 from latent_diffusion.bench import common
 from latent_diffusion.bench import unet as unet_case
+from latent_diffusion.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,15 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     if any(v < 8 or v % 8 for v in sizes):
         parser.error(f"--sizes: each latent size must be a multiple of 8 (the UNet halves it three times), got {sizes}")
     only = [v.strip() for v in args.modes.split(",")] if args.modes else None
-    names = [m.name for m in unet_case.MODES + (unet_case.EXTRA_MODES if args.extras else [])]
-    unknown = [m for m in only or [] if m not in names]
-    if unknown:
+    try:
+        unet_case.select_modes(extras=args.extras, only=only)
+    except ConfigError as e:
         hint = "" if args.extras else " (channels_last and cached-cast modes need --extras)"
-        parser.error(f"--modes: unknown {', '.join(map(repr, unknown))}; accepted: {', '.join(map(repr, names))}{hint}")
+        parser.error(f"--modes: {e}{hint}")
     info = common.machine_info()
     print(common.machine_line(info))
     peak = common.gemm_peak()
-    print(f"GEMM peak (2048³): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    print(f"GEMM peak (2048³): {common.peak_rates(peak)} GFLOP/s")
     section = unet_case.run(quick=False, peak=peak, extras=args.extras, sizes=sizes, only=only,
                             repeats=args.repeats or (3 if args.quick else 7))
     print(section["table"])

@@ -74,6 +74,11 @@ def machine_line(info: dict) -> str:
     return line
 
 
+def peak_rates(peak: dict[str, float]) -> str:
+    """"fp32 212, bf16 436" (and fp16 where measured): the GEMM-peak GFLOP/s of ``gemm_peak`` as printed."""
+    return ", ".join(f"{k} {peak[k]:.0f}" for k in ("fp32", "bf16", "fp16") if k in peak)
+
+
 def synchronized(fn: Callable[[], object], device: str | torch.device) -> Callable[[], object]:
     """``fn`` that returns only when the device has finished its work (CUDA kernels run asynchronously); as is on
     the CPU."""

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import LDMError
 from . import common
-from .common import SCHEMA, gemm_peak, machine_info, machine_line
+from .common import SCHEMA, gemm_peak, machine_info, machine_line, peak_rates
 
 CASES = ("unet", "vae", "pipeline", "samplers", "train", "fastpaths")
 CUDA_CASES = ("unet",)  # the cases that take --device cuda; the others are CPU benchmarks
@@ -62,8 +62,7 @@ def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-result
             log(machine_line(info))
             n = (256 if quick else 2048) * (4 if device.startswith("cuda") else 1)
             peak = gemm_peak(n, 2 if quick else 10, device)
-            rates = ", ".join(f"{k} {peak[k]:.0f}" for k in ("fp32", "bf16", "fp16") if k in peak)
-            log(f"GEMM peak ({n}³): {rates} GFLOP/s")
+            log(f"GEMM peak ({n}³): {peak_rates(peak)} GFLOP/s")
             report = {"schema": SCHEMA, "quick": quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                       "machine": info, "gemm_peak_gflops": peak, "cases": {}}
             for case in cases:
@@ -113,9 +112,8 @@ def _check_device(device: str, cases: list[str]) -> str:
 
 def markdown_report(report: dict) -> str:
     info, peak = report["machine"], report["gemm_peak_gflops"]
-    peaks = ", ".join(f"{k} {peak[k]:.0f}" for k in ("fp32", "bf16", "fp16") if k in peak)
     parts = [f"# ldm bench{' (--quick)' if report['quick'] else ''}", "", "```", machine_line(info), "```", "",
-             f"Measured GEMM peak: {peaks} GFLOP/s", ""]
+             f"Measured GEMM peak: {peak_rates(peak)} GFLOP/s", ""]
     for case, section in report["cases"].items():
         parts += [f"## {case}", "", section["table"], ""]
     return "\n".join(parts)

@@ -195,6 +195,22 @@ def table(results: list[dict]) -> str:
                                                                       else []), rows)
 
 
+def select_modes(device: str = "cpu", *, extras: bool = False, compile: bool = False,
+                 only: list[str] | None = None) -> list[Mode]:
+    """The modes a run on ``device`` takes; ``only``: just these, by name (ConfigError naming the ones that can run
+    here if a name is not among them)."""
+    on_cuda = torch.device(device).type == "cuda"
+    modes = (CUDA_MODES if on_cuda else MODES) + (EXTRA_MODES if extras and not on_cuda else [])
+    modes += COMPILED_MODES if compile else []
+    if only is None:
+        return modes
+    unknown = sorted(set(only) - {m.name for m in modes})
+    if unknown:
+        raise ConfigError(f"unknown unet mode(s) {', '.join(map(repr, unknown))}; "
+                          f"these can run here: {', '.join(repr(m.name) for m in modes)}")
+    return [m for m in modes if m.name in only]
+
+
 def run(*, quick: bool, peak: dict[str, float], repeats: int | None = None, extras: bool = False,
         sizes: list[int] | None = None, log: Callable[[str], None] = print, device: str = "cpu",
         compile: bool = False, only: list[str] | None = None, **_) -> dict:
@@ -204,15 +220,7 @@ def run(*, quick: bool, peak: dict[str, float], repeats: int | None = None, extr
     cfg = TINY_UNET if quick else SD15_UNET
     sizes = sizes or ([8] if quick else [64, 32])
     repeats = repeats or (1 if quick else 7)
-    on_cuda = torch.device(device).type == "cuda"
-    modes = (CUDA_MODES if on_cuda else MODES) + (EXTRA_MODES if extras and not on_cuda else [])
-    modes += COMPILED_MODES if compile else []
-    if only is not None:
-        unknown = sorted(set(only) - {m.name for m in modes})
-        if unknown:
-            raise ConfigError(f"unknown unet mode(s) {', '.join(map(repr, unknown))}; "
-                             f"these can run here: {', '.join(repr(m.name) for m in modes)}")
-        modes = [m for m in modes if m.name in only]
+    modes = select_modes(device, extras=extras, compile=compile, only=only)
     ours = seeded_unet(cfg)
     ref = diffusers_twin(ours)
     ours, ref = ours.to(device), ref.to(device)
