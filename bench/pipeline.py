@@ -246,7 +246,12 @@ def parent(args: argparse.Namespace) -> None:
     print("ISA: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info["isa"].items()))
     print(f"torch {info['torch']}, git HEAD {info['git_head']}, ours from {info['src']}"
           + (f", uncommitted there: {info['uncommitted_src']}" if info["uncommitted_src"] else ""))
-    dtypes = args.dtypes.split(",")
+    from latent_diffusion.bench.common import bench_precisions
+
+    dtypes = args.dtypes.split(",") if args.dtypes else list(bench_precisions(None))
+    bad = sorted(set(dtypes) - {"fp32", "bf16"})
+    if bad:
+        raise SystemExit(f"--dtypes takes fp32 and/or bf16, got {', '.join(bad)}")
     work = Path(tempfile.mkdtemp(prefix="ldm-bench-"))
     ckpt = Path(args.ckpt) if args.ckpt else work / "sd15-random.safetensors"
     if not ckpt.exists():
@@ -297,7 +302,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--dtypes", default=None,
+                   help="comma-separated, of fp32,bf16 (default: both where the CPU has native bf16, else fp32)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
     p.add_argument("--src", default=str(ROOT / "src"), help="source tree 'ours' is imported from in the children")
     p.add_argument("--ckpt", default=None, help="reuse (or keep) the random checkpoint at this path")

@@ -5,7 +5,7 @@ around ``latent_diffusion.bench.unet`` (the ``ldm bench unet`` case), kept for i
 
 --quick: the SD1.5 UNet at 32×32 only, 3 repeats; --extras: also channels_last and cached-cast modes ("bf16 cached
 casts" is a call as our sampling loop makes it: no_grad, one autocast and cast cache around all calls); --modes: only
-these modes by name.
+these modes by name. Without --modes the bf16 modes run only on a CPU with native bf16 (AVX-512 BF16 / AMX).
 Writes --out/bench-results.json (the ``ldm bench`` schema, case "unet").
 """
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     peak = common.gemm_peak()
     print(f"GEMM peak (2048³): {common.peak_rates(peak)} GFLOP/s")
     section = unet_case.run(quick=False, peak=peak, extras=args.extras, sizes=sizes, only=only,
+                            precisions=common.bench_precisions(None),
                             repeats=args.repeats or (3 if args.quick else 7))
     print(section["table"])
     report = {"schema": common.SCHEMA, "quick": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": info,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from latent_diffusion.cli import main
 
@@ -51,6 +52,41 @@ def test_ours_and_diffusers_side_by_side(report) -> None:
         assert r["first_loss"]["ours"] == pytest.approx(r["first_loss"]["diffusers"], rel=1e-3)
     fast = {r["case"]: r for r in cases["fastpaths"]["results"]}
     assert fast["fp32"]["rel_diff_vs_fp32"] == 0.0 and fast["fp32 + deepcache 3"]["rel_diff_vs_fp32"] > 0
+
+
+def test_bf16_rows_follow_the_hardware_unless_asked(monkeypatch) -> None:
+    """Auto: bf16 rows where the CPU has native bf16, and in --quick; --bf16 / --no-bf16 decide outright."""
+    from latent_diffusion.bench import common, unet
+
+    monkeypatch.setattr(common, "cpu_flags", lambda: ("an AVX2 CPU", {"avx2", "fma"}))
+    assert common.bench_precisions(None) == ("fp32",) and common.bench_precisions(None, quick=True) == ("fp32", "bf16")
+    assert common.bench_precisions(True) == ("fp32", "bf16") and common.bench_precisions(False, quick=True) == ("fp32",)
+    monkeypatch.setattr(common, "cpu_flags", lambda: ("a Zen4", {"avx2", "avx512f", "avx512_bf16"}))
+    assert common.bench_precisions(None) == ("fp32", "bf16")
+    assert [m.name for m in unet.select_modes(precisions=("fp32",))] == ["fp32"]
+    assert [m.name for m in unet.select_modes(precisions=("fp32",), only=["bf16"])] == ["bf16"]  # named: runs
+
+
+def test_no_bf16_leaves_out_the_bf16_rows_and_peak(tmp_path) -> None:
+    assert main(["bench", "unet", "train", "--quick", "--no-bf16", "--no-plots", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "bench-results.json").read_text())
+    assert r["precisions"] == ["fp32"] and "bf16" not in r["gemm_peak_gflops"] and r["gemm_peak_gflops"]["fp32"] > 0
+    assert [row["mode"] for row in r["cases"]["unet"]["results"]] == ["fp32"]
+    assert [row["precision"] for row in r["cases"]["train"]["results"]] == ["fp32"]
+
+
+def test_emulated_bf16_peak_is_timed_on_a_small_matmul(monkeypatch) -> None:
+    """Without native bf16 the 2048³ bf16 matmul is ~40 s a call: the peak is taken on ≤ 512³ instead."""
+    from latent_diffusion.bench import common
+
+    monkeypatch.setattr(common, "native_bf16", lambda device="cpu": False)
+    sizes = []
+    real = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: sizes.append((a, k.get("dtype"))) or real(*a, **k))
+    peak = common.gemm_peak(1024, repeats=5)
+    assert peak["bf16"] > 0 and ((512, 512), torch.bfloat16) in [(a, d) for a, d in sizes]
+    assert ((1024, 1024), torch.float32) in [(a, d) for a, d in sizes]
+    assert common.peak_rates({"fp32": 150.2, "bf16": 0.4321}) == "fp32 150, bf16 0.43"
 
 
 def test_vae_latent_size_option(tmp_path) -> None:

@@ -25,6 +25,8 @@ def add_bench_commands(sub: Any) -> None:
                    help="cpu (default) or cuda[:N]: on a GPU the unet case runs fp32, fp16 and bf16 autocast")
     b.add_argument("--compile", action="store_true",
                    help="unet case: also a torch.compile mode for both models (slow to compile on a CPU)")
+    b.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="time bf16 autocast rows too (default: where the CPU / GPU has native bf16, and in --quick)")
     b.set_defaults(func=_cmd_bench)
 
 
@@ -33,5 +35,5 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     run_bench(args.cases, out=args.out, quick=args.quick, repeats=args.repeats, threads=args.threads,
               plots=not args.no_plots, rerun=not args.no_rerun, vae_latent=args.vae_latent, device=args.device,
-              compile=args.compile)
+              compile=args.compile, bf16=args.bf16)
     return 0

@@ -75,8 +75,25 @@ def machine_line(info: dict) -> str:
 
 
 def peak_rates(peak: dict[str, float]) -> str:
-    """"fp32 212, bf16 436" (and fp16 where measured): the GEMM-peak GFLOP/s of ``gemm_peak`` as printed."""
-    return ", ".join(f"{k} {peak[k]:.0f}" for k in ("fp32", "bf16", "fp16") if k in peak)
+    """"fp32 212, bf16 436" (and fp16 where measured): the GEMM-peak GFLOP/s of ``gemm_peak`` as printed (two
+    significant digits below 10, e.g. a CPU's emulated bf16)."""
+    return ", ".join(f"{k} {peak[k]:.0f}" if peak[k] >= 10 else f"{k} {peak[k]:.2g}"
+                     for k in ("fp32", "bf16", "fp16") if k in peak)
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """bf16 GEMMs in hardware: AVX-512 BF16 or AMX-BF16 on a CPU (from /proc/cpuinfo), bf16 support on CUDA."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()[1])
+
+
+def bench_precisions(bf16: bool | None, device: str | torch.device = "cpu", quick: bool = False) -> tuple[str, ...]:
+    """The precisions the cases time: fp32, and bf16 autocast when ``bf16`` is True or, for None (auto), where the
+    device has native bf16 or in ``quick`` mode (tiny shapes: the bf16 code paths stay exercised everywhere).
+    Without native bf16 a CPU emulates it — on an AVX2-only AMD EPYC a 2048³ bf16 matmul ran at ~0.4 GFLOP/s
+    against 150 fp32 — so its rows would take hours and time a path ``--precision auto`` never picks there."""
+    return ("fp32", "bf16") if (bf16 if bf16 is not None else quick or native_bf16(device)) else ("fp32",)
 
 
 def synchronized(fn: Callable[[], object], device: str | torch.device) -> Callable[[], object]:
@@ -92,25 +109,30 @@ def synchronized(fn: Callable[[], object], device: str | torch.device) -> Callab
     return call
 
 
-def gemm_peak(n: int = 2048, repeats: int = 10, device: str = "cpu") -> dict[str, float]:
-    """Measured GFLOP/s of an n³ matmul, fp32 and bf16 (best of ``repeats`` after one warm-up). On the CPU: the
+def gemm_peak(n: int = 2048, repeats: int = 10, device: str = "cpu", bf16: bool = True) -> dict[str, float]:
+    """Measured GFLOP/s of an n³ matmul, fp32 and (``bf16``) bf16 (best of ``repeats`` after one warm-up). A CPU
+    without native bf16 times its emulated bf16 on a matmul of at most 512³, 3 calls (2048³ there is ~40 s a
+    call). On the CPU: the
     better of ``torch.mm`` (MKL for fp32 on x86) and oneDNN's matmul, which our fp32 inference Linear layers call
     (``models/linear.py``) and which beat MKL by ~1.4× on an AMD EPYC; also keyed ``{dtype}_mm`` and
     ``{dtype}_onednn`` (0.0 where this torch has no oneDNN). On a CUDA device: ``torch.mm`` (cuBLAS; fp32 without
     TF32, torch's default) for fp32, bf16 and fp16."""
     out = {}
     on_cuda = torch.device(device).type == "cuda"
-    dtypes = [("fp32", torch.float32), ("bf16", torch.bfloat16)] + ([("fp16", torch.float16)] if on_cuda else [])
+    dtypes = ([("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if bf16 else [])
+              + ([("fp16", torch.float16)] if on_cuda else []))
     for name, dtype in dtypes:
-        a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+        emulated = dtype == torch.bfloat16 and not native_bf16(device)
+        size, calls = (min(n, 512), min(repeats, 3)) if emulated else (n, repeats)
+        a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
         fns = {"mm": synchronized(lambda: torch.mm(a, b), device)}
         onednn_dtype = dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()  # bf16: AVX-512 / AMX
         if linear.AVAILABLE and not on_cuda and onednn_dtype:
             fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
         with torch.inference_mode():
-            times, _ = interleaved_times(fns, repeats)
+            times, _ = interleaved_times(fns, calls)
         for kernel in ("mm", "onednn"):
-            out[f"{name}_{kernel}"] = 2 * n**3 / min(times[kernel]) / 1e9 if kernel in times else 0.0
+            out[f"{name}_{kernel}"] = 2 * size**3 / min(times[kernel]) / 1e9 if kernel in times else 0.0
         out[name] = max(out[f"{name}_mm"], out[f"{name}_onednn"])
     return out
 

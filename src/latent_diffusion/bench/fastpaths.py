@@ -42,7 +42,8 @@ class UNetOnly(torch.nn.Module):
         return self.model(x, t, c_crossattn=cond)
 
 
-def run(*, quick: bool, log: Callable[[str], None] = print, **_) -> dict:
+def run(*, quick: bool, log: Callable[[str], None] = print, precisions: tuple[str, ...] = ("fp32", "bf16"),
+        **_) -> dict:
     cfg = TINY_UNET if quick else SD15_UNET
     size, steps = (8, 4) if quick else (64, 10)
     model = UNetOnly(seeded_unet(cfg))
@@ -50,7 +51,7 @@ def run(*, quick: bool, log: Callable[[str], None] = print, **_) -> dict:
     cond, uncond = torch.randn(1, 77, cfg.context_dim, generator=g), torch.randn(1, 77, cfg.context_dim, generator=g)
     noise = randn((1, 4, size, size), [torch.Generator().manual_seed(0)])
     results, plain = [], None
-    for name, fast in CONFIGS:
+    for name, fast in [(name, fast) for name, fast in CONFIGS if fast.precision in precisions]:
         marks: list[float] = []
         t0 = time.perf_counter()
         with sampling_context(model, fast, noise.device):

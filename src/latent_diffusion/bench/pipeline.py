@@ -25,17 +25,18 @@ from .common import markdown
 SCRIPT = Path(__file__).resolve().parents[3] / "bench" / "pipeline.py"
 
 
-def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] = print, **_) -> dict:
-    return _quick(log) if quick else _full(repeats or 2, log)
+def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] = print,
+        precisions: tuple[str, ...] = ("fp32", "bf16"), **_) -> dict:
+    return _quick(log, precisions) if quick else _full(repeats or 2, log, precisions)
 
 
-def _quick(log: Callable[[str], None]) -> dict:
+def _quick(log: Callable[[str], None], precisions: tuple[str, ...]) -> dict:
     from ..pipelines import Pipeline
     from ..tiny import tiny_model
 
     pipe = Pipeline(tiny_model("sd1"))
     results = []
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         marks: list[float] = []
         t0 = time.perf_counter()
         with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
@@ -50,12 +51,13 @@ def _quick(log: Callable[[str], None]) -> dict:
             "table": markdown(["txt2img", "ours s/step", "diffusers s/step", "ratio"], rows)}
 
 
-def _full(repeats: int, log: Callable[[str], None]) -> dict:
+def _full(repeats: int, log: Callable[[str], None], precisions: tuple[str, ...]) -> dict:
     if not SCRIPT.exists():
         raise LDMError(f"the pipeline case runs {SCRIPT}, which this installation lacks (it is in the source "
                        "repository, not the wheel)")
     with tempfile.TemporaryDirectory(prefix="ldm-bench-pipeline-") as tmp:
-        cmd = [sys.executable, os.fspath(SCRIPT), "--repeats", str(repeats), "--out", tmp]
+        cmd = [sys.executable, os.fspath(SCRIPT), "--repeats", str(repeats), "--out", tmp,
+               "--dtypes", ",".join(precisions)]
         log(f"  pipeline: {' '.join(cmd[1:])}")
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -33,14 +33,15 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-results", quick: bool = False,
               repeats: int | None = None, threads: int | None = None, plots: bool = True, rerun: bool = True,
-              vae_latent: int | None = None, device: str = "cpu", compile: bool = False,
+              vae_latent: int | None = None, device: str = "cpu", compile: bool = False, bf16: bool | None = None,
               log: Callable[[str], None] = print) -> dict:
     """Run ``cases`` (default: all), write ``out/bench-results.json`` (+ PNGs unless ``plots=False``), return the
     report. ``quick``: tiny shapes, one thread, one repeat — a smoke test of every case and of the schema.
     ``rerun``: rerun timing rounds other processes disturbed (off in quick mode; off on a machine that is never
     quiet, where the interleaving alone keeps the ratios fair). ``vae_latent``: latent side of the vae case.
     ``device``: "cpu" (default) or a CUDA device for the cases in ``CUDA_CASES``; ``compile``: add a
-    ``torch.compile`` mode to the unet case."""
+    ``torch.compile`` mode to the unet case. ``bf16``: time bf16 autocast rows too (True), not (False), or where the
+    device has native bf16 and in quick mode (None; ``common.bench_precisions``)."""
     on_cuda = str(device).startswith("cuda")
     cases = list(cases or (CUDA_CASES if on_cuda else DEFAULT_CASES))
     bad = [c for c in cases if c not in CASES]
@@ -60,16 +61,21 @@ def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-result
         with _threads(threads or (1 if quick else None)):
             info = machine_info(device)
             log(machine_line(info))
+            precisions = common.bench_precisions(bf16, device, quick)
+            if "bf16" not in precisions:
+                log("bf16 rows left out: " + ("--no-bf16" if bf16 is False else
+                                              "this CPU has no native bf16 (AVX-512 BF16 / AMX), so bf16 autocast is "
+                                              "emulated and --precision auto runs fp32; --bf16 times it anyway"))
             n = (256 if quick else 2048) * (4 if device.startswith("cuda") else 1)
-            peak = gemm_peak(n, 2 if quick else 10, device)
+            peak = gemm_peak(n, 2 if quick else 10, device, bf16="bf16" in precisions)
             log(f"GEMM peak ({n}³): {peak_rates(peak)} GFLOP/s")
             report = {"schema": SCHEMA, "quick": quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                      "machine": info, "gemm_peak_gflops": peak, "cases": {}}
+                      "machine": info, "precisions": list(precisions), "gemm_peak_gflops": peak, "cases": {}}
             for case in cases:
                 module = importlib.import_module(f".{case}", __package__)
                 t0 = time.perf_counter()
                 section = module.run(quick=quick, repeats=repeats, peak=peak, log=log, vae_latent=vae_latent,
-                                     device=device, compile=compile)
+                                     device=device, compile=compile, precisions=precisions)
                 section["wall_s"] = time.perf_counter() - t0
                 report["cases"][case] = section
     finally:

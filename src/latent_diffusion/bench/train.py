@@ -46,7 +46,8 @@ def make_step(unet: torch.nn.Module, call: Callable, latents: torch.Tensor, cont
     return step
 
 
-def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] = print, **_) -> dict:
+def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] = print,
+        precisions: tuple[str, ...] = ("fp32", "bf16"), **_) -> dict:
     cfg = TINY_UNET if quick else SMALL_UNET
     batch, size = (2, 8) if quick else (8, 16)
     repeats = repeats or (1 if quick else 5)
@@ -54,7 +55,7 @@ def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] =
     latents = torch.randn(batch, 4, size, size, generator=g)
     context = torch.randn(batch, 77, cfg.context_dim, generator=g)
     results = []
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         ours = seeded_unet(cfg).train()
         ref = diffusers_twin(ours).train()
         bf16 = precision == "bf16"

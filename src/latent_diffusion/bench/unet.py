@@ -196,14 +196,14 @@ def table(results: list[dict]) -> str:
 
 
 def select_modes(device: str = "cpu", *, extras: bool = False, compile: bool = False,
-                 only: list[str] | None = None) -> list[Mode]:
-    """The modes a run on ``device`` takes; ``only``: just these, by name (ConfigError naming the ones that can run
-    here if a name is not among them)."""
+                 only: list[str] | None = None, precisions: tuple[str, ...] = ("fp32", "bf16")) -> list[Mode]:
+    """The modes a run on ``device`` takes: those of ``precisions`` (fp16 on CUDA always); ``only``: just these, by
+    name, whatever their precision (ConfigError naming the ones that can run here if a name is not among them)."""
     on_cuda = torch.device(device).type == "cuda"
     modes = (CUDA_MODES if on_cuda else MODES) + (EXTRA_MODES if extras and not on_cuda else [])
     modes += COMPILED_MODES if compile else []
     if only is None:
-        return modes
+        return [m for m in modes if m.precision != "bf16" or "bf16" in precisions]
     unknown = sorted(set(only) - {m.name for m in modes})
     if unknown:
         raise ConfigError(f"unknown unet mode(s) {', '.join(map(repr, unknown))}; "
@@ -213,14 +213,16 @@ def select_modes(device: str = "cpu", *, extras: bool = False, compile: bool = F
 
 def run(*, quick: bool, peak: dict[str, float], repeats: int | None = None, extras: bool = False,
         sizes: list[int] | None = None, log: Callable[[str], None] = print, device: str = "cpu",
-        compile: bool = False, only: list[str] | None = None, **_) -> dict:
+        compile: bool = False, only: list[str] | None = None, precisions: tuple[str, ...] = ("fp32", "bf16"),
+        **_) -> dict:
     """The ``unet`` case; returns its JSON section (``results``, ``table``, ``plot_data``). On a CUDA ``device`` the
     modes are fp32, fp16 and bf16 autocast (and bf16 compiled with ``compile``), with peak memory per call.
-    ``only``: run just these of the chosen modes, by name (e.g. ["bf16", "bf16 cached casts"] with ``extras``)."""
+    ``only``: run just these of the chosen modes, by name (e.g. ["bf16", "bf16 cached casts"] with ``extras``);
+    ``precisions``: the bf16 modes run only if "bf16" is among them (or named in ``only``)."""
     cfg = TINY_UNET if quick else SD15_UNET
     sizes = sizes or ([8] if quick else [64, 32])
     repeats = repeats or (1 if quick else 7)
-    modes = select_modes(device, extras=extras, compile=compile, only=only)
+    modes = select_modes(device, extras=extras, compile=compile, only=only, precisions=precisions)
     ours = seeded_unet(cfg)
     ref = diffusers_twin(ours)
     ours, ref = ours.to(device), ref.to(device)

@@ -73,7 +73,7 @@ def _measure(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> tuple[
 
 
 def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] = print,
-        vae_latent: int | None = None, **_) -> dict:
+        vae_latent: int | None = None, precisions: tuple[str, ...] = ("fp32", "bf16"), **_) -> dict:
     cfg = TINY_VAE if quick else SD_VAE
     size = vae_latent or (16 if quick else 64)  # latent side; the large decode is twice that
     tile, overlap = (8, 2) if quick else (32, 8)
@@ -82,7 +82,7 @@ def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] =
     ref = diffusers_twin(ours)
     z = torch.randn(1, cfg.z_channels, size, size, generator=torch.Generator().manual_seed(1))
     results, untiled = [], {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         for tiled in (False, True):
             set_tiling(ours, ref, tile if tiled else None, overlap)
 

@@ -22,10 +22,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX-BF16 in /proc/cpuinfo (False where unreadable)."""
-    from ..bench.common import cpu_flags
+    from ..bench.common import native_bf16
 
-    flags = cpu_flags()[1]
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    return native_bf16("cpu")
 
 
 def resolve_precision(precision: str, device: torch.device | str, dtype: torch.dtype) -> str:
