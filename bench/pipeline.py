@@ -138,9 +138,14 @@ def child(args: argparse.Namespace) -> dict:
     if args.side == "ours":
         from latent_diffusion.pipelines import Pipeline
 
-        pipe = Pipeline.from_checkpoint(args.ckpt)
-        if hasattr(pipe, "set_fast_paths"):  # newer trees pick a precision themselves: ask for the one measured
-            pipe.set_fast_paths(args.dtype)
+        import inspect
+
+        if "precision" in inspect.signature(Pipeline.from_checkpoint).parameters:  # load as measured (bf16: UNet
+            pipe = Pipeline.from_checkpoint(args.ckpt, precision=args.dtype)   # GEMM weights stored in bf16)
+        else:
+            pipe = Pipeline.from_checkpoint(args.ckpt)
+            if hasattr(pipe, "set_fast_paths"):  # newer trees pick a precision themselves: ask for the one measured
+                pipe.set_fast_paths(args.dtype)
     else:
         pipe = _load_diffusers(Path(args.ckpt))
     load_s = time.perf_counter() - t_load

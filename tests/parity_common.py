@@ -26,9 +26,7 @@ def checkpoint_with_yaml(model: LatentDiffusion, folder: Path, stem: str, origin
 
 def fp32_pipeline(path: Path) -> Pipeline:
     """Our pipeline on ``path`` in fp32, as diffusers runs (our default is bf16 on AMX / AVX-512 BF16 CPUs)."""
-    pipe = Pipeline.from_checkpoint(path)
-    pipe.set_fast_paths("fp32")
-    return pipe
+    return Pipeline.from_checkpoint(path, precision="fp32")
 
 
 @contextlib.contextmanager

@@ -145,10 +145,9 @@ def relation_sweep(models: dict[str, str], *, n: int = 64, cfg_scale: float = 5.
     for name, path in models.items():
         with safe_open(path, "pt") as f:
             ema = any(k.startswith("model_ema.") for k in f.keys())
-        pipe = Pipeline.from_checkpoint(path, use_ema=ema)
+        pipe = Pipeline.from_checkpoint(path, use_ema=ema, precision="fp32")
         if pipe.kind != "text":
             raise LDMError(f"{name} ({path}) is a {pipe.kind} model; the relation probes need a text-to-image model")
-        pipe.set_fast_paths("fp32")
         row: dict[str, Any] = {"model": name, "ema": ema, "n": n, "cfg_scale": cfg_scale}
         row |= encoder_probe(pipe.model, data["captions"])
         row |= flip_probe(pipe, judge, data["captions"], cfg_scale=cfg_scale, steps=steps)

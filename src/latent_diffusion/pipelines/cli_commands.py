@@ -36,8 +36,9 @@ def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: fl
     p.add_argument("--quiet", action="store_true", help="no progress bar, no messages")
     f = p.add_argument_group("speed and memory (docs/performance.md)")
     f.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="UNet compute precision: bf16 = autocast, weights as loaded; auto (default) = bf16 on a CPU "
-                        "with AVX-512 BF16 / AMX (or a bf16 GPU) when the weights are fp32, else fp32")
+                   help="UNet compute precision: bf16 = autocast, with the UNet's Linear / Conv weights stored in bf16 "
+                        "(the same numbers, half the memory); auto (default) = bf16 on a CPU with AVX-512 BF16 / AMX "
+                        "(or a bf16 GPU) when the weights are fp32, else fp32")
     f.add_argument("--deepcache", type=int, default=None, metavar="N",
                    help="DeepCache: reuse the UNet's deep features on N-1 of every N steps (faster, slightly "
                         "different images)")
@@ -163,7 +164,7 @@ def _pipeline(args: argparse.Namespace, task: str = "txt2img"):  # -> Pipeline
 
         args.ckpt = str(task_model_path(task))
     pipe = Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
-                                    device=args.device, use_ema=args.ema)
+                                    device=args.device, use_ema=args.ema, precision=args.precision)
     _fast_paths(pipe, args)
     return pipe
 

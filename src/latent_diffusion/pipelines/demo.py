@@ -78,11 +78,10 @@ def resolve_tasks(task: str) -> tuple[list[tuple[str, Path]], list[tuple[str, Pa
 
 
 def _load(task: str, path: Path):  # -> Pipeline
-    from ..checkpoint import load_checkpoint
     from .demo_tasks import TASK_KINDS
     from .pipeline import Pipeline
 
-    pipe = Pipeline(load_checkpoint(path), checkpoint_path=path)
+    pipe = Pipeline.from_checkpoint(path)
     if pipe.kind not in TASK_KINDS[task]:
         raise CheckpointError(f"{path} holds a {pipe.family} model ({pipe.kind}), which cannot do the {task} demo "
                               f"(needs a {' or '.join(TASK_KINDS[task])} model)")

@@ -25,7 +25,7 @@ from ..diffusion.samplers import get_sampler, randn, sample, start_step_for_stre
 from ..errors import LDMError
 from ..models.conditioners import TEXT_KINDS, null_class, num_class_labels
 from .blend import final_blend, masked_denoiser
-from .fastpaths import FastPaths, resolve_precision, sampling_context
+from .fastpaths import FastPaths, resolve_precision, sampling_context, store_gemm_weights
 from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
 from .structured import LayoutLike, load_semantic_map, null_layout, pad_layout, parse_layout, semantic_concat
 from .upscale import (DEFAULT_CFG_SCALE, DEFAULT_NOISE_LEVEL, check_noise_level, noised_low_res,
@@ -52,6 +52,8 @@ class Pipeline:
         self.cfg = model.cfg
         self.checkpoint_path = checkpoint_path
         self._hash: str | None = None
+        self._load_args: dict[str, Any] | None = None  # set by from_checkpoint: the UNet's weights are ours to store
+        self._stored_bf16: list[str] = []  # UNet GEMM parameters stored in bf16 (fastpaths.store_gemm_weights)
         self.set_fast_paths(precision, **fast)
 
     def set_fast_paths(self, precision: str = "auto", *, deepcache: int | None = None, deepcache_branch: int = 0,
@@ -59,29 +61,58 @@ class Pipeline:
         """How sampling runs (fastpaths.py, docs/performance.md). ``precision``: "auto" (bf16 autocast for the UNet
         where the CPU / GPU has native bf16 and the weights are fp32, else fp32), "fp32" or "bf16"; ``deepcache``:
         reuse the UNet's deep features on ``deepcache - 1`` of every ``deepcache`` calls (None: off);
-        ``attention_slice``: queries per attention call (None: all); ``compile``: ``torch.compile`` the UNet."""
+        ``attention_slice``: queries per attention call (None: all); ``compile``: ``torch.compile`` the UNet.
+
+        A pipeline from ``from_checkpoint`` running bf16 stores its UNet's Linear / Conv weights in bf16: the same
+        numbers, half the UNet's memory. Switching such a pipeline to fp32 reads the fp32 weights back from its
+        file, after checking that the stored bf16 weights are still those of the file (an error otherwise: weights
+        changed in memory are never replaced). Pass ``precision`` to ``from_checkpoint`` to load as meant."""
         if deepcache is not None and (isinstance(deepcache, bool) or not isinstance(deepcache, int) or deepcache < 1):
             raise LDMError(f"deepcache must be an integer >= 1 (the reuse interval; 1 = off) or None, got {deepcache!r}")
         if attention_slice is not None and (isinstance(attention_slice, bool) or not isinstance(attention_slice, int)
                                             or attention_slice < 1):
             raise LDMError(f"attention_slice must be a positive integer or None, got {attention_slice!r}")
         device, dtype = self._device_dtype()
-        self.fast = FastPaths(resolve_precision(precision, device, dtype), deepcache, deepcache_branch,
-                              attention_slice, compile)
+        resolved = resolve_precision(precision, device, dtype)
+        if resolved == "fp32" and self._stored_bf16:
+            self._restore_fp32_unet()
+        elif resolved == "bf16" and self._load_args is not None and not self._stored_bf16:
+            self._stored_bf16 = store_gemm_weights(self.model.model.diffusion_model, torch.bfloat16)
+        self.fast = FastPaths(resolved, deepcache, deepcache_branch, attention_slice, compile)
         return self.fast
+
+    def _restore_fp32_unet(self) -> None:
+        """Back from bf16 storage: the UNet's fp32 GEMM weights from the checkpoint file, into the same Parameters."""
+        assert self._load_args is not None and self.checkpoint_path is not None
+        fresh = dict(load_checkpoint(self.checkpoint_path, **self._load_args).model.diffusion_model.named_parameters())
+        mine = dict(self.model.model.diffusion_model.named_parameters())
+        changed = [n for n in self._stored_bf16 if not torch.equal(mine[n], fresh[n].to(mine[n].dtype))]
+        if changed:
+            raise LDMError(f"cannot switch to fp32: this pipeline stores its UNet's GEMM weights in bf16 (precision "
+                           f"bf16), and {len(changed)} of them no longer match {os.fspath(self.checkpoint_path)} "
+                           f"(e.g. {changed[0]}), so reading the file back would lose them; load the pipeline "
+                           "with from_checkpoint(..., precision='fp32') for fp32 sampling")
+        with torch.no_grad():
+            for n in self._stored_bf16:
+                mine[n].data = fresh[n].data
+        self._stored_bf16 = []
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, config: Any = None, *,
                         dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", use_ema: bool = False,
-                        parameterization: str | None = None) -> Pipeline:
-        """``path=None``: the embedded ShapesWorld text-to-image model (64×64; see ``default_model``)."""
+                        parameterization: str | None = None, precision: str = "auto", **fast: Any) -> Pipeline:
+        """``path=None``: the embedded ShapesWorld text-to-image model (64×64; see ``default_model``).
+        ``precision`` and ``fast``: as ``set_fast_paths`` (bf16 stores the UNet's GEMM weights in bf16)."""
         if path is None:
             from ..default_model import default_model_path
 
             path = default_model_path()
-        model = load_checkpoint(path, config, use_ema=use_ema, dtype=dtype, device=device,
-                                parameterization=parameterization)
-        return cls(model, checkpoint_path=path)
+        load_args = {"config": config, "use_ema": use_ema, "dtype": dtype, "device": device,
+                     "parameterization": parameterization}
+        pipe = cls(load_checkpoint(path, **load_args), checkpoint_path=path, precision="fp32")
+        pipe._load_args = load_args
+        pipe.set_fast_paths(precision, **fast)
+        return pipe
 
     # -- model facts -------------------------------------------------------------------------------
     @property
@@ -140,8 +171,9 @@ class Pipeline:
         return "other"
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """The UNet's device and the dtype its weights were loaded in (fp32 while stored in bf16 for autocast)."""
         p = next(self.model.model.parameters())
-        return p.device, p.dtype
+        return p.device, torch.float32 if self._stored_bf16 else p.dtype
 
     def _require(self, task: str, *kinds: str) -> None:
         if self.kind not in kinds:

@@ -1,0 +1,112 @@
+"""bf16 storage of the UNet's GEMM weights (fastpaths.store_gemm_weights, Pipeline.from_checkpoint with precision
+bf16): bit-identical to bf16 autocast over fp32 weights, half the UNet's GEMM-weight memory, only for weights the
+pipeline loaded itself, and read back from the file — never over weights changed in memory — on a switch to fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from latent_diffusion.checkpoint import save_checkpoint
+from latent_diffusion.errors import LDMError
+from latent_diffusion.pipelines import Pipeline
+from latent_diffusion.pipelines import fastpaths
+from latent_diffusion.tiny import tiny_model
+
+KW = dict(steps=3, height=32, width=32, output="latent", seed=5, sampler="dpmpp_2m")
+
+
+def unet_inputs(model, seed: int = 0) -> dict:
+    cfg = model.cfg.unet
+    g = torch.Generator().manual_seed(seed)
+    kw = {"x": torch.randn(2, cfg.in_channels, 16, 16, generator=g), "timesteps": torch.tensor([999.0, 321.0])}
+    if cfg.context_dim is not None:
+        kw["context"] = torch.randn(2, 7, cfg.context_dim, generator=g)
+    if cfg.num_classes is not None:
+        kw["y"] = torch.tensor([1, 2])
+    return kw
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "class"])
+def test_stored_bf16_weights_give_the_autocast_numbers_exactly(family: str) -> None:
+    """Exact (torch.equal): autocast casts each fp32 weight to bf16 with the same rounding the storage used."""
+    unet = tiny_model(family).model.diffusion_model
+    kw = unet_inputs(tiny_model(family))
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        reference = unet(**kw)
+    fp32_bytes = sum(p.numel() * p.element_size() for p in fastpaths.gemm_parameters(unet).values())
+    names = fastpaths.store_gemm_weights(unet, torch.bfloat16)
+    gemm = fastpaths.gemm_parameters(unet)
+    assert sorted(names) == sorted(gemm) and all(p.dtype == torch.bfloat16 for p in gemm.values())
+    assert sum(p.numel() * p.element_size() for p in gemm.values()) * 2 == fp32_bytes
+    others = [n for n, p in unet.named_parameters() if n not in gemm]  # norms (and the class embedding): fp32
+    assert others and all(dict(unet.named_parameters())[n].dtype == torch.float32 for n in others)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        stored = unet(**kw)
+    assert torch.equal(stored, reference)
+    assert fastpaths.store_gemm_weights(unet, torch.bfloat16) == []  # nothing left in fp32
+
+
+@pytest.fixture(scope="module")
+def sd1_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(tiny_model("sd1"), tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors")
+
+
+def gemm_dtypes(pipe: Pipeline) -> set[torch.dtype]:
+    return {p.dtype for p in fastpaths.gemm_parameters(pipe.model.model.diffusion_model).values()}
+
+
+def test_a_loaded_bf16_pipeline_stores_bf16_and_samples_as_autocast_does(sd1_file: Path) -> None:
+    reference = Pipeline(tiny_model("sd1"), precision="bf16")  # in-memory model: autocast over fp32 weights
+    assert gemm_dtypes(reference) == {torch.float32}  # a model the caller built is never converted
+    expected = reference.txt2img("a red square", **KW)
+
+    pipe = Pipeline.from_checkpoint(sd1_file, precision="bf16")
+    assert pipe.fast.precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}
+    assert pipe._device_dtype()[1] == torch.float32  # noise, conditioning and latents stay fp32
+    out = pipe.txt2img("a red square", **KW)
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+
+
+def test_switching_to_fp32_reads_the_weights_back_from_the_file(sd1_file: Path) -> None:
+    fp32 = Pipeline.from_checkpoint(sd1_file, precision="fp32")
+    assert gemm_dtypes(fp32) == {torch.float32}
+    expected = fp32.txt2img("a red square", **KW)
+
+    pipe = Pipeline.from_checkpoint(sd1_file, precision="bf16")
+    unet = pipe.model.model.diffusion_model
+    params = dict(unet.named_parameters())
+    pipe.set_fast_paths("fp32")
+    assert gemm_dtypes(pipe) == {torch.float32} and dict(unet.named_parameters()) == params  # same Parameters
+    for name, p in fp32.model.model.diffusion_model.named_parameters():
+        assert torch.equal(params[name], p), name
+    assert torch.equal(pipe.txt2img("a red square", **KW), expected)
+    pipe.set_fast_paths("bf16")  # and back: stored again
+    assert gemm_dtypes(pipe) == {torch.bfloat16}
+
+
+def test_weights_changed_in_memory_are_not_replaced_by_the_file(sd1_file: Path) -> None:
+    pipe = Pipeline.from_checkpoint(sd1_file, precision="bf16", deepcache=2)
+    assert pipe.fast.deepcache == 2  # from_checkpoint takes the other fast paths too
+    weight = pipe.model.model.diffusion_model.out[2].weight
+    with torch.no_grad():
+        weight.add_(0.5)  # e.g. a merged LoRA
+    edited = weight.clone()
+    with pytest.raises(LDMError, match=r"cannot switch to fp32.*out\.2\.weight.*precision='fp32'"):
+        pipe.set_fast_paths("fp32")
+    assert pipe.fast.precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}  # nothing changed
+    assert torch.equal(weight, edited)
+
+
+def test_auto_stores_bf16_only_where_it_resolves_to_bf16(sd1_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: False)
+    assert gemm_dtypes(Pipeline.from_checkpoint(sd1_file)) == {torch.float32}
+    assert gemm_dtypes(Pipeline.from_checkpoint(sd1_file, dtype=torch.bfloat16)) == {torch.bfloat16}  # --dtype
+    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: True)
+    pipe = Pipeline.from_checkpoint(sd1_file)
+    assert pipe.fast.precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}
+    assert pipe.set_fast_paths("auto").precision == "bf16"  # still fp32 weights as far as the rule is concerned
+    reduced = Pipeline.from_checkpoint(sd1_file, dtype=torch.bfloat16)  # weights loaded in bf16: no autocast
+    assert reduced.fast.precision == "fp32" and not reduced._stored_bf16
