@@ -1,6 +1,7 @@
-"""bf16 storage of the UNet's GEMM weights (fastpaths.store_gemm_weights, Pipeline.from_checkpoint with precision
-bf16): bit-identical to bf16 autocast over fp32 weights, half the UNet's GEMM-weight memory, only for weights the
-pipeline loaded itself, and read back from the file — never over weights changed in memory — on a switch to fp32."""
+"""bf16 storage of the UNet's GEMM weights (models/gemm_storage.py; load_checkpoint's unet_gemm_dtype;
+Pipeline.from_checkpoint with precision bf16): bit-identical to bf16 autocast over fp32 weights, half the UNet's
+GEMM-weight memory, converted as a .safetensors file is read, only for weights the pipeline loaded itself, and read
+back from the file — never over weights changed in memory — on a switch to fp32."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from latent_diffusion.checkpoint import save_checkpoint
-from latent_diffusion.errors import LDMError
+from latent_diffusion.checkpoint import load_checkpoint, save_checkpoint
+from latent_diffusion.errors import ConfigError, LDMError
+from latent_diffusion.models.gemm_storage import gemm_parameters, store_gemm_weights
+from latent_diffusion.safe_load import read_state_dict
 from latent_diffusion.pipelines import Pipeline
 from latent_diffusion.pipelines import fastpaths
 from latent_diffusion.tiny import tiny_model
@@ -36,9 +39,9 @@ def test_stored_bf16_weights_give_the_autocast_numbers_exactly(family: str) -> N
     kw = unet_inputs(tiny_model(family))
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         reference = unet(**kw)
-    fp32_bytes = sum(p.numel() * p.element_size() for p in fastpaths.gemm_parameters(unet).values())
-    names = fastpaths.store_gemm_weights(unet, torch.bfloat16)
-    gemm = fastpaths.gemm_parameters(unet)
+    fp32_bytes = sum(p.numel() * p.element_size() for p in gemm_parameters(unet).values())
+    names = store_gemm_weights(unet, torch.bfloat16)
+    gemm = gemm_parameters(unet)
     assert sorted(names) == sorted(gemm) and all(p.dtype == torch.bfloat16 for p in gemm.values())
     assert sum(p.numel() * p.element_size() for p in gemm.values()) * 2 == fp32_bytes
     others = [n for n, p in unet.named_parameters() if n not in gemm]  # norms (and the class embedding): fp32
@@ -46,7 +49,7 @@ def test_stored_bf16_weights_give_the_autocast_numbers_exactly(family: str) -> N
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         stored = unet(**kw)
     assert torch.equal(stored, reference)
-    assert fastpaths.store_gemm_weights(unet, torch.bfloat16) == []  # nothing left in fp32
+    assert store_gemm_weights(unet, torch.bfloat16) == []  # nothing left in fp32
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +57,29 @@ def sd1_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(tiny_model("sd1"), tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors")
 
 
+def test_load_checkpoint_stores_the_unet_gemm_weights_as_it_reads(sd1_file: Path, tmp_path: Path) -> None:
+    """.safetensors: converted during the read (the cast map covers exactly the UNet's GEMM keys); .ckpt: after
+    loading; both equal to loading in fp32 and storing afterwards, the rest of the model untouched (fp32)."""
+    expected = load_checkpoint(sd1_file)
+    names = store_gemm_weights(expected.model.diffusion_model, torch.bfloat16)
+    gemm_keys = {"model.diffusion_model." + n for n in names}
+    raw, _ = read_state_dict(sd1_file, mmap=False, cast=dict.fromkeys(gemm_keys, torch.bfloat16))
+    assert {k for k, v in raw.items() if v.dtype == torch.bfloat16} == gemm_keys
+    ckpt = tmp_path / "tiny-sd1.ckpt"
+    torch.save({"state_dict": {k: v.float() for k, v in raw.items()}}, ckpt)  # bf16 values, exact in fp32
+    for path in (sd1_file, ckpt):
+        model = load_checkpoint(path, unet_gemm_dtype=torch.bfloat16)
+        got, want = model.state_dict(), expected.state_dict()
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), (path.suffix, k)
+        assert {k for k, v in got.items() if v.dtype == torch.bfloat16} == gemm_keys
+    with pytest.raises(ConfigError, match="needs dtype=torch.float32"):
+        load_checkpoint(sd1_file, dtype=torch.float16, unet_gemm_dtype=torch.bfloat16)
+
+
 def gemm_dtypes(pipe: Pipeline) -> set[torch.dtype]:
-    return {p.dtype for p in fastpaths.gemm_parameters(pipe.model.model.diffusion_model).values()}
+    return {p.dtype for p in gemm_parameters(pipe.model.model.diffusion_model).values()}
 
 
 def test_a_loaded_bf16_pipeline_stores_bf16_and_samples_as_autocast_does(sd1_file: Path) -> None:

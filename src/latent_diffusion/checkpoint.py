@@ -18,11 +18,13 @@ import torch
 
 from .config import DiffusionConfig
 from .errors import CheckpointError, ConfigError, KeyMismatchError
-from .infer import infer_config
+from .infer import UNET, infer_config
 from .models.conditioners import FrozenCLIPEmbedder
 from .models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .models.low_scale import LOW_SCALE_BUFFERS
-from .safe_load import read_state_dict, save_safetensors_atomic
+from .models.gemm_storage import gemm_parameters, store_gemm_weights
+from .models.unet import UNetModel
+from .safe_load import SAFETENSORS_SUFFIXES, read_state_dict, save_safetensors_atomic
 
 CONFIG_METADATA_KEY = "ldm_config"
 _SHOW = 5  # how many offending keys an error lists
@@ -86,13 +88,21 @@ def check_keys(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str)
 
 def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | str | os.PathLike | None = None, *,
                     use_ema: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                    parameterization: str | None = None) -> LatentDiffusion:
+                    parameterization: str | None = None, unet_gemm_dtype: torch.dtype | None = None,
+                    ) -> LatentDiffusion:
     """Build and strictly load a ``LatentDiffusion`` from a checkpoint file.
 
     ``use_ema=True`` swaps the ``model_ema.*`` weights into the UNet (an error if the file has none).
     ``dtype`` casts the UNet, first stage and conditioner (schedule buffers stay float32).
+    ``unet_gemm_dtype`` (with ``dtype`` float32): the UNet's Linear / Conv weights and biases are stored in this
+    dtype, for sampling under autocast to it (``models/gemm_storage.py``); from a .safetensors file each is
+    converted as it is read, so the file's fp32 copies are never all held at once.
     """
-    sd, extras = read_state_dict(path, mmap=False)  # the model uses every tensor; see read_state_dict
+    if unet_gemm_dtype is not None and dtype != torch.float32:
+        raise ConfigError(f"unet_gemm_dtype stores the GEMM weights of an fp32 UNet run under autocast; it needs "
+                          f"dtype=torch.float32, got dtype={dtype}")
+    cast = _unet_gemm_cast(path, config, parameterization, unet_gemm_dtype) if unet_gemm_dtype is not None else None
+    sd, extras = read_state_dict(path, mmap=False, cast=cast)  # the model uses every tensor; see read_state_dict
     cfg = resolve_config(config, sd, extras, parameterization)
     with torch.device("meta"):  # no random init of ~1 B parameters: the file's tensors are assigned in place
         model = LatentDiffusion(cfg)
@@ -111,11 +121,34 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
     if use_ema:
         if model.model_ema is None:
             raise CheckpointError(f"use_ema=True but {os.fspath(path)} has no model_ema.* weights")
-        model.model_ema.copy_to(model.model)
+        model.model_ema.copy_to(model.model)  # into the UNet's parameters, in their dtype
     for part in (model.model, model.first_stage_model, model.cond_stage_model):
-        if part is not None:
+        if part is None:
+            continue
+        if part is model.model and unet_gemm_dtype is not None:
+            keep = {id(p) for p in gemm_parameters(part.diffusion_model).values()}
+            with torch.no_grad():
+                for t in [*part.parameters(), *part.buffers()]:
+                    if t.is_floating_point() and t.dtype != dtype and id(t) not in keep:
+                        t.data = t.data.to(dtype)
+            store_gemm_weights(part.diffusion_model, unet_gemm_dtype)  # what the read did not (.ckpt files)
+        else:
             part.to(dtype=dtype)
     return model.to(device).eval()
+
+
+def _unet_gemm_cast(path: str | os.PathLike, config: DiffusionConfig | dict | str | os.PathLike | None,
+                    parameterization: str | None, dtype: torch.dtype) -> dict[str, torch.dtype] | None:
+    """{file key: ``dtype``} for the UNet's GEMM weights and biases of a .safetensors file, from its header and
+    config (memory-mapped, no tensor read); None for other files (converted after loading)."""
+    if Path(path).suffix.lower() not in SAFETENSORS_SUFFIXES:
+        return None
+    lazy, extras = read_state_dict(path, mmap=True)
+    cfg = resolve_config(config, lazy, extras, parameterization)
+    del lazy
+    with torch.device("meta"):
+        unet = UNetModel(cfg.unet)
+    return {UNET + name: dtype for name in gemm_parameters(unet)}
 
 
 def save_checkpoint(model: LatentDiffusion, path: str | os.PathLike, *, overwrite: bool = False,

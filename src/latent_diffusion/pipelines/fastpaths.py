@@ -7,7 +7,7 @@ AMX) when the weights are fp32, and on CUDA devices that support bf16, else fp32
 has no fast CPU kernels and overflows where bf16 does not.
 
 Under bf16 autocast every GEMM op (linear, conv, matmul) casts its fp32 weight to bf16 and nothing else reads it, so
-the UNet's Linear / Conv weights can as well be *stored* in bf16 (``store_gemm_weights``): the outputs are
+the UNet's Linear / Conv weights can as well be *stored* in bf16 (``models.gemm_storage``): the outputs are
 bit-identical (the same round-to-nearest cast, done once) and the weights take half the memory, with no cast
 copies held during sampling — for SD 1.x 3.2 GiB of fp32 UNet weights plus up to 1.6 GiB of bf16 copies become
 1.6 GiB. Norms and embeddings stay fp32 (autocast runs them in fp32). A ``Pipeline`` does this only to weights it
@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
-GEMM_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d)  # (and our subclasses): the ops autocast runs in bf16
 
 
 def cpu_has_native_bf16() -> bool:
@@ -50,29 +48,6 @@ def resolve_precision(precision: str, device: torch.device | str, dtype: torch.d
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "fp32"
-
-
-def gemm_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
-    """The weights and biases of ``module``'s Linear / Conv1d / Conv2d layers, by ``named_parameters`` name."""
-    out = {}
-    for prefix, m in module.named_modules():
-        if isinstance(m, GEMM_MODULES):
-            for name, p in m.named_parameters(recurse=False):
-                out[f"{prefix}.{name}" if prefix else name] = p
-    return out
-
-
-def store_gemm_weights(module: nn.Module, dtype: torch.dtype) -> list[str]:
-    """Cast ``module``'s fp32 GEMM weights and biases (``gemm_parameters``) to ``dtype`` in place — the same
-    Parameter objects, new data, memory format kept — and return their names. Under autocast to ``dtype`` the
-    module computes exactly what it did with fp32 weights; outside it, it cannot run (mixed dtypes)."""
-    done = []
-    with torch.no_grad():
-        for name, p in gemm_parameters(module).items():
-            if p.dtype == torch.float32:
-                p.data = p.data.to(dtype)
-                done.append(name)
-    return done
 
 
 @dataclass

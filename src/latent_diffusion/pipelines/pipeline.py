@@ -24,8 +24,9 @@ from ..checkpoint import load_checkpoint
 from ..diffusion.samplers import get_sampler, randn, sample, start_step_for_strength
 from ..errors import LDMError
 from ..models.conditioners import TEXT_KINDS, null_class, num_class_labels
+from ..models.gemm_storage import gemm_parameters, store_gemm_weights
 from .blend import final_blend, masked_denoiser
-from .fastpaths import FastPaths, resolve_precision, sampling_context, store_gemm_weights
+from .fastpaths import FastPaths, resolve_precision, sampling_context
 from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
 from .structured import LayoutLike, load_semantic_map, null_layout, pad_layout, parse_layout, semantic_concat
 from .upscale import (DEFAULT_CFG_SCALE, DEFAULT_NOISE_LEVEL, check_noise_level, noised_low_res,
@@ -109,8 +110,12 @@ class Pipeline:
             path = default_model_path()
         load_args = {"config": config, "use_ema": use_ema, "dtype": dtype, "device": device,
                      "parameterization": parameterization}
-        pipe = cls(load_checkpoint(path, **load_args), checkpoint_path=path, precision="fp32")
+        bf16 = resolve_precision(precision, device, dtype) == "bf16"  # then stored in bf16 as the file is read
+        model = load_checkpoint(path, **load_args, unet_gemm_dtype=torch.bfloat16 if bf16 else None)
+        pipe = cls(model, checkpoint_path=path, precision="fp32")  # the fast paths are set below
         pipe._load_args = load_args
+        if bf16:
+            pipe._stored_bf16 = list(gemm_parameters(model.model.diffusion_model))
         pipe.set_fast_paths(precision, **fast)
         return pipe
 

@@ -1,0 +1,39 @@
+"""The weights of a module's GEMM layers (Linear, Conv1d, Conv2d), stored in another dtype.
+
+Under ``torch.autocast(device, torch.bfloat16)`` linear and convolution ops cast their fp32 weight and bias to bf16
+(round to nearest even) and compute in bf16; nothing else reads them. Stored in bf16 beforehand, the same ops get
+the same operands — the outputs are bit-identical — while the weights take half the memory and no cast copy is
+made or cached. Norms and embeddings, which autocast runs in fp32, are left alone. A module stored this way runs
+under autocast only (outside it, its ops would see mixed dtypes).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GEMM_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d)  # and our subclasses (models/linear.py, models/conv.py)
+
+
+def gemm_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """The weights and biases of ``module``'s Linear / Conv1d / Conv2d layers, by ``named_parameters`` name."""
+    out = {}
+    for prefix, m in module.named_modules():
+        if isinstance(m, GEMM_MODULES):
+            for name, p in m.named_parameters(recurse=False):
+                out[f"{prefix}.{name}" if prefix else name] = p
+    return out
+
+
+def store_gemm_weights(module: nn.Module, dtype: torch.dtype) -> list[str]:
+    """Cast ``module``'s GEMM weights and biases (``gemm_parameters``) to ``dtype`` in place — the same Parameter
+    objects, new data, memory format kept — and return the names of those converted. Under autocast to ``dtype``
+    the module computes exactly what it did before (fp16 weights: as fp32, which holds them exactly); outside
+    autocast it cannot run (mixed dtypes)."""
+    done = []
+    with torch.no_grad():
+        for name, p in gemm_parameters(module).items():
+            if p.dtype != dtype:
+                p.data = p.data.to(dtype)
+                done.append(name)
+    return done
