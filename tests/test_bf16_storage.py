@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from latent_diffusion import checkpoint
 from latent_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from latent_diffusion.errors import ConfigError, LDMError
 from latent_diffusion.models.gemm_storage import gemm_parameters, store_gemm_weights
@@ -57,23 +58,36 @@ def sd1_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(tiny_model("sd1"), tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors")
 
 
-def test_load_checkpoint_stores_the_unet_gemm_weights_as_it_reads(sd1_file: Path, tmp_path: Path) -> None:
-    """.safetensors: converted during the read (the cast map covers exactly the UNet's GEMM keys); .ckpt: after
-    loading; both equal to loading in fp32 and storing afterwards, the rest of the model untouched (fp32)."""
+def test_load_checkpoint_stores_the_unet_gemm_weights_as_it_reads(sd1_file: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """.safetensors: converted during the read (the cast map is exactly the UNet's GEMM keys; nothing is left to
+    convert after loading); .ckpt: after loading; both equal to loading in fp32 and storing afterwards, the rest of
+    the model untouched (fp32)."""
     expected = load_checkpoint(sd1_file)
     names = store_gemm_weights(expected.model.diffusion_model, torch.bfloat16)
     gemm_keys = {"model.diffusion_model." + n for n in names}
+    assert checkpoint._unet_gemm_cast(sd1_file, None, None, torch.bfloat16) == dict.fromkeys(gemm_keys, torch.bfloat16)
     raw, _ = read_state_dict(sd1_file, mmap=False, cast=dict.fromkeys(gemm_keys, torch.bfloat16))
     assert {k for k, v in raw.items() if v.dtype == torch.bfloat16} == gemm_keys
     ckpt = tmp_path / "tiny-sd1.ckpt"
     torch.save({"state_dict": {k: v.float() for k, v in raw.items()}}, ckpt)  # bf16 values, exact in fp32
+    after: dict[str, int] = {}
+
+    def spy(module: torch.nn.Module, dtype: torch.dtype) -> list[str]:
+        done = store_gemm_weights(module, dtype)
+        after[suffix] = len(done)
+        return done
+
+    monkeypatch.setattr(checkpoint, "store_gemm_weights", spy)
     for path in (sd1_file, ckpt):
+        suffix = path.suffix
         model = load_checkpoint(path, unet_gemm_dtype=torch.bfloat16)
         got, want = model.state_dict(), expected.state_dict()
         assert got.keys() == want.keys()
         for k in want:
             assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), (path.suffix, k)
         assert {k for k, v in got.items() if v.dtype == torch.bfloat16} == gemm_keys
+    assert after == {".safetensors": 0, ".ckpt": len(gemm_keys)}
     with pytest.raises(ConfigError, match="needs dtype=torch.float32"):
         load_checkpoint(sd1_file, dtype=torch.float16, unet_gemm_dtype=torch.bfloat16)
 
@@ -82,16 +96,38 @@ def gemm_dtypes(pipe: Pipeline) -> set[torch.dtype]:
     return {p.dtype for p in gemm_parameters(pipe.model.model.diffusion_model).values()}
 
 
-def test_a_loaded_bf16_pipeline_stores_bf16_and_samples_as_autocast_does(sd1_file: Path) -> None:
-    reference = Pipeline(tiny_model("sd1"), precision="bf16")  # in-memory model: autocast over fp32 weights
+@pytest.mark.parametrize("fast", [{}, {"deepcache": 2}, {"attention_slice": 16}])
+def test_a_loaded_bf16_pipeline_stores_bf16_and_samples_as_autocast_does(sd1_file: Path, fast: dict) -> None:
+    reference = Pipeline(tiny_model("sd1"), precision="bf16", **fast)  # in-memory model: autocast over fp32
     assert gemm_dtypes(reference) == {torch.float32}  # a model the caller built is never converted
     expected = reference.txt2img("a red square", **KW)
 
-    pipe = Pipeline.from_checkpoint(sd1_file, precision="bf16")
+    pipe = Pipeline.from_checkpoint(sd1_file, precision="bf16", **fast)
     assert pipe.fast.precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}
     assert pipe._device_dtype()[1] == torch.float32  # noise, conditioning and latents stay fp32
     out = pipe.txt2img("a red square", **KW)
     assert out.dtype == torch.float32 and torch.equal(out, expected)
+
+
+def test_a_stored_model_outside_its_pipeline_runs_bf16_or_says_why_not(sd1_file: Path) -> None:
+    """A stored model handed to a Pipeline of its own: "auto" keeps bf16 (the only way it runs); "fp32" cannot
+    read the file back (the pipeline did not load it) and says so; save_checkpoint warns it writes rounded weights."""
+    expected = Pipeline(tiny_model("sd1"), precision="bf16").txt2img("a red square", **KW)
+    model = load_checkpoint(sd1_file, unet_gemm_dtype=torch.bfloat16)
+    pipe = Pipeline(model)
+    assert pipe.fast.precision == "bf16" and torch.equal(pipe.txt2img("a red square", **KW), expected)
+    with pytest.raises(LDMError, match="runs under bf16 autocast only; use precision='bf16'"):
+        pipe.set_fast_paths("fp32")
+    with pytest.warns(UserWarning, match="stored in torch.bfloat16"):
+        save_checkpoint(model, sd1_file.parent / "rounded.safetensors")
+
+
+def test_reduced_weights_with_bf16_autocast_still_load(sd1_file: Path) -> None:
+    """--dtype bf16 --precision bf16: the whole model in bf16 (no storage split), autocast on top, as before."""
+    pipe = Pipeline.from_checkpoint(sd1_file, dtype=torch.bfloat16, precision="bf16")
+    assert pipe.fast.precision == "bf16" and pipe._device_dtype()[1] == torch.bfloat16
+    out = pipe.txt2img("a red square", **dict(KW, steps=1))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
 def test_switching_to_fp32_reads_the_weights_back_from_the_file(sd1_file: Path) -> None:
@@ -107,8 +143,24 @@ def test_switching_to_fp32_reads_the_weights_back_from_the_file(sd1_file: Path) 
     for name, p in fp32.model.model.diffusion_model.named_parameters():
         assert torch.equal(params[name], p), name
     assert torch.equal(pipe.txt2img("a red square", **KW), expected)
-    pipe.set_fast_paths("bf16")  # and back: stored again
+    pipe.set_fast_paths("bf16")  # and back: autocast over the fp32 weights (storing happens at load only)
+    assert gemm_dtypes(pipe) == {torch.float32} and pipe.fast.precision == "bf16"
+
+
+def test_switching_an_ema_pipeline_to_fp32_reads_the_ema_weights(tmp_path: Path) -> None:
+    model = tiny_model("sd1")
+    model.enable_ema()
+    with torch.no_grad():
+        for name, buf in model.model_ema.named_buffers():
+            if buf.is_floating_point() and name != "decay":
+                buf.add_(0.01)  # EMA weights differ from the raw ones
+    path = save_checkpoint(model, tmp_path / "ema.safetensors")
+    want = dict(load_checkpoint(path, use_ema=True).model.diffusion_model.named_parameters())
+    pipe = Pipeline.from_checkpoint(path, use_ema=True, precision="bf16")
     assert gemm_dtypes(pipe) == {torch.bfloat16}
+    pipe.set_fast_paths("fp32")
+    for name, p in pipe.model.model.diffusion_model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, want[name]), name
 
 
 def test_weights_changed_in_memory_are_not_replaced_by_the_file(sd1_file: Path) -> None:
@@ -131,6 +183,8 @@ def test_auto_stores_bf16_only_where_it_resolves_to_bf16(sd1_file: Path, monkeyp
     monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: True)
     pipe = Pipeline.from_checkpoint(sd1_file)
     assert pipe.fast.precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}
-    assert pipe.set_fast_paths("auto").precision == "bf16"  # still fp32 weights as far as the rule is concerned
+    assert pipe.set_fast_paths("auto").precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}
+    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: False)
+    assert pipe.set_fast_paths("auto").precision == "bf16"  # a stored UNet stays bf16 under "auto"
     reduced = Pipeline.from_checkpoint(sd1_file, dtype=torch.bfloat16)  # weights loaded in bf16: no autocast
-    assert reduced.fast.precision == "fp32" and not reduced._stored_bf16
+    assert reduced.fast.precision == "fp32"

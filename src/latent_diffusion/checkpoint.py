@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from .infer import UNET, infer_config
 from .models.conditioners import FrozenCLIPEmbedder
 from .models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .models.low_scale import LOW_SCALE_BUFFERS
-from .models.gemm_storage import gemm_parameters, store_gemm_weights
+from .models.gemm_storage import gemm_parameters, store_gemm_weights, stored_dtype
 from .models.unet import UNetModel
 from .safe_load import SAFETENSORS_SUFFIXES, read_state_dict, save_safetensors_atomic
 
@@ -153,10 +154,16 @@ def _unet_gemm_cast(path: str | os.PathLike, config: DiffusionConfig | dict | st
 
 def save_checkpoint(model: LatentDiffusion, path: str | os.PathLike, *, overwrite: bool = False,
                     metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model.state_dict()`` (CompVis keys) as ``.safetensors``, atomically, with the config in metadata."""
+    """Write ``model.state_dict()`` (CompVis keys) as ``.safetensors``, atomically, with the config in metadata.
+    A UNet whose GEMM weights are stored in bf16 for autocast is written as it is, with a warning."""
     if Path(path).suffix != ".safetensors":
         raise CheckpointError(f"save_checkpoint writes .safetensors only, got {os.fspath(path)}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    stored = stored_dtype(model.model.diffusion_model)
+    if stored is not None:
+        warnings.warn(f"the UNet's Linear / Conv weights are stored in {stored} (a pipeline loaded for bf16 "
+                      f"autocast), so {os.fspath(path)} gets them rounded to {stored}; load the checkpoint with "
+                      "precision='fp32' to save fp32 weights", stacklevel=2)
     meta = {CONFIG_METADATA_KEY: model.cfg.to_json(), "format": "latent-diffusion"} | dict(metadata or {})
     return save_safetensors_atomic(model.state_dict(), path, metadata=meta, overwrite=overwrite)
 

@@ -37,3 +37,20 @@ def store_gemm_weights(module: nn.Module, dtype: torch.dtype) -> list[str]:
                 p.data = p.data.to(dtype)
                 done.append(name)
     return done
+
+
+def base_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s first floating-point parameter outside its GEMM layers (norms, embeddings): the
+    dtype it was loaded in, whether or not its GEMM weights are stored in another."""
+    gemm = {id(p) for p in gemm_parameters(module).values()}
+    rest = [p for p in module.parameters() if p.is_floating_point() and id(p) not in gemm]
+    return (rest or list(module.parameters()))[0].dtype
+
+
+def stored_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype ``module``'s GEMM weights are stored in when it is not ``base_dtype`` (``store_gemm_weights``),
+    else None."""
+    stored = {p.dtype for p in gemm_parameters(module).values()}
+    if len(stored) == 1 and (dtype := stored.pop()) != base_dtype(module):
+        return dtype
+    return None

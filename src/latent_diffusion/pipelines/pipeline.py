@@ -24,7 +24,7 @@ from ..checkpoint import load_checkpoint
 from ..diffusion.samplers import get_sampler, randn, sample, start_step_for_strength
 from ..errors import LDMError
 from ..models.conditioners import TEXT_KINDS, null_class, num_class_labels
-from ..models.gemm_storage import gemm_parameters, store_gemm_weights
+from ..models.gemm_storage import base_dtype, gemm_parameters, stored_dtype
 from .blend import final_blend, masked_denoiser
 from .fastpaths import FastPaths, resolve_precision, sampling_context
 from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
@@ -41,6 +41,14 @@ def generators(seed: int, n: int) -> list[torch.Generator]:
 
 
 
+def _check_fast_paths(deepcache: Any, attention_slice: Any) -> None:
+    if deepcache is not None and (isinstance(deepcache, bool) or not isinstance(deepcache, int) or deepcache < 1):
+        raise LDMError(f"deepcache must be an integer >= 1 (the reuse interval; 1 = off) or None, got {deepcache!r}")
+    if attention_slice is not None and (isinstance(attention_slice, bool) or not isinstance(attention_slice, int)
+                                        or attention_slice < 1):
+        raise LDMError(f"attention_slice must be a positive integer or None, got {attention_slice!r}")
+
+
 def _check_strength(strength: Any, task: str, meaning: str = "") -> None:
     """A denoising strength in (0, 1] (the tasks that must run at least one step), else a clear error."""
     if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
@@ -53,8 +61,7 @@ class Pipeline:
         self.cfg = model.cfg
         self.checkpoint_path = checkpoint_path
         self._hash: str | None = None
-        self._load_args: dict[str, Any] | None = None  # set by from_checkpoint: the UNet's weights are ours to store
-        self._stored_bf16: list[str] = []  # UNet GEMM parameters stored in bf16 (fastpaths.store_gemm_weights)
+        self._load_args: dict[str, Any] | None = None  # from_checkpoint's: the file can give the fp32 UNet back
         self.set_fast_paths(precision, **fast)
 
     def set_fast_paths(self, precision: str = "auto", *, deepcache: int | None = None, deepcache_branch: int = 0,
@@ -64,58 +71,71 @@ class Pipeline:
         reuse the UNet's deep features on ``deepcache - 1`` of every ``deepcache`` calls (None: off);
         ``attention_slice``: queries per attention call (None: all); ``compile``: ``torch.compile`` the UNet.
 
-        A pipeline from ``from_checkpoint`` running bf16 stores its UNet's Linear / Conv weights in bf16: the same
-        numbers, half the UNet's memory. Switching such a pipeline to fp32 reads the fp32 weights back from its
-        file, after checking that the stored bf16 weights are still those of the file (an error otherwise: weights
-        changed in memory are never replaced). Pass ``precision`` to ``from_checkpoint`` to load as meant."""
-        if deepcache is not None and (isinstance(deepcache, bool) or not isinstance(deepcache, int) or deepcache < 1):
-            raise LDMError(f"deepcache must be an integer >= 1 (the reuse interval; 1 = off) or None, got {deepcache!r}")
-        if attention_slice is not None and (isinstance(attention_slice, bool) or not isinstance(attention_slice, int)
-                                            or attention_slice < 1):
-            raise LDMError(f"attention_slice must be a positive integer or None, got {attention_slice!r}")
+        ``from_checkpoint`` with a precision that resolves to bf16 stores the UNet's Linear / Conv weights in bf16
+        (``models/gemm_storage.py``): the same numbers as autocast, half the UNet's memory. Such a UNet runs bf16
+        ("auto" keeps it so). "fp32" reads its fp32 weights back from the checkpoint file, after checking that the
+        stored ones still match the file — weights changed in memory are never replaced: that, or a model not
+        loaded by ``from_checkpoint``, is an error. Switching to bf16 later runs autocast over the fp32 weights."""
+        _check_fast_paths(deepcache, attention_slice)
         device, dtype = self._device_dtype()
-        resolved = resolve_precision(precision, device, dtype)
-        if resolved == "fp32" and self._stored_bf16:
+        stored = stored_dtype(self.model.model.diffusion_model) == torch.bfloat16
+        resolved = "bf16" if stored and precision == "auto" else resolve_precision(precision, device, dtype)
+        if stored and resolved == "fp32":
             self._restore_fp32_unet()
-        elif resolved == "bf16" and self._load_args is not None and not self._stored_bf16:
-            self._stored_bf16 = store_gemm_weights(self.model.model.diffusion_model, torch.bfloat16)
         self.fast = FastPaths(resolved, deepcache, deepcache_branch, attention_slice, compile)
         return self.fast
 
     def _restore_fp32_unet(self) -> None:
-        """Back from bf16 storage: the UNet's fp32 GEMM weights from the checkpoint file, into the same Parameters."""
-        assert self._load_args is not None and self.checkpoint_path is not None
-        fresh = dict(load_checkpoint(self.checkpoint_path, **self._load_args).model.diffusion_model.named_parameters())
-        mine = dict(self.model.model.diffusion_model.named_parameters())
-        changed = [n for n in self._stored_bf16 if not torch.equal(mine[n], fresh[n].to(mine[n].dtype))]
+        """From bf16 storage back to fp32: the UNet's GEMM weights read from the checkpoint file (one tensor at a
+        time, onto each parameter's device), into the same Parameters, if the stored ones still match the file."""
+        from ..infer import UNET
+        from ..models.ema import shadow_name
+        from ..safe_load import read_state_dict
+
+        if self._load_args is None or self.checkpoint_path is None:
+            raise LDMError("cannot switch to fp32: this model's UNet stores its Linear / Conv weights in bf16 "
+                           "(load_checkpoint(unet_gemm_dtype=...) or a bf16 pipeline's model), so it runs under bf16 "
+                           "autocast only; use precision='bf16', or load the checkpoint again for fp32")
+        path = os.fspath(self.checkpoint_path)
+        stored = {n: p for n, p in gemm_parameters(self.model.model.diffusion_model).items()
+                  if p.dtype == torch.bfloat16}
+        ema = self._load_args["use_ema"]
+        key = {n: "model_ema." + shadow_name("diffusion_model." + n) if ema else UNET + n for n in stored}
+        try:
+            sd, _ = read_state_dict(path)  # .safetensors: memory-mapped, each tensor read when used
+        except (LDMError, OSError) as exc:
+            raise LDMError(f"cannot switch to fp32: reading the UNet's fp32 weights back from {path} failed: "
+                           f"{exc}") from exc
+        fresh = {n: sd[k] for n, k in key.items() if k in sd}
+        changed = [n for n, p in stored.items()
+                   if n not in fresh or not torch.equal(p, fresh[n].to(p.device, torch.float32).to(p.dtype))]
         if changed:
-            raise LDMError(f"cannot switch to fp32: this pipeline stores its UNet's GEMM weights in bf16 (precision "
-                           f"bf16), and {len(changed)} of them no longer match {os.fspath(self.checkpoint_path)} "
-                           f"(e.g. {changed[0]}), so reading the file back would lose them; load the pipeline "
-                           "with from_checkpoint(..., precision='fp32') for fp32 sampling")
+            raise LDMError(f"cannot switch to fp32: this pipeline stores its UNet's GEMM weights in bf16 (loaded "
+                           f"for bf16), and {len(changed)} of them no longer match {path} (e.g. {changed[0]}), so "
+                           "reading the file back would lose them; load the pipeline with "
+                           "from_checkpoint(..., precision='fp32') for fp32 sampling")
         with torch.no_grad():
-            for n in self._stored_bf16:
-                mine[n].data = fresh[n].data
-        self._stored_bf16 = []
+            for n, p in stored.items():
+                p.data = fresh[n].to(p.device, torch.float32, copy=True)  # not a view of the mapped file
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, config: Any = None, *,
                         dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", use_ema: bool = False,
                         parameterization: str | None = None, precision: str = "auto", **fast: Any) -> Pipeline:
         """``path=None``: the embedded ShapesWorld text-to-image model (64×64; see ``default_model``).
-        ``precision`` and ``fast``: as ``set_fast_paths`` (bf16 stores the UNet's GEMM weights in bf16)."""
+        ``precision`` and ``fast``: as ``set_fast_paths``; bf16 with fp32 ``dtype`` loads the UNet's GEMM weights
+        into bf16 storage as the file is read."""
+        _check_fast_paths(fast.get("deepcache"), fast.get("attention_slice"))
         if path is None:
             from ..default_model import default_model_path
 
             path = default_model_path()
         load_args = {"config": config, "use_ema": use_ema, "dtype": dtype, "device": device,
                      "parameterization": parameterization}
-        bf16 = resolve_precision(precision, device, dtype) == "bf16"  # then stored in bf16 as the file is read
+        bf16 = resolve_precision(precision, device, dtype) == "bf16" and dtype == torch.float32
         model = load_checkpoint(path, **load_args, unet_gemm_dtype=torch.bfloat16 if bf16 else None)
-        pipe = cls(model, checkpoint_path=path, precision="fp32")  # the fast paths are set below
+        pipe = cls(model, checkpoint_path=path, precision="bf16" if bf16 else "fp32")  # fast paths set below
         pipe._load_args = load_args
-        if bf16:
-            pipe._stored_bf16 = list(gemm_parameters(model.model.diffusion_model))
         pipe.set_fast_paths(precision, **fast)
         return pipe
 
@@ -176,9 +196,9 @@ class Pipeline:
         return "other"
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        """The UNet's device and the dtype its weights were loaded in (fp32 while stored in bf16 for autocast)."""
-        p = next(self.model.model.parameters())
-        return p.device, torch.float32 if self._stored_bf16 else p.dtype
+        """The UNet's device and the dtype it was loaded in (its norms': fp32 while its GEMM weights are stored in
+        bf16 for autocast)."""
+        return next(self.model.model.parameters()).device, base_dtype(self.model.model)
 
     def _require(self, task: str, *kinds: str) -> None:
         if self.kind not in kinds:
