@@ -147,19 +147,42 @@ def test_switching_to_fp32_reads_the_weights_back_from_the_file(sd1_file: Path) 
     assert gemm_dtypes(pipe) == {torch.float32} and pipe.fast.precision == "bf16"
 
 
-def test_switching_an_ema_pipeline_to_fp32_reads_the_ema_weights(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ema_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tiny_model("sd1")
     model.enable_ema()
     with torch.no_grad():
         for name, buf in model.model_ema.named_buffers():
             if buf.is_floating_point() and name != "decay":
                 buf.add_(0.01)  # EMA weights differ from the raw ones
-    path = save_checkpoint(model, tmp_path / "ema.safetensors")
-    want = dict(load_checkpoint(path, use_ema=True).model.diffusion_model.named_parameters())
-    pipe = Pipeline.from_checkpoint(path, use_ema=True, precision="bf16")
+    return save_checkpoint(model, tmp_path_factory.mktemp("ema") / "ema.safetensors")
+
+
+def unet_params(model) -> dict[str, torch.Tensor]:
+    return dict(model.model.diffusion_model.named_parameters())
+
+
+def test_a_pipeline_keeps_no_ema_copy(ema_file: Path) -> None:
+    """The file's model_ema.* (a second UNet) is not read without use_ema and dropped once applied with it."""
+    assert load_checkpoint(ema_file).model_ema is not None  # load_checkpoint itself keeps everything
+    raw, _ = read_state_dict(ema_file, mmap=False, skip=("model_ema.",))
+    assert raw and not any(k.startswith("model_ema.") for k in raw)
+    for use_ema in (False, True):
+        want = unet_params(load_checkpoint(ema_file, use_ema=use_ema))
+        for precision in ("fp32", "bf16"):
+            pipe = Pipeline.from_checkpoint(ema_file, use_ema=use_ema, precision=precision)
+            assert pipe.model.model_ema is None
+            got = unet_params(pipe.model)
+            for name, p in want.items():
+                assert torch.equal(got[name], p.to(got[name].dtype)), (use_ema, precision, name)
+
+
+def test_switching_an_ema_pipeline_to_fp32_reads_the_ema_weights(ema_file: Path) -> None:
+    want = unet_params(load_checkpoint(ema_file, use_ema=True))
+    pipe = Pipeline.from_checkpoint(ema_file, use_ema=True, precision="bf16")
     assert gemm_dtypes(pipe) == {torch.bfloat16}
     pipe.set_fast_paths("fp32")
-    for name, p in pipe.model.model.diffusion_model.named_parameters():
+    for name, p in unet_params(pipe.model).items():
         assert p.dtype == torch.float32 and torch.equal(p, want[name]), name
 
 

@@ -23,6 +23,7 @@ from .infer import UNET, infer_config
 from .models.conditioners import FrozenCLIPEmbedder
 from .models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .models.low_scale import LOW_SCALE_BUFFERS
+from .models.ema import shadow_name
 from .models.gemm_storage import gemm_parameters, store_gemm_weights, stored_dtype
 from .models.unet import UNetModel
 from .safe_load import SAFETENSORS_SUFFIXES, read_state_dict, save_safetensors_atomic
@@ -90,7 +91,7 @@ def check_keys(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str)
 def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | str | os.PathLike | None = None, *,
                     use_ema: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                     parameterization: str | None = None, unet_gemm_dtype: torch.dtype | None = None,
-                    ) -> LatentDiffusion:
+                    keep_ema: bool = True) -> LatentDiffusion:
     """Build and strictly load a ``LatentDiffusion`` from a checkpoint file.
 
     ``use_ema=True`` swaps the ``model_ema.*`` weights into the UNet (an error if the file has none).
@@ -98,12 +99,16 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
     ``unet_gemm_dtype`` (with ``dtype`` float32): the UNet's Linear / Conv weights and biases are stored in this
     dtype, for sampling under autocast to it (``models/gemm_storage.py``); from a .safetensors file each is
     converted as it is read, so the file's fp32 copies are never all held at once.
+    ``keep_ema=False`` (for sampling): the file's ``model_ema.*`` weights, a second UNet, are not kept — not read
+    at all without ``use_ema`` (from a .safetensors file), dropped once copied into the UNet with it.
     """
     if unet_gemm_dtype is not None and dtype != torch.float32:
         raise ConfigError(f"unet_gemm_dtype stores the GEMM weights of an fp32 UNet run under autocast; it needs "
                           f"dtype=torch.float32, got dtype={dtype}")
-    cast = _unet_gemm_cast(path, config, parameterization, unet_gemm_dtype) if unet_gemm_dtype is not None else None
-    sd, extras = read_state_dict(path, mmap=False, cast=cast)  # the model uses every tensor; see read_state_dict
+    cast = (_unet_gemm_cast(path, config, parameterization, unet_gemm_dtype, ema=use_ema and not keep_ema)
+            if unet_gemm_dtype is not None else None)
+    skip = ("model_ema.",) if not (keep_ema or use_ema) else ()
+    sd, extras = read_state_dict(path, mmap=False, cast=cast, skip=skip)  # the model uses every tensor read
     cfg = resolve_config(config, sd, extras, parameterization)
     with torch.device("meta"):  # no random init of ~1 B parameters: the file's tensors are assigned in place
         model = LatentDiffusion(cfg)
@@ -123,6 +128,8 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
         if model.model_ema is None:
             raise CheckpointError(f"use_ema=True but {os.fspath(path)} has no model_ema.* weights")
         model.model_ema.copy_to(model.model)  # into the UNet's parameters, in their dtype
+        if not keep_ema:
+            model.model_ema = None
     for part in (model.model, model.first_stage_model, model.cond_stage_model):
         if part is None:
             continue
@@ -139,9 +146,11 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
 
 
 def _unet_gemm_cast(path: str | os.PathLike, config: DiffusionConfig | dict | str | os.PathLike | None,
-                    parameterization: str | None, dtype: torch.dtype) -> dict[str, torch.dtype] | None:
-    """{file key: ``dtype``} for the UNet's GEMM weights and biases of a .safetensors file, from its header and
-    config (memory-mapped, no tensor read); None for other files (converted after loading)."""
+                    parameterization: str | None, dtype: torch.dtype, *, ema: bool = False,
+                    ) -> dict[str, torch.dtype] | None:
+    """{file key: ``dtype``} for the UNet's GEMM weights and biases of a .safetensors file (and, with ``ema``, their
+    ``model_ema.*`` averages, which are copied into them and dropped), from its header and config (memory-mapped,
+    no tensor read); None for other files (converted after loading)."""
     if Path(path).suffix.lower() not in SAFETENSORS_SUFFIXES:
         return None
     lazy, extras = read_state_dict(path, mmap=True)
@@ -149,7 +158,11 @@ def _unet_gemm_cast(path: str | os.PathLike, config: DiffusionConfig | dict | st
     del lazy
     with torch.device("meta"):
         unet = UNetModel(cfg.unet)
-    return {UNET + name: dtype for name in gemm_parameters(unet)}
+    names = list(gemm_parameters(unet))
+    cast = {UNET + name: dtype for name in names}
+    if ema:
+        cast |= {"model_ema." + shadow_name("diffusion_model." + name): dtype for name in names}
+    return cast
 
 
 def save_checkpoint(model: LatentDiffusion, path: str | os.PathLike, *, overwrite: bool = False,

@@ -227,17 +227,19 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
                        "F8_E5M2": torch.float8_e5m2}
 
 
-def _read_safetensors_in_memory(path: str, cast: dict[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
+def _read_safetensors_in_memory(path: str, cast: dict[str, torch.dtype] | None = None,
+                                skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Each tensor in its own freshly allocated CPU storage, filled by plain reads — no memory map.
 
     The library validates the layout first (dtypes, shapes against offsets, overlaps); its header is then walked
     here. A memory-mapped file stays mapped, and its touched pages count in the process's RSS, as long as any one
     of its tensors lives — so weights later replaced by a converted copy (a dtype cast, a channels_last layout)
     would be held twice. Read this way, a replaced tensor's memory is simply freed. ``cast``: a dtype for some
-    tensor names, applied as each is read (the file's copy is freed at once).
+    tensor names, applied as each is read (the file's copy is freed at once); names starting with one of
+    ``skip`` are not read.
     """
     with safetensors.safe_open(path, framework="pt") as f:
-        names = list(f.keys())
+        names = [k for k in f.keys() if not k.startswith(skip)] if skip else list(f.keys())
     out: dict[str, torch.Tensor] = {}
     with open(path, "rb") as fh:
         (header_len,) = struct.unpack("<Q", fh.read(8))
@@ -259,7 +261,8 @@ def _read_safetensors_in_memory(path: str, cast: dict[str, torch.dtype] | None =
 
 
 def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cpu", mmap: bool = True,
-                    cast: dict[str, torch.dtype] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                    cast: dict[str, torch.dtype] | None = None, skip: tuple[str, ...] = (),
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint as ``(flat tensor state dict, extras)``.
 
     ``.safetensors``: extras is the header's ``__metadata__`` (str -> str). ``.ckpt``/``.pt``/``.pth``/``.bin``:
@@ -270,7 +273,8 @@ def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
     ``mmap`` (.safetensors): True maps the file (lazy, cheap when only some tensors or only shapes are needed);
     False reads every tensor into its own memory, the better choice for building a whole model from the file.
     ``cast``: a dtype for some tensor names; with ``mmap=False`` each is converted as it is read, so the file's
-    copy of one tensor at a time is held, not the whole file's (otherwise after reading).
+    copy of one tensor at a time is held, not the whole file's (otherwise after reading). ``skip``: key prefixes
+    left out (with ``mmap=False`` never read from a .safetensors file).
     """
     path = os.fspath(path)
     suffix = pathlib.Path(path).suffix.lower()
@@ -278,12 +282,13 @@ def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
         raise CheckpointError(f"cannot read {path}: unknown extension {suffix or '(none)'!r}; accepted: "
                               f"{', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)}")
     if suffix in PICKLE_SUFFIXES:
-        return _cast(*_split_checkpoint(path, read_pickle(path, device=device)), cast)
+        return _cast(*_split_checkpoint(path, read_pickle(path, device=device)), cast, skip)
     metadata = _check_safetensors(path, _preflight(path))
     try:
         if not mmap:
-            return {k: v.to(device) for k, v in _read_safetensors_in_memory(path, cast).items()}, dict(metadata)
-        return _cast(safetensors.torch.load_file(path, device=str(device)), dict(metadata), cast)
+            return ({k: v.to(device) for k, v in _read_safetensors_in_memory(path, cast, skip).items()},
+                    dict(metadata))
+        return _cast(safetensors.torch.load_file(path, device=str(device)), dict(metadata), cast, skip)
     except CheckpointError:
         raise
     except Exception as exc:  # the library's own checks (dtype/shape vs offsets, overlaps, ...)
@@ -291,7 +296,10 @@ def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
 
 
 def _cast(sd: dict[str, torch.Tensor], extras: dict[str, Any], cast: dict[str, torch.dtype] | None,
-          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+          skip: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``read_state_dict``'s ``cast`` and ``skip`` applied after reading (files read whole or memory-mapped)."""
+    if skip:
+        sd = {k: v for k, v in sd.items() if not k.startswith(skip)}
     for name, dtype in (cast or {}).items():
         if name in sd:
             sd[name] = sd[name].to(dtype)

@@ -124,7 +124,8 @@ class Pipeline:
                         parameterization: str | None = None, precision: str = "auto", **fast: Any) -> Pipeline:
         """``path=None``: the embedded ShapesWorld text-to-image model (64×64; see ``default_model``).
         ``precision`` and ``fast``: as ``set_fast_paths``; bf16 with fp32 ``dtype`` loads the UNet's GEMM weights
-        into bf16 storage as the file is read."""
+        into bf16 storage as the file is read. A file's ``model_ema.*`` weights are not kept (``use_ema`` copies
+        them into the UNet first)."""
         _check_fast_paths(fast.get("deepcache"), fast.get("attention_slice"))
         if path is None:
             from ..default_model import default_model_path
@@ -133,7 +134,8 @@ class Pipeline:
         load_args = {"config": config, "use_ema": use_ema, "dtype": dtype, "device": device,
                      "parameterization": parameterization}
         bf16 = resolve_precision(precision, device, dtype) == "bf16" and dtype == torch.float32
-        model = load_checkpoint(path, **load_args, unet_gemm_dtype=torch.bfloat16 if bf16 else None)
+        model = load_checkpoint(path, **load_args, unet_gemm_dtype=torch.bfloat16 if bf16 else None,
+                                keep_ema=False)  # sampling never needs the EMA copy once use_ema has applied it
         pipe = cls(model, checkpoint_path=path, precision="bf16" if bf16 else "fp32")  # fast paths set below
         pipe._load_args = load_args
         pipe.set_fast_paths(precision, **fast)
