@@ -212,3 +212,27 @@ def test_unet_mode_filter(monkeypatch, capsys) -> None:
         with pytest.raises(SystemExit):
             script.main(argv)
         assert message in capsys.readouterr().err
+
+
+def test_stored_weights_mode_times_ours_as_a_bf16_pipeline_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """"bf16 stored weights" runs a copy of our UNet with bf16 GEMM weights: the same output as bf16 autocast over
+    the fp32 weights (so the same error against diffusers, to the bit), the shared model left in fp32."""
+    from latent_diffusion.bench import common, unet
+    from latent_diffusion.models.gemm_storage import gemm_parameters
+
+    monkeypatch.setattr(common, "RERUN_DISTURBED", False)
+    stored = []
+    real = unet.store_gemm_weights
+    monkeypatch.setattr(unet, "store_gemm_weights", lambda m, d: stored.append(m) or real(m, d))
+    built = []
+    real_seeded = unet.seeded_unet
+    monkeypatch.setattr(unet, "seeded_unet", lambda *a, **k: built.append(real_seeded(*a, **k)) or built[-1])
+    section = unet.run(quick=True, peak={"fp32": 1.0, "bf16": 1.0}, only=["bf16", "bf16 stored weights"],
+                       log=lambda _: None)
+    r = {x["mode"]: x for x in section["results"]}
+    assert list(r) == ["bf16", "bf16 stored weights"]
+    assert r["bf16 stored weights"]["max_abs_err"] == r["bf16"]["max_abs_err"] < 0.05
+    (copy,), (shared,) = stored, built
+    assert copy is not shared
+    assert {p.dtype for p in gemm_parameters(copy).values()} == {torch.bfloat16}
+    assert {p.dtype for p in gemm_parameters(shared).values()} == {torch.float32}

@@ -1,8 +1,9 @@
 """``ldm bench unet``: our UNet against diffusers' UNet2DConditionModel, timed in the same process run.
 
 Both models hold the same random weights (diffusers' own CompVis converter copies ours across). One call is one
-classifier-free-guidance step: batch 2, context (2, 77, 768) for the SD1.5 shape. Cases: fp32 and bf16 autocast
-(on a CUDA device fp32, fp16 and bf16, with each call's peak GPU memory), 64×64 and 32×32 latents; ``extras`` adds
+classifier-free-guidance step: batch 2, context (2, 77, 768) for the SD1.5 shape. Cases: fp32, bf16 autocast and
+"bf16 stored weights" (ours as a bf16 pipeline holds it, diffusers with its casts cached, both as a sampling loop
+calls them) (on a CUDA device fp32, fp16 and bf16, with each call's peak GPU memory), 64×64 and 32×32 latents; ``extras`` adds
 channels_last and cached-cast modes, ``compile`` a torch.compile mode. Timings: medians of N repeats after warm-up,
 interleaved ours, diffusers, diffusers, ours, ... so drift hits both alike; on the CPU, rounds disturbed by other
 processes are rerun. FLOPs: ``torch.utils.flop_counter``; GEMM peak: the best n³ matmul (2048³ on the CPU, 8192³ on
@@ -12,6 +13,7 @@ a GPU), measured in the same run.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -20,6 +22,7 @@ import torch
 from ..config import UNetConfig, to_dict
 from ..errors import ConfigError
 from ..models.conv import cache_weight_casts
+from ..models.gemm_storage import store_gemm_weights
 from ..models.unet import UNetModel
 from ..pipelines.fastpaths import compiled
 from .common import count_flops, interleaved_times, markdown, median, require_diffusers, synchronized
@@ -40,13 +43,15 @@ class Mode:
     cached casts: one no_grad + autocast context around warm-up and repeats, as our sampling loop holds, so that
     autocast's cast cache (and ours for the lowered convs) turns each fp32 weight into bf16 once, not on every call
     (inference_mode turns that cache off); ``compiled``: both models through ``torch.compile`` (compiled during the
-    warm-up call)."""
+    warm-up call); ``stored_weights``: ours with its GEMM weights stored in ``amp``'s dtype, as a pipeline loaded
+    for bf16 holds them (``models/gemm_storage.py``; bit-identical to autocast over fp32 weights), on a copy."""
 
     name: str
     amp: str | None = None
     channels_last: bool = False
     cached_casts: bool = False
     compiled: bool = False
+    stored_weights: bool = False
 
     @property
     def precision(self) -> str:
@@ -74,7 +79,10 @@ class Mode:
             yield
 
 
-MODES = [Mode("fp32"), Mode("bf16", amp="bf16")]
+# "bf16 stored weights": a UNet call as our bf16 sampling loop makes it (weights stored bf16, one autocast context);
+# diffusers' side as its loop would under one autocast context (casts cached). Compare with "bf16 cached casts"
+MODES = [Mode("fp32"), Mode("bf16", amp="bf16"),
+         Mode("bf16 stored weights", "bf16", cached_casts=True, stored_weights=True)]
 EXTRA_MODES = [Mode("fp32 channels_last", channels_last=True), Mode("bf16 channels_last", "bf16", channels_last=True),
                Mode("bf16 cached casts", "bf16", cached_casts=True)]
 # On a CUDA device: SDPA picks flash / memory-efficient kernels itself; fp16 is the GPU's usual precision. fp32 runs
@@ -149,6 +157,9 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
 
 def run_case(ours, ref, size: int, mode: Mode, repeats: int, peak: dict[str, float]) -> dict:
     device = next(ours.parameters()).device
+    if mode.stored_weights:
+        ours = copy.deepcopy(ours)
+        store_gemm_weights(ours, torch.float16 if mode.amp == "fp16" else torch.bfloat16)
     fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
     for model in (ours, ref):
         model.to(memory_format=fmt)  # in place; changes only the conv weights' strides
