@@ -14,18 +14,18 @@ from latent_diffusion import checkpoint
 from latent_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from latent_diffusion.errors import ConfigError, LDMError
 from latent_diffusion.models.gemm_storage import gemm_parameters, store_gemm_weights
-from latent_diffusion.safe_load import read_state_dict
 from latent_diffusion.pipelines import Pipeline
 from latent_diffusion.pipelines import fastpaths
+from latent_diffusion.safe_load import read_state_dict
 from latent_diffusion.tiny import tiny_model
 
 KW = dict(steps=3, height=32, width=32, output="latent", seed=5, sampler="dpmpp_2m")
 
 
-def unet_inputs(model, seed: int = 0) -> dict:
+def unet_inputs(model, size: int, seed: int = 0) -> dict:
     cfg = model.cfg.unet
     g = torch.Generator().manual_seed(seed)
-    kw = {"x": torch.randn(2, cfg.in_channels, 16, 16, generator=g), "timesteps": torch.tensor([999.0, 321.0])}
+    kw = {"x": torch.randn(2, cfg.in_channels, size, size, generator=g), "timesteps": torch.tensor([999.0, 321.0])}
     if cfg.context_dim is not None:
         kw["context"] = torch.randn(2, 7, cfg.context_dim, generator=g)
     if cfg.num_classes is not None:
@@ -33,11 +33,12 @@ def unet_inputs(model, seed: int = 0) -> dict:
     return kw
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2", "class"])
-def test_stored_bf16_weights_give_the_autocast_numbers_exactly(family: str) -> None:
-    """Exact (torch.equal): autocast casts each fp32 weight to bf16 with the same rounding the storage used."""
+@pytest.mark.parametrize("family,size", [("sd1", 16), ("sd2", 24), ("class", 16)])
+def test_stored_bf16_weights_give_the_autocast_numbers_exactly(family: str, size: int) -> None:
+    """Exact (torch.equal): autocast casts each fp32 weight to bf16 with the same rounding the storage used. 16²:
+    every conv lowered to a GEMM (models/conv.py); 24²: the first level's convs on oneDNN's own conv kernel."""
     unet = tiny_model(family).model.diffusion_model
-    kw = unet_inputs(tiny_model(family))
+    kw = unet_inputs(tiny_model(family), size)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         reference = unet(**kw)
     fp32_bytes = sum(p.numel() * p.element_size() for p in gemm_parameters(unet).values())
