@@ -16,6 +16,23 @@ from latent_diffusion.models.unet import UNetModel
 needs_onednn = pytest.mark.skipif(not lin.AVAILABLE, reason="this torch has no oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def onednn_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the oneDNN path itself: on as on an AVX-512 CPU, whatever this machine prefers."""
+    monkeypatch.setattr(lin, "PREFERRED", lin.AVAILABLE)
+
+
+def test_onednn_is_the_default_on_avx512_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert lin.prefers_onednn("AVX512") and not lin.prefers_onednn("AVX2") and not lin.prefers_onednn("DEFAULT")
+    x, w, b = _data()
+    monkeypatch.setattr(lin, "PREFERRED", False)  # an AVX2-only CPU: MKL unless asked
+    with torch.inference_mode():
+        assert not lin._takes_onednn(x, w, b)
+        with lin.onednn_linear(True):
+            assert lin._takes_onednn(x, w, b) == lin.AVAILABLE
+        assert not lin._takes_onednn(x, w, b)  # unset again: the machine's default
+
+
 def _data(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 37, 48, generator=g)
