@@ -8,8 +8,8 @@ convolutions reach on that machine (``bench/linear_kernels.py`` prints the table
 Linear layers and the GEMM-lowered small convolutions are ~40 % of a 64² UNet call; this took our fp32 call from
 0.99 to ≈ 0.80 of diffusers' time (docs/performance.md). Taken by default on x86-64 CPUs with AVX-512 only
 (``PREFERRED``): on an AVX2-only AMD EPYC (Zen3-class) MKL was the faster one on every UNet shape (oneDNN at
-0.76–0.98× its GFLOP/s, the fused GELU slower still) and 2–6 % faster per UNet call; on Arm, oneDNN without ACL
-can lose to the BLAS torch uses. Only while ``torch.backends.mkldnn.enabled``. oneDNN also
+0.76–0.98× its GFLOP/s, the fused GELU slower still) and 0–6 % faster per UNet call (four A/B medians); on Arm,
+oneDNN without ACL can lose to the BLAS torch uses. Only while ``torch.backends.mkldnn.enabled``. oneDNN also
 applies GELU as the GEMM writes its output (a "post-op"), which saves a pass over the (tokens, 4·C) GEGLU gate.
 
 The op has no autograd formula, so it is taken only when no gradient is wanted (sampling, evaluation); training,
