@@ -199,3 +199,16 @@ def test_text_encoder_once_per_call_and_cond_uncond_in_one_batch(pipe: Pipeline,
         hook.remove()
     assert encodes == [["a red square", "blurry"]]  # one encoder batch for prompt + negative, for both images
     assert batches == [2] * (2 * KW["steps"])  # each step: one UNet call on [uncond; cond]
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16.*emulated.*'auto' picks fp32"):
+        Pipeline(tiny_model("sd1"), precision="bf16")
+    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Pipeline(tiny_model("sd1"), precision="bf16")
+        Pipeline(tiny_model("sd1"), precision="fp32")

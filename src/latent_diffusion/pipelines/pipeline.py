@@ -26,7 +26,7 @@ from ..errors import LDMError
 from ..models.conditioners import TEXT_KINDS, null_class, num_class_labels
 from ..models.gemm_storage import base_dtype, gemm_parameters, stored_dtype
 from .blend import final_blend, masked_denoiser
-from .fastpaths import FastPaths, resolve_precision, sampling_context
+from .fastpaths import FastPaths, resolve_precision, sampling_context, warn_if_emulated
 from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
 from .structured import LayoutLike, load_semantic_map, null_layout, pad_layout, parse_layout, semantic_concat
 from .upscale import (DEFAULT_CFG_SCALE, DEFAULT_NOISE_LEVEL, check_noise_level, noised_low_res,
@@ -82,6 +82,7 @@ class Pipeline:
         resolved = "bf16" if stored and precision == "auto" else resolve_precision(precision, device, dtype)
         if stored and resolved == "fp32":
             self._restore_fp32_unet()
+        warn_if_emulated(resolved, device)
         self.fast = FastPaths(resolved, deepcache, deepcache_branch, attention_slice, compile)
         return self.fast
 
