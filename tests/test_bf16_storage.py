@@ -164,8 +164,13 @@ def unet_params(model) -> dict[str, torch.Tensor]:
 
 
 def test_a_pipeline_keeps_no_ema_copy(ema_file: Path) -> None:
-    """The file's model_ema.* (a second UNet) is not read without use_ema and dropped once applied with it."""
+    """The file's model_ema.* (a second UNet) is not read without use_ema and dropped once applied with it; with
+    bf16 storage its GEMM averages are converted as read (their cast keys are the file's)."""
     assert load_checkpoint(ema_file).model_ema is not None  # load_checkpoint itself keeps everything
+    header, _ = read_state_dict(ema_file)  # memory-mapped: the keys
+    cast = checkpoint._unet_gemm_cast(ema_file, None, None, torch.bfloat16, ema=True)
+    ema_keys = [k for k in cast if k.startswith("model_ema.")]
+    assert ema_keys and len(ema_keys) * 2 == len(cast) and set(cast) <= set(header)
     raw, _ = read_state_dict(ema_file, mmap=False, skip=("model_ema.",))
     assert raw and not any(k.startswith("model_ema.") for k in raw)
     for use_ema in (False, True):

@@ -201,10 +201,23 @@ def test_text_encoder_once_per_call_and_cond_uncond_in_one_batch(pipe: Pipeline,
     assert batches == [2] * (2 * KW["steps"])  # each step: one UNet call on [uncond; cond]
 
 
-def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Once per switch to bf16 (autocast or bf16 weights), attributed to the caller's line, not the library's."""
+    import warnings
+
+    from latent_diffusion.checkpoint import save_checkpoint
+
     monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: False)
-    with pytest.warns(UserWarning, match="no native bf16.*emulated.*'auto' picks fp32"):
+    with pytest.warns(UserWarning, match="no native bf16.*emulated.*precision='fp32'"):
         Pipeline(tiny_model("sd1"), precision="bf16")
+    path = save_checkpoint(tiny_model("sd1"), tmp_path / "sd1.safetensors")
+    for kw in ({"precision": "bf16"}, {"dtype": torch.bfloat16}):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe = Pipeline.from_checkpoint(path, **kw)
+            pipe.set_fast_paths("bf16" if "precision" in kw else "auto", deepcache=2)  # no switch: no warning
+        emulated = [w for w in caught if "no native bf16" in str(w.message)]
+        assert len(emulated) == 1 and emulated[0].filename == __file__, (kw, emulated)
     monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: True)
     import warnings
 

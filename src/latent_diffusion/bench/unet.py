@@ -2,11 +2,11 @@
 
 Both models hold the same random weights (diffusers' own CompVis converter copies ours across). One call is one
 classifier-free-guidance step: batch 2, context (2, 77, 768) for the SD1.5 shape. Cases: fp32, bf16 autocast and
-"bf16 stored weights" (ours as a bf16 pipeline holds it, diffusers with its casts cached, both as a sampling loop
-calls them) (on a CUDA device fp32, fp16 and bf16, with each call's peak GPU memory), 64×64 and 32×32 latents; ``extras`` adds
-channels_last and cached-cast modes, ``compile`` a torch.compile mode. Timings: medians of N repeats after warm-up,
-interleaved ours, diffusers, diffusers, ours, ... so drift hits both alike; on the CPU, rounds disturbed by other
-processes are rerun. FLOPs: ``torch.utils.flop_counter``; GEMM peak: the best n³ matmul (2048³ on the CPU, 8192³ on
+"bf16 stored weights" (CPU: ours as a bf16 pipeline holds it, diffusers with its casts cached, both as a sampling
+loop calls them); on a CUDA device fp32, fp16 and bf16, with each call's peak GPU memory; 64×64 and 32×32 latents;
+``extras`` adds channels_last and cached-cast modes, ``compile`` a torch.compile mode. Timings: medians of N
+repeats after warm-up, interleaved ours, diffusers, diffusers, ours, ... so drift hits both alike; on the CPU,
+rounds disturbed by other processes are rerun. FLOPs: ``torch.utils.flop_counter``; GEMM peak: the best n³ matmul (2048³ on the CPU, 8192³ on
 a GPU), measured in the same run.
 """
 

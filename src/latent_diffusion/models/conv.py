@@ -81,7 +81,7 @@ def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         patches = torch.cat([padded[:, i:i + stride * (h_out - 1) + 1:stride, j:j + stride * (w_out - 1) + 1:stride]
                              for i in range(k) for j in range(k)], dim=-1)  # (B, H', W', k·k·C), (i, j, c) order
     w2 = _gemm_weight(weight, dtype)  # (O, k·k·C) in the (i, j, c) order of the patches
-    out = linear(patches.reshape(-1, k * k * c), w2, bias)  # (B·H'·W', O); oneDNN in fp32 inference
+    out = linear(patches.reshape(-1, k * k * c), w2, bias)  # (B·H'·W', O); oneDNN where linear.PREFERRED
     return out.view(b, h_out, w_out, o).permute(0, 3, 1, 2)  # (B, O, H', W'), channels_last memory
 
 

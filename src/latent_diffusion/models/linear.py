@@ -35,7 +35,8 @@ AVAILABLE = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, 
 
 def prefers_onednn(capability: str | None = None) -> bool:
     """Whether oneDNN's fp32 matmul is the default over MKL's: on AVX-512 CPUs (``torch.backends.cpu``'s
-    capability "AVX512", as on the EPYC Zen4 where it won), not on AVX2-only ones (where MKL won)."""
+    capability "AVX512", as on the EPYC Zen4 where it won; assumed, not measured, for AVX-512 Xeons), not on
+    AVX2-only ones (where MKL won)."""
     cap = torch.backends.cpu.get_cpu_capability() if capability is None else capability
     return cap.upper().startswith("AVX512")
 

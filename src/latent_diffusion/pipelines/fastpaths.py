@@ -17,6 +17,8 @@ loaded itself (``from_checkpoint``), and can read them back from the file (see `
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -51,13 +53,24 @@ def resolve_precision(precision: str, device: torch.device | str, dtype: torch.d
     return "fp32"
 
 
-def warn_if_emulated(precision: str, device: torch.device | str) -> None:
-    """A warning when bf16 is to run on a CPU without native bf16 GEMMs, where torch emulates them (several times
-    slower than fp32: ~11 against 70–85 GFLOP/s on the UNet's shapes on an AVX2-only AMD EPYC)."""
-    if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
+def warn_if_emulated(device: torch.device | str) -> None:
+    """A warning that bf16 GEMMs (bf16 autocast or bf16 weights) run on a CPU without native bf16, where torch
+    emulates them: several times slower than fp32 (~11 against 70–85 GFLOP/s on the UNet's shapes on an AVX2-only
+    AMD EPYC). Attributed to the first caller outside this package."""
+    if torch.device(device).type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("this CPU has no native bf16 (AVX-512 BF16 / AMX), so bf16 runs emulated and several times "
-                      "slower than fp32 (it still halves the UNet's weight memory); precision='auto' picks fp32 "
-                      "here", stacklevel=3)
+                      "slower than fp32 (it still halves the UNet's weight memory); for fp32 speed load with "
+                      "precision='fp32' and fp32 weights ('auto' does so here)", stacklevel=_outside_stacklevel())
+
+
+def _outside_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel for the first frame outside the latent_diffusion package (as seen from the
+    function that calls ``warnings.warn``)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(2), 2  # the caller of the function that warns
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass

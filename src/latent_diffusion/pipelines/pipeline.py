@@ -82,7 +82,10 @@ class Pipeline:
         resolved = "bf16" if stored and precision == "auto" else resolve_precision(precision, device, dtype)
         if stored and resolved == "fp32":
             self._restore_fp32_unet()
-        warn_if_emulated(resolved, device)
+        bf16_gemms = resolved == "bf16" or dtype == torch.bfloat16
+        was = getattr(self, "fast", None)
+        if bf16_gemms and not (was is not None and (was.precision == "bf16" or dtype == torch.bfloat16)):
+            warn_if_emulated(device)  # once per switch to bf16, not on every call
         self.fast = FastPaths(resolved, deepcache, deepcache_branch, attention_slice, compile)
         return self.fast
 
