@@ -159,10 +159,13 @@ def _unet_gemm_cast(path: str | os.PathLike, config: DiffusionConfig | dict | st
     with torch.device("meta"):
         unet = UNetModel(cfg.unet)
     names = list(gemm_parameters(unet))
-    cast = {UNET + name: dtype for name in names}
-    if ema:
-        cast |= {"model_ema." + shadow_name("diffusion_model." + name): dtype for name in names}
-    return cast
+    return {unet_file_key(name, e): dtype for name in names for e in ((False, True) if ema else (False,))}
+
+
+def unet_file_key(name: str, ema: bool = False) -> str:
+    """The checkpoint key of UNet parameter ``name`` (as ``UNetModel.named_parameters`` gives it), or of its EMA
+    average (``model_ema.*``, LitEma's dotless names)."""
+    return "model_ema." + shadow_name("diffusion_model." + name) if ema else UNET + name
 
 
 def save_checkpoint(model: LatentDiffusion, path: str | os.PathLike, *, overwrite: bool = False,

@@ -112,10 +112,10 @@ def synchronized(fn: Callable[[], object], device: str | torch.device) -> Callab
 def gemm_peak(n: int = 2048, repeats: int = 10, device: str = "cpu", bf16: bool = True) -> dict[str, float]:
     """Measured GFLOP/s of an n³ matmul, fp32 and (``bf16``) bf16 (best of ``repeats`` after one warm-up). On the
     CPU: the better of ``torch.mm`` (MKL for fp32 on x86) and oneDNN's matmul, which our fp32 inference Linear
-    layers call on AVX-512 CPUs (``models/linear.py``) and which beat MKL by ~1.4× on an AMD EPYC; also keyed ``{dtype}_mm`` and
-    ``{dtype}_onednn`` (0.0 where this torch has no oneDNN). A CPU without native bf16 times its emulated bf16 on a
-    matmul of at most 512³, 3 calls (2048³ there is ~40 s a call). On a CUDA device: ``torch.mm`` (cuBLAS; fp32
-    without TF32, torch's default) for fp32, bf16 and fp16."""
+    layers call on AVX-512 CPUs (``models/linear.py``) and which beat MKL by ~1.4× on an AMD EPYC; also keyed
+    ``{dtype}_mm`` and ``{dtype}_onednn`` (0.0 where this torch has no oneDNN). A CPU without native bf16 times
+    its emulated bf16 on a matmul of at most 512³, 3 calls (2048³ there is ~40 s a call). On a CUDA device:
+    ``torch.mm`` (cuBLAS; fp32 without TF32, torch's default) for fp32, bf16 and fp16."""
     out = {}
     on_cuda = torch.device(device).type == "cuda"
     dtypes = ([("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if bf16 else [])

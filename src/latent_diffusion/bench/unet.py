@@ -6,8 +6,8 @@ classifier-free-guidance step: batch 2, context (2, 77, 768) for the SD1.5 shape
 loop calls them); on a CUDA device fp32, fp16 and bf16, with each call's peak GPU memory; 64×64 and 32×32 latents;
 ``extras`` adds channels_last and cached-cast modes, ``compile`` a torch.compile mode. Timings: medians of N
 repeats after warm-up, interleaved ours, diffusers, diffusers, ours, ... so drift hits both alike; on the CPU,
-rounds disturbed by other processes are rerun. FLOPs: ``torch.utils.flop_counter``; GEMM peak: the best n³ matmul (2048³ on the CPU, 8192³ on
-a GPU), measured in the same run.
+rounds disturbed by other processes are rerun. FLOPs: ``torch.utils.flop_counter``; GEMM peak: the best n³ matmul
+(2048³ on the CPU, 8192³ on a GPU), measured in the same run.
 """
 
 from __future__ import annotations
@@ -54,13 +54,17 @@ class Mode:
     stored_weights: bool = False
 
     @property
+    def amp_dtype(self) -> torch.dtype:
+        """The autocast dtype (and the stored weights' dtype) of ``amp``."""
+        return torch.float16 if self.amp == "fp16" else torch.bfloat16
+
+    @property
     def precision(self) -> str:
         """The GEMM peak this mode is measured against: "fp32", "bf16" or "fp16"."""
         return self.amp or "fp32"
 
     def _autocast(self, device_type: str, enabled: bool):  # noqa: ANN202 - a context manager
-        dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
-        return torch.autocast(device_type, dtype=dtype, enabled=enabled)
+        return torch.autocast(device_type, dtype=self.amp_dtype, enabled=enabled)
 
     @contextlib.contextmanager
     def outer(self, device_type: str = "cpu"):
@@ -239,7 +243,7 @@ def run(*, quick: bool, peak: dict[str, float], repeats: int | None = None, extr
         for mode in modes:
             if mode.stored_weights and mode.amp not in stored:
                 stored[mode.amp] = copy.deepcopy(ours)
-                store_gemm_weights(stored[mode.amp], torch.float16 if mode.amp == "fp16" else torch.bfloat16)
+                store_gemm_weights(stored[mode.amp], mode.amp_dtype)
             r = run_case(stored[mode.amp] if mode.stored_weights else ours, ref, size, mode, repeats, peak)
             results.append(r)
             gib = r.get("peak_memory_gib")

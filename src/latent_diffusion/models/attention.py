@@ -115,7 +115,8 @@ class GEGLU(nn.Module):
         # Two half-width GEMMs on row slices of ``proj`` (contiguous views) instead of one GEMM and a chunk:
         # the same FLOPs, but ``gate`` and ``value`` come out contiguous, so GELU and the product run on dense
         # memory (a chunk of the last dim is strided, which made GELU and mul twice as slow on CPU). On the oneDNN
-        # path (fp32 CPU inference, AVX-512) the gate's GEMM applies GELU as it writes (a product post-op measured no gain).
+        # path (fp32 CPU inference, AVX-512) the gate's GEMM applies GELU as it writes (a product post-op measured
+        # no gain).
         w_value, w_gate = self.proj.weight.chunk(2, dim=0)
         b_value, b_gate = self.proj.bias.chunk(2, dim=0)
         gate = linear(x, w_gate, b_gate, gelu=True)  # (..., dim_out)

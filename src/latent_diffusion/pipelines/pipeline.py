@@ -92,8 +92,7 @@ class Pipeline:
     def _restore_fp32_unet(self) -> None:
         """From bf16 storage back to fp32: the UNet's GEMM weights read from the checkpoint file (one tensor at a
         time, onto each parameter's device), into the same Parameters, if the stored ones still match the file."""
-        from ..infer import UNET
-        from ..models.ema import shadow_name
+        from ..checkpoint import unet_file_key
         from ..safe_load import read_state_dict
 
         if self._load_args is None or self.checkpoint_path is None:
@@ -103,8 +102,7 @@ class Pipeline:
         path = os.fspath(self.checkpoint_path)
         stored = {n: p for n, p in gemm_parameters(self.model.model.diffusion_model).items()
                   if p.dtype == torch.bfloat16}
-        ema = self._load_args["use_ema"]
-        key = {n: "model_ema." + shadow_name("diffusion_model." + n) if ema else UNET + n for n in stored}
+        key = {n: unet_file_key(n, self._load_args["use_ema"]) for n in stored}
         try:
             sd, _ = read_state_dict(path)  # .safetensors: memory-mapped, each tensor read when used
         except (LDMError, OSError) as exc:
