@@ -22,8 +22,20 @@ def test_unknown_keys_rejected():
 
 
 def test_task_the_dataset_cannot_supply():
-    with pytest.raises(ConfigError, match=r"task 'depth' is not one the 'shapes' dataset can supply"):
+    with pytest.raises(ConfigError, match=r"unknown task 'depth'; tasks: \['unconditional'"):
         LDMTrainConfig.from_dict(tiny(task="depth"))
+    with pytest.raises(ConfigError, match=r"task 'semantic' reads per-image annotations.*shards carry images"):
+        LDMTrainConfig.from_dict(tiny(task="semantic", data={"source": "shards", "root": "x"}))
+    with pytest.raises(ConfigError, match=r"needs data.segmentation_root and data.num_segment_classes"):
+        LDMTrainConfig.from_dict(tiny(task="semantic", data={"source": "folder", "root": "x"}))
+
+
+def test_legacy_dataset_key_reads_as_source():
+    assert LDMTrainConfig.from_dict(tiny(data={"dataset": "shapes"})).data.source == "shapes"
+    with pytest.raises(ConfigError, match="data.dataset='shapes' and data.source='folder' disagree"):
+        LDMTrainConfig.from_dict(tiny(data={"dataset": "shapes", "source": "folder", "root": "x"}))
+    with pytest.raises(ConfigError, match=r"data.source='folder' needs data.root \(or --data PATH"):
+        LDMTrainConfig.from_dict(tiny(data={"source": "folder"}))
 
 
 def test_task_and_model_disagree():

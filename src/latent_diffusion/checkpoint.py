@@ -212,5 +212,6 @@ def inspect_checkpoint(path: str | os.PathLike, config: Any = None) -> dict[str,
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values()})
     return {"path": os.fspath(path), "family": family(cfg), "parameterization": cfg.parameterization,
             "parameters": parts, "dtypes": dtypes, "ema": parts["ema"] > 0, "tensors": len(sd),
-            "scale_factor": cfg.scale_factor, "config_source": "given" if config is not None else
+            "scale_factor": cfg.scale_factor, "class_names": list(cfg.class_names),
+            "config_source": "given" if config is not None else
             ("metadata" if CONFIG_METADATA_KEY in extras else "inferred")}

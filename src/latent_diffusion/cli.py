@@ -26,6 +26,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     rows += [(f"{part} params", f"{n:,}") for part, n in info["parameters"].items() if n]
     rows += [("dtypes", ", ".join(info["dtypes"])), ("EMA weights", "yes" if info["ema"] else "no"),
              ("tensors", info["tensors"]), ("config", info["config_source"])]
+    if info["class_names"]:
+        names = info["class_names"]
+        rows.append(("classes", f"{len(names)}: " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")))
     for label, value in rows:
         print(f"  {label + ':':20}{value}")
     return 0

@@ -227,6 +227,9 @@ class DiffusionConfig:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     low_scale: LowScaleConfig | None = None  # the x4 upscaler's noise augmentation of the low-res image
+    # what each class label (class-conditional models) or layout category means, from the training data (class
+    # sub-folder names, a label column, COCO categories); () = not recorded (ShapesWorld's names apply)
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.parameterization not in ("eps", "x0", "v"):

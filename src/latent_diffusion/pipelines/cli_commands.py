@@ -102,7 +102,8 @@ def add_generate_commands(sub: Any) -> None:
     _model_args(s, sampler="ddim", steps=50, cfg=1.0,
                 embedded="class-conditional (with --class-label) or unconditional")
     s.add_argument("--class-label", default=None,
-                   help="an integer class, or (ShapesWorld models) a name such as 'red circle'")
+                   help="an integer class, or a name: one of the classes the model was trained on (its class "
+                        "folders; `ldm inspect` lists them), or for ShapesWorld models 'red circle'")
     _size_args(s)
     s.set_defaults(func=_cmd_sample)
     lay = sub.add_parser("layout2img", help="layout-to-image: objects with boxes")
@@ -337,7 +338,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         from .structured import class_from_name
 
         label = args.class_label.strip()
-        args.class_label = int(label) if label.lstrip("-").isdigit() else class_from_name(label)
+        names = tuple(pipe.cfg.class_names)
+        args.class_label = (int(label) if label.lstrip("-").isdigit() and label not in names
+                            else class_from_name(label, names))
     images = pipe.sample(args.class_label, n=args.n, seed=seed, steps=args.steps, sampler=args.sampler,
                          cfg_scale=args.cfg, height=args.height, width=args.width, progress=_progress(args),
                          batch_size=args.batch_size)

@@ -24,8 +24,16 @@ from .images import open_image
 LayoutLike = torch.Tensor | np.ndarray | Sequence[Sequence[Any]]
 
 
-def class_from_name(name: str) -> int:
-    """``"red circle"`` → its ShapesWorld class; the error lists the accepted colours and shapes."""
+def class_from_name(name: str, class_names: tuple[str, ...] = ()) -> int:
+    """A class name → its label: one of the model's ``class_names`` (recorded from its training data; matched without
+    regard to case), or for a model without them a ShapesWorld ``"red circle"``. The error lists what is accepted."""
+    if class_names:
+        lowered = [c.lower() for c in class_names]
+        if name.strip().lower() in lowered:
+            return lowered.index(name.strip().lower())
+        shown = ", ".join(repr(c) for c in class_names[:30]) + (" ..." if len(class_names) > 30 else "")
+        raise LDMError(f"unknown class {name!r}: this model's classes are {shown} (or give an integer label "
+                       f"0..{len(class_names) - 1})")
     words = name.lower().replace("_", " ").split()
     if len(words) != 2 or words[0] not in COLOUR_NAMES or words[1] not in SHAPES:
         raise LDMError(f"unknown object {name!r}: give '<colour> <shape>' with colour in {list(COLOUR_NAMES)} and "

@@ -23,27 +23,36 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .first_stage import load_first_stage_into
-from ..data.shapes import NUM_SEGMENT_CLASSES
 from ..diffusion.parameterization import alpha_sigma_from_alphas_cumprod, v_target
 from ..errors import ConfigError, LDMError
 from ..models.conditioners import null_class
 from ..models.ldm import LatentDiffusion
-from .ldm_config import LDMTrainConfig, check_scale_factor
-from .ldm_data import StepWindow, TaskSource, build_world, latent_cache_file, seed_of
+from .ldm_config import LDMTrainConfig, check_scale_factor, segment_classes
+from .ldm_data import StepWindow, TaskSource, build_items, latent_cache_file, seed_of
 
 
 class NonFiniteLossError(LDMError, FloatingPointError):
     """The training loss became NaN / Inf."""
 
 
-def build_training_model(cfg: LDMTrainConfig, *, load_init: bool = True) -> LatentDiffusion:
+def build_training_model(cfg: LDMTrainConfig, *, load_init: bool = True, items=None) -> LatentDiffusion:  # noqa: ANN001
     """The LatentDiffusion to train: fresh UNet (seeded) or ``init_from``'s (unless ``load_init`` is False: a resume,
-    whose checkpoint holds the weights), first stage loaded from ``first_stage_path`` and frozen."""
+    whose checkpoint holds the weights), first stage loaded from ``first_stage_path`` and frozen. ``items`` (the data
+    source) supplies what the model's config takes from the data: a jointly trained text encoder's word vocabulary
+    (from the captions; ShapesWorld's own words for ShapesWorld) and the class / layout category names."""
     mcfg = copy.deepcopy(cfg.model)
     if mcfg.conditioner.kind == "bert" and not mcfg.conditioner.words:
         from ..data.shapes import vocabulary
 
-        mcfg.conditioner.words = tuple(vocabulary())  # the vocabulary travels with the checkpoint's config
+        if cfg.data.source == "shapes" or items is None:
+            words = tuple(vocabulary())
+        else:
+            from ..data.sources import caption_words
+
+            words = caption_words(items.captions())
+        mcfg.conditioner.words = words  # the vocabulary travels with the checkpoint's config
+    if items is not None and cfg.task in ("class", "layout") and not mcfg.class_names:
+        mcfg.class_names = tuple(items.class_names)  # so that `ldm sample --class-label NAME` works
     torch.manual_seed(cfg.run.seed)  # weight init only; everything later uses explicit generators
     model = LatentDiffusion(mcfg)
     if cfg.first_stage_path is not None:
@@ -81,7 +90,8 @@ class LatentDiffusionModule(L.LightningModule):
     def __init__(self, cfg: LDMTrainConfig, *, resuming: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model = build_training_model(cfg, load_init=not resuming)
+        self.items = build_items(cfg)  # the data, read and checked before anything trains
+        self.model = build_training_model(cfg, load_init=not resuming, items=self.items)
         _ = self.first_stage_sha256  # fingerprint the file the weights were just read from
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))  # micro-batches on this rank
         self.source: TaskSource | None = None
@@ -113,7 +123,7 @@ class LatentDiffusionModule(L.LightningModule):
         if self.source is not None:
             return
         cfg = self.cfg
-        self.source = TaskSource(build_world(cfg), cfg.task, cfg.data.mask)
+        self.source = TaskSource(self.items, cfg.task)
         if cfg.diffusion.cache_latents:
             self.source.cache(lambda x: self._raw_latents(x, None),
                               path=latent_cache_file(cfg, self.first_stage_sha256))
@@ -142,7 +152,9 @@ class LatentDiffusionModule(L.LightningModule):
         count = max(0, min(r.epoch_steps * acc, r.max_steps * acc - done))
         rank, world = self.rank_info
         window = StepWindow(self.source, r.seed, done, count, r.batch_size, rank, world)
-        return DataLoader(window, batch_size=r.batch_size, shuffle=False, drop_last=True, num_workers=0)
+        workers = self.cfg.data.num_workers
+        return DataLoader(window, batch_size=r.batch_size, shuffle=False, drop_last=True, num_workers=workers,
+                          persistent_workers=False)
 
     # -- latents and conditions ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -196,7 +208,7 @@ class LatentDiffusionModule(L.LightningModule):
             lay[drop] = torch.tensor([-1.0, 0, 0, 0, 0])
             return {"c_crossattn": cond_model.encode(lay.to(z.device))}
         if task == "semantic":
-            onehot = F.one_hot(batch["segmentation"].long(), NUM_SEGMENT_CLASSES).permute(0, 3, 1, 2).to(z)
+            onehot = F.one_hot(batch["segmentation"].long(), segment_classes(self.cfg)).permute(0, 3, 1, 2).to(z)
             return {"c_concat": F.interpolate(onehot, size=z.shape[-2:], mode="area") * keep}
         if task == "superres":
             lo = batch["lowres"].to(z)

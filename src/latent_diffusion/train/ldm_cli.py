@@ -17,6 +17,13 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training YAML, e.g. configs/ldm/txt2img-shapes.yaml")
     p.add_argument("--resume", default=None, help="Lightning checkpoint to continue from (OUT_DIR/checkpoints/last.ckpt)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="train on this image folder or folder of webdataset .tar shards (sets data.source and "
+                        "data.root; see docs/training.md for captions, class folders and the other tasks' files)")
+    p.add_argument("--strict-data", action="store_true",
+                   help="an image that cannot be decoded is an error (default: skipped with one warning)")
+    p.add_argument("--allow-missing-captions", action="store_true",
+                   help="train images that have no caption with the empty caption (default: an error naming them)")
     p.add_argument("--out-dir", default=None, help="override run.out_dir")
     p.add_argument("--max-steps", type=int, default=None, help="override run.max_steps")
     p.add_argument("--devices", type=int, default=None, help="override run.devices (processes; CPU uses gloo DDP)")
@@ -46,7 +53,8 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
     from .ldm_config import LDMTrainConfig
     from .ldm_run import train_ldm
 
-    cfg = LDMTrainConfig.from_yaml(args.config)
+    cfg = LDMTrainConfig.from_yaml(args.config, data=data_flags(args.data, strict=args.strict_data,
+                                                               allow_missing_captions=args.allow_missing_captions))
     overrides = (("out_dir", args.out_dir), ("max_steps", args.max_steps), ("devices", args.devices),
                  ("seed", args.seed))
     changes = {k: v for k, v in overrides if v is not None}
@@ -59,6 +67,28 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
         print(f"done: {summary['steps']} steps in {summary['train_seconds']} s -> {cfg.run.out_dir}/model.safetensors"
               + (f" and {args.export}" if args.export else ""))
     return 0
+
+
+def data_source_of(path: str) -> str:
+    """``shards`` for a .tar file or a folder holding .tar files, else ``folder``."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".tar":
+        return "shards"
+    return "shards" if p.is_dir() and any(p.glob("*.tar")) else "folder"
+
+
+def data_flags(data: str | None, *, strict: bool = False, allow_missing_captions: bool = False) -> dict[str, Any]:
+    """The ``data:`` keys that ``--data`` / ``--strict-data`` / ``--allow-missing-captions`` set."""
+    changes: dict[str, Any] = {}
+    if data is not None:
+        changes |= {"source": data_source_of(data), "root": data}
+    if strict:
+        changes["strict"] = True
+    if allow_missing_captions:
+        changes["missing_caption"] = "empty"
+    return changes
 
 
 def main(argv: list[str] | None = None) -> int:

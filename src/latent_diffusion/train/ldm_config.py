@@ -2,7 +2,7 @@
 
 Sections: ``model`` (our ``DiffusionConfig``: UNet, schedule, parameterisation, conditioner, first stage),
 ``task`` (what the data supplies as the condition), ``first_stage_path`` (a trained autoencoder file, frozen),
-``data`` (ShapesWorld), ``diffusion`` (training-only knobs: loss weighting, condition dropout, EMA, caching),
+``data`` (ShapesWorld, an image folder or tar shards: ``data/config.py``), ``diffusion`` (training-only knobs: loss weighting, condition dropout, EMA, caching),
 ``optim`` and ``run``. The task decides which item fields become the condition; the model config must agree
 (e.g. ``superres`` needs a concat UNet with ``in_channels = latent + 3``), checked by ``check_task``.
 """
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..config import DiffusionConfig, from_dict, to_dict
+from ..data.config import DataConfig
 from ..errors import ConfigError
 
 # task -> (conditioning_key(s) it works with, conditioner kinds it works with, extra concat channels)
@@ -29,23 +30,6 @@ TASKS: dict[str, tuple[tuple[str | None, ...], tuple[str, ...]]] = {
     "superres": (("concat",), ("none",)),
     "inpaint": (("concat", "hybrid"), ("none", "bert", "minilm", "clip", "open_clip")),
 }
-
-
-@dataclass
-class ShapesDataConfig:
-    dataset: str = "shapes"  # only ShapesWorld for now
-    size: int = 64
-    seed: int = 0
-    length: int = 100_000  # distinct items; the stream reshuffles them every pass
-    object_weights: tuple[float, ...] | None = None  # P(1, 2, 3 objects)
-    backgrounds: tuple[str, ...] | None = None  # None = all
-    mask: str = "both"  # inpaint masks: box | stroke | both (alternating per item)
-
-    def __post_init__(self) -> None:
-        if self.dataset != "shapes":
-            raise ValueError(f"data.dataset must be 'shapes', got {self.dataset!r}")
-        if self.mask not in ("box", "stroke", "both"):
-            raise ValueError(f"data.mask must be 'box', 'stroke' or 'both', got {self.mask!r}")
 
 
 @dataclass
@@ -125,6 +109,19 @@ RESUMABLE_CHANGES = ("run.max_steps", "run.max_minutes", "run.out_dir", "run.num
                      "diffusion.latent_cache_dir")
 
 
+def _legacy_data_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data.dataset`` (configs and checkpoints written before image folders) reads as ``data.source``."""
+    section = data.get("data")
+    if isinstance(section, dict) and "dataset" in section:
+        section = dict(section)
+        old = section.pop("dataset")
+        if section.setdefault("source", old) != old:
+            raise ConfigError(f"{where}: data.dataset={old!r} and data.source={section['source']!r} disagree; "
+                              "use data.source")
+        data = {**data, "data": section}
+    return data
+
+
 def _patterns(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -145,7 +142,7 @@ class LDMTrainConfig:
     # encoder and the cross-attention keys / values reading it), e.g. ["cond_stage_model.*",
     # "model.diffusion_model.*.attn2.to_[kv].*"]
     init_skip: tuple[str, ...] = ()
-    data: ShapesDataConfig = field(default_factory=ShapesDataConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
     optim: LDMOptimConfig = field(default_factory=LDMOptimConfig)
     run: LDMRunConfig = field(default_factory=LDMRunConfig)
@@ -156,7 +153,8 @@ class LDMTrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> "LDMTrainConfig":
         data = dict(data or {})
-        sections = {"data": ShapesDataConfig, "diffusion": DiffusionTrainConfig, "optim": LDMOptimConfig,
+        data = _legacy_data_keys(data, where)
+        sections = {"data": DataConfig, "diffusion": DiffusionTrainConfig, "optim": LDMOptimConfig,
                     "run": LDMRunConfig}
         accepted = sorted([*sections, "model", "task", "first_stage_path", "init_from", "init_skip"])
         unknown = sorted(set(data) - set(accepted))
@@ -179,14 +177,18 @@ class LDMTrainConfig:
             raise ConfigError(f"{where}: {e}") from e
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "LDMTrainConfig":
+    def from_yaml(cls, path: str | Path, *, data: dict[str, Any] | None = None) -> "LDMTrainConfig":
+        """Read ``path``; ``data`` replaces keys of its ``data:`` section first (the command line's ``--data``)."""
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text())
-        if not isinstance(data, dict):
+        raw = yaml.safe_load(p.read_text())
+        if not isinstance(raw, dict):
             raise ConfigError(f"{p} must hold a mapping (task, model, data, diffusion, optim, run)")
-        return cls.from_dict(data, where=str(p))
+        if data:
+            raw = _legacy_data_keys(raw, str(p))
+            raw["data"] = {**(raw.get("data") or {}), **data}
+        return cls.from_dict(raw, where=str(p))
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -212,13 +214,32 @@ def extra_concat_channels(task: str, latent_channels: int, n_segment_classes: in
     return {"semantic": n_segment_classes, "superres": 3, "inpaint": 1 + latent_channels}.get(task, 0)
 
 
-def check_task(cfg: LDMTrainConfig) -> None:
-    """The task must be one the dataset supplies and the model config must be able to take its condition."""
-    from ..data.shapes import NUM_CLASSES, NUM_SEGMENT_CLASSES, TASKS as DATA_TASKS
+# what a source needs for a task beyond images (data fields); shards carry images, captions and labels only
+_FOLDER_TASK_NEEDS = {"semantic": ("segmentation_root", "num_segment_classes"), "layout": ("layout_json",)}
 
-    if cfg.task not in DATA_TASKS:
-        raise ConfigError(f"task {cfg.task!r} is not one the {cfg.data.dataset!r} dataset can supply; "
-                          f"it supplies: {list(DATA_TASKS)}")
+
+def segment_classes(cfg: LDMTrainConfig) -> int:
+    """Label values of the semantic task's maps (the one-hot channels the UNet's input concatenates)."""
+    from ..data.shapes import NUM_SEGMENT_CLASSES
+
+    return NUM_SEGMENT_CLASSES if cfg.data.source == "shapes" else int(cfg.data.num_segment_classes or 0)
+
+
+def check_task(cfg: LDMTrainConfig) -> None:
+    """The task must be one the data source can supply and the model config must be able to take its condition.
+    (The class count of an image folder is checked once the folder is read: ``check_class_count``.)"""
+    from ..data.shapes import NUM_CLASSES, TASKS as ALL_TASKS
+
+    if cfg.task not in ALL_TASKS:
+        raise ConfigError(f"unknown task {cfg.task!r}; tasks: {list(ALL_TASKS)}")
+    d = cfg.data
+    if d.source == "shards" and cfg.task in _FOLDER_TASK_NEEDS:
+        raise ConfigError(f"task {cfg.task!r} reads per-image annotations beside an image folder; train it from the "
+                          "folder (data.source: folder), shards carry images, captions and class labels only")
+    if d.source == "folder":
+        lacking = [k for k in _FOLDER_TASK_NEEDS.get(cfg.task, ()) if getattr(d, k) in (None, "", 0)]
+        if lacking:
+            raise ConfigError(f"task {cfg.task!r} from an image folder needs data.{' and data.'.join(lacking)}")
     keys, kinds = TASKS[cfg.task]
     m = cfg.model
     if m.conditioning_key not in keys:
@@ -226,7 +247,7 @@ def check_task(cfg: LDMTrainConfig) -> None:
     if m.conditioner.kind not in kinds:
         raise ConfigError(f"task {cfg.task!r} needs model.conditioner.kind in {list(kinds)}, got {m.conditioner.kind!r}")
     latent = m.unet.out_channels
-    want = latent + extra_concat_channels(cfg.task, latent, NUM_SEGMENT_CLASSES)
+    want = latent + extra_concat_channels(cfg.task, latent, segment_classes(cfg))
     if m.unet.in_channels != want:
         raise ConfigError(f"task {cfg.task!r} with {latent} latent channels needs model.unet.in_channels = {want}, "
                           f"got {m.unet.in_channels}")
@@ -235,9 +256,19 @@ def check_task(cfg: LDMTrainConfig) -> None:
                           f"model.unet.out_channels={latent}")
     if m.first_stage == "none" and latent != 3:
         raise ConfigError(f"pixel-space training (first_stage: none) needs model.unet.out_channels = 3, got {latent}")
-    if cfg.task == "class":
+    if cfg.task == "class" and d.source == "shapes":
         _check_class_labels(cfg, NUM_CLASSES)
     check_scale_factor(m.scale_factor, "model.scale_factor")
+
+
+def check_class_count(cfg: LDMTrainConfig, class_names: tuple[str, ...]) -> None:
+    """The model must have a label for each of the data's classes (and a null label for condition dropout); the
+    layout encoder a class for each category."""
+    if cfg.task == "class":
+        _check_class_labels(cfg, len(class_names))
+    if cfg.task == "layout" and cfg.model.conditioner.layout_classes < len(class_names):
+        raise ConfigError(f"the layout file has {len(class_names)} categories; model.conditioner.layout_classes is "
+                          f"{cfg.model.conditioner.layout_classes}")
 
 
 def _check_class_labels(cfg: LDMTrainConfig, data_classes: int) -> None:

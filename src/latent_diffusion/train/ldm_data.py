@@ -4,8 +4,12 @@ Sample ``j`` of micro-batch ``b`` on rank ``r`` of ``W`` is stream position ``p 
 ``e = p // N`` over the ``N`` items uses the permutation ``randperm(N, seed_of(seed, e))``. Resuming at micro-batch
 ``b`` therefore replays exactly what an uninterrupted run would have seen, on any number of processes.
 
-``TaskSource`` turns ShapesWorld items into what the task needs (the image, or a cached latent, plus the condition
-fields); cached latents are the posterior means of ``length`` items, encoded once (and kept on disk with
+A source may fix each pass's order itself (tar shards: shard-major, ``data/shards.py``); item ``p``'s random crop, flip
+and mask come from a generator seeded with ``(seed, p)``.
+
+``build_items`` reads ``cfg.data`` (ShapesWorld, an image folder or shards) into an item source; ``TaskSource`` hands
+the training step what the task needs (the image, or a cached latent, plus the condition fields); cached latents are
+the posterior means of the items' deterministic views (centre crop, no flip), encoded once (and kept on disk with
 ``diffusion.latent_cache_dir``).
 """
 
@@ -22,7 +26,7 @@ from ..config import to_dict
 from ..data.shapes import ShapesWorld, ShapesWorldConfig
 from ..errors import CheckpointError, ConfigError
 from ..safe_load import read_state_dict, save_safetensors_atomic
-from .ldm_config import LDMTrainConfig
+from .ldm_config import LDMTrainConfig, check_class_count
 
 # condition fields each task reads from an item
 TASK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -53,34 +57,108 @@ def build_world(cfg: LDMTrainConfig) -> ShapesWorld:
     return ShapesWorld(ShapesWorldConfig(size=d.size, seed=d.seed, length=d.length, **kw))
 
 
-class TaskSource:
-    """``get(i)`` → dict with ``image`` (3, H, W) or ``latent`` (C, h, w), and the task's condition fields."""
+class ShapesItems:
+    """ShapesWorld as an item source: ``get(i, generator)`` → ``image`` and the task's fields (item ``i`` is the same
+    whatever the generator: the world is seeded per item and symmetric, so no crop or flip is drawn)."""
 
-    def __init__(self, world: ShapesWorld, task: str, mask: str = "both") -> None:
-        self.world, self.task, self.mask = world, task, mask
-        self.latents: torch.Tensor | None = None  # (N, C, h, w) unscaled posterior means when cached
-        self.masked_latents: torch.Tensor | None = None  # inpaint: the same of each item's masked image
+    def __init__(self, world: ShapesWorld, fields: tuple[str, ...], mask: str = "both") -> None:
+        self.world, self.fields, self.mask = world, fields, mask
 
     def __len__(self) -> int:
         return len(self.world)
 
-    def get(self, i: int) -> dict:
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        from ..data.shapes import NUM_CLASSES, class_name
+
+        return tuple(class_name(c) for c in range(NUM_CLASSES))
+
+    def captions(self) -> list[str]:
+        return list(SAMPLE_PROMPTS)
+
+    def order(self, seed: int, epoch: int) -> None:
+        return None
+
+    def get(self, i: int, generator: torch.Generator | None = None) -> dict:
         item = self.world[i]
-        out: dict = {}
-        if self.latents is not None:
-            out["latent"] = self.latents[i]
-        else:
-            out["image"] = item["image"]
-        for k in TASK_FIELDS[self.task]:
+        out = {"image": item["image"]}
+        for k in self.fields:
             out[k] = self._mask(item, i) if k == "mask" else item[k]
-        if self.masked_latents is not None:
-            out["masked_latent"] = self.masked_latents[i]
         return out
 
     def _mask(self, item: dict, i: int) -> torch.Tensor:
         """Item ``i``'s inpainting mask (1, H, W), 1 = hole: ``data.mask``'s kind, box and stroke alternating."""
         use_box = self.mask == "box" or (self.mask == "both" and i % 2 == 0)
         return item["mask_box" if use_box else "mask_stroke"]
+
+
+# captions of the sample grids written at checkpoints of a ShapesWorld text-to-image run
+SAMPLE_PROMPTS = ("a red circle above a blue square", "a green triangle left of a yellow star",
+                  "a purple cross below an orange circle", "a cyan square right of a pink triangle")
+
+
+def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSource
+    """The task's item source for ``cfg.data`` (ShapesWorld, an image folder or tar shards), checked at step 0."""
+    fields = TASK_FIELDS[cfg.task]
+    d = cfg.data
+    if d.source == "shapes":
+        return ShapesItems(build_world(cfg), fields, d.shapes_mask)
+    from ..data.sources import FolderSource
+
+    if d.source == "folder":
+        from ..data.folder import scan_folder
+
+        labels = d.labels if cfg.task == "class" else "none"
+        captions = d.captions if "caption" in fields else "none"
+        index = scan_folder(d.root, captions=captions, labels=labels, missing_caption=d.missing_caption,
+                            strict=d.strict)
+    else:
+        from ..data.shards import index_shards
+
+        need = tuple(k for f, k in (("caption", "txt"), ("class_label", "cls")) if f in fields)
+        index = index_shards(d.root, need=need, strict=d.strict)
+    extra: dict = {}
+    if "segmentation" in fields:
+        from ..data.annotations import pair_label_maps
+
+        extra["label_maps"] = pair_label_maps(index, d.segmentation_root, int(d.num_segment_classes))
+    if "layout" in fields:
+        from ..data.annotations import read_coco_layouts
+
+        extra["layouts"] = read_coco_layouts(index, d.layout_json)
+    if "mask" in fields:
+        from ..data.degrade import MaskConfig
+
+        extra["mask"] = MaskConfig(kind=d.mask or "lama")
+    items = FolderSource(index, d.transform(), fields, sr_factor=d.sr_factor, max_objects=d.max_objects, **extra)
+    check_class_count(cfg, items.class_names)
+    return items
+
+
+class TaskSource:
+    """``get(i, generator)`` → dict with ``image`` (3, H, W) or ``latent`` (C, h, w), and the task's condition
+    fields, from an item source (``build_items``)."""
+
+    def __init__(self, items, task: str) -> None:  # noqa: ANN001
+        self.items, self.task = items, task
+        self.latents: torch.Tensor | None = None  # (N, C, h, w) unscaled posterior means when cached
+        self.masked_latents: torch.Tensor | None = None  # inpaint: the same of each item's masked image
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def order(self, seed: int, epoch: int) -> torch.Tensor | None:
+        return self.items.order(seed, epoch)
+
+    def get(self, i: int, generator: torch.Generator | None = None) -> dict:
+        if self.latents is None:
+            return self.items.get(i, generator)
+        out = self.items.get(i, None)  # the view the cache encoded (centre crop, no flip, the item's own mask)
+        del out["image"]
+        out["latent"] = self.latents[i]
+        if self.masked_latents is not None:
+            out["masked_latent"] = self.masked_latents[i]
+        return out
 
     @torch.no_grad()
     def cache(self, encode, batch_size: int = 64, path: Path | None = None) -> None:  # noqa: ANN001
@@ -105,11 +183,11 @@ class TaskSource:
             path.parent.mkdir(parents=True, exist_ok=True)
         chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         for start in range(0, len(self), batch_size):
-            items = [(i, self.world[i]) for i in range(start, min(start + batch_size, len(self)))]
-            imgs = torch.stack([it["image"] for _, it in items])  # (B, 3, H, W)
+            items = [self.items.get(i, None) for i in range(start, min(start + batch_size, len(self)))]
+            imgs = torch.stack([it["image"] for it in items])  # (B, 3, H, W)
             chunks["latents"].append(encode(imgs).float())
             if self.task == "inpaint":
-                masks = torch.stack([self._mask(it, i) for i, it in items])  # (B, 1, H, W)
+                masks = torch.stack([it["mask"] for it in items])  # (B, 1, H, W)
                 chunks["masked_latents"].append(encode(imgs * (1 - masks)).float())
         stored = {name: torch.cat(c) for name, c in chunks.items()}
         self.latents, self.masked_latents = stored["latents"], stored.get("masked_latents")
@@ -133,10 +211,23 @@ def latent_cache_file(cfg: LDMTrainConfig, first_stage_sha256: str | None) -> Pa
                           "stage file's sha256 (a random first stage has no file to name it after)")
     fields = {"format": LATENT_CACHE_FORMAT, "first_stage_sha256": first_stage_sha256,
               "first_stage": cfg.model.first_stage, "data": to_dict(cfg.data)}
+    if cfg.data.source != "shapes":  # the files themselves, not only the folder's name
+        fields["files"] = data_fingerprint(cfg.data.root)
     if cfg.task == "inpaint":  # its file holds the masked images' latents too
         fields["masked"] = True
     key = json.dumps(fields, sort_keys=True)
     return Path(folder) / f"latents-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+
+
+def data_fingerprint(root: str | None) -> str:
+    """A hash of every file's relative path, size and modification time under ``root``."""
+    h = hashlib.sha256()
+    base = Path(root or ".")
+    for p in sorted(base.rglob("*")) if base.is_dir() else [base]:
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(base) if base.is_dir() else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 class StepWindow(Dataset):
@@ -160,8 +251,12 @@ class StepWindow(Dataset):
         n = len(self.source)
         epoch = p // n
         if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, torch.randperm(n, generator=torch.Generator().manual_seed(seed_of(self.seed, epoch))))
+            order = self.source.order(self.seed, epoch)
+            if order is None:
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(seed_of(self.seed, epoch)))
+            self._perm = (epoch, order)
         return int(self._perm[1][p % n])
 
     def __getitem__(self, k: int) -> dict:
-        return self.source.get(self.index(self.position(k)))
+        p = self.position(k)
+        return self.source.get(self.index(p), torch.Generator().manual_seed(seed_of(self.seed, 1_000_003, p)))
