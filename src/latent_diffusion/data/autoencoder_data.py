@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import Dataset
 
-from .images import DataError, ImageFolder
+from .images import DataError, ImageFolder, image_shards
 
 
 class ImageSource(Protocol):
@@ -26,8 +26,8 @@ class ImageDataConfig:
     """Where stage-1 images come from. ``source``: shapes (procedural ShapesWorld) | photos (bundled) | folder."""
 
     source: str = "shapes"
-    root: str | None = None  # folder: training images
-    val_root: str | None = None  # folder: held-out images (default: centre crops of the training folder)
+    root: str | None = None  # folder / shards: training images
+    val_root: str | None = None  # folder / shards: held-out images (default: centre crops of the training ones)
     size: int = 64  # crop / image size
     resize: int | None = None  # folder: shorter side resized to this first (None = native resolution)
     flip: bool = True
@@ -36,12 +36,13 @@ class ImageDataConfig:
     shapes_length: int = 100_000
     photo_downscale: int = 2
     num_workers: int = 0
+    strict: bool = False  # folder / shards: an undecodable image is an error (default: skipped with a warning)
 
     def __post_init__(self) -> None:
-        if self.source not in ("shapes", "photos", "folder"):
-            raise ValueError(f"data.source must be 'shapes', 'photos' or 'folder', got {self.source!r}")
-        if self.source == "folder" and not self.root:
-            raise ValueError("data.source='folder' needs data.root (a folder of images)")
+        if self.source not in ("shapes", "photos", "folder", "shards"):
+            raise ValueError(f"data.source must be 'shapes', 'photos', 'folder' or 'shards', got {self.source!r}")
+        if self.source in ("folder", "shards") and not self.root:
+            raise ValueError(f"data.source={self.source!r} needs data.root (or --data PATH on the command line)")
         if self.size < 8:
             raise ValueError(f"data.size must be >= 8, got {self.size}")
 
@@ -84,8 +85,11 @@ class StreamDataset(Dataset):
 
     def _order(self, epoch: int) -> torch.Tensor:
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
-            self._perm = (epoch, torch.randperm(len(self.source), generator=g))
+            order = getattr(self.source, "order", None)
+            perm = order(self.seed, epoch) if order is not None else None
+            if perm is None:  # any order will do: a uniform permutation
+                perm = torch.randperm(len(self.source), generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
+            self._perm = (epoch, perm)
         return self._perm[1]
 
     def __getitem__(self, j: int) -> torch.Tensor:
@@ -118,7 +122,8 @@ def build_sources(cfg: ImageDataConfig) -> tuple[ImageSource, ImageSource]:
 
         return (PhotoPatches(cfg.size, "train", cfg.photo_downscale, cfg.flip),
                 PhotoPatches(cfg.size, "heldout", cfg.photo_downscale, flip=False))
-    train = ImageFolder(cfg.root, cfg.size, resize=cfg.resize, flip=cfg.flip)  # type: ignore[arg-type]
-    val = ImageFolder(cfg.val_root or cfg.root, cfg.size, resize=cfg.resize, flip=False,  # type: ignore[arg-type]
-                      random_crop=cfg.val_root is not None)
+    make = ImageFolder if cfg.source == "folder" else image_shards
+    train = make(cfg.root, cfg.size, resize=cfg.resize, flip=cfg.flip, strict=cfg.strict)  # type: ignore[arg-type]
+    val = make(cfg.val_root or cfg.root, cfg.size, resize=cfg.resize, flip=False,  # type: ignore[arg-type]
+               random_crop=cfg.val_root is not None, strict=cfg.strict)
     return train, val

@@ -1,25 +1,22 @@
-"""Image folders for autoencoder training: every common format PIL reads, random crop + horizontal flip.
+"""Image folders for autoencoder training: every format PIL reads, random crop + horizontal flip; tensor helpers.
 
 Resize policy: with ``resize=None`` (default) images are cropped at their native resolution (no resampling, so
 no blur is learned); with ``resize=R`` the shorter side is first resized to ``R`` (bicubic, antialiased),
-keeping the aspect ratio. An image whose shorter side (after that) is below the crop size is an error naming
-the file — it is never upsampled silently. Unreadable or corrupt files are skipped with one warning giving the
-count and the first few names.
+keeping the aspect ratio. Without ``resize``, an image smaller than the crop is an error naming the file — it is
+never upsampled silently. Unreadable or corrupt files (fully decoded when the folder is read) are skipped with one
+warning giving the count and the first few names, or an error with ``strict``.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import LDMError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 class DataError(LDMError, ValueError):
@@ -49,64 +46,52 @@ def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     return img[:, top:top + size, left:left + size].contiguous()
 
 
-def _resized_size(w: int, h: int, resize: int | None) -> tuple[int, int]:
-    if resize is None:
-        return w, h
-    s = resize / min(w, h)
-    return max(1, round(w * s)), max(1, round(h * s))
+class ImageItems:
+    """An item source's images only: ``get(i, generator)`` → (3, H, W) (stage 1 trains on images alone)."""
 
-
-class ImageFolder:
-    """Images under ``root`` (recursive). ``get(i, generator)`` → (3, size, size) in [-1, 1]."""
-
-    def __init__(self, root: str | os.PathLike, size: int, *, resize: int | None = None, flip: bool = True,
-                 random_crop: bool = True) -> None:
-        self.root, self.size, self.resize, self.flip, self.random_crop = Path(root), size, resize, flip, random_crop
-        if not self.root.is_dir():
-            raise DataError(f"image folder {self.root} does not exist or is not a folder")
-        if resize is not None and resize < size:
-            raise DataError(f"resize={resize} is smaller than the crop size {size}; need resize >= size")
-        candidates = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        self.files: list[Path] = []
-        bad: list[str] = []
-        small: list[str] = []
-        for p in candidates:
-            try:
-                with Image.open(p) as im:
-                    im.verify()  # header + structure check without decoding everything
-                with Image.open(p) as im:
-                    w, h = _resized_size(*im.size, resize)
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-                bad.append(p.name)
-                continue
-            if min(w, h) < size:
-                small.append(f"{p.name} ({w}x{h})")
-                continue
-            self.files.append(p)
-        self.skipped_corrupt = len(bad)
-        if bad:
-            warnings.warn(f"{self.root}: skipped {len(bad)} unreadable/corrupt image(s), e.g. {bad[:5]}", stacklevel=2)
-        if small:
-            raise DataError(
-                f"{self.root}: {len(small)} image(s) are smaller than the {size}x{size} crop"
-                f"{' after resizing the shorter side to ' + str(resize) if resize else ''}, e.g. {small[:5]}; "
-                "use a smaller crop size, remove them, or set resize >= size")
-        if not self.files:
-            what = f"no readable images ({len(bad)} corrupt)" if bad else "no images"
-            raise DataError(f"image folder {self.root} has {what}; accepted suffixes: {list(IMAGE_SUFFIXES)}")
+    def __init__(self, source) -> None:  # noqa: ANN001 - data.sources.FolderSource
+        self.source = source
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.source)
 
-    def load(self, i: int) -> torch.Tensor:
-        with Image.open(self.files[i]) as im:
-            im = im.convert("RGB")
-            if self.resize is not None:
-                im = im.resize(_resized_size(*im.size, self.resize), Image.Resampling.BICUBIC)
-            return to_tensor(im)
+    def order(self, seed: int, epoch: int) -> torch.Tensor | None:
+        return self.source.order(seed, epoch)
 
     def get(self, i: int, generator: torch.Generator) -> torch.Tensor:
-        img = self.load(i)
-        if self.random_crop:
-            return random_crop_flip(img, self.size, generator, self.flip)
-        return center_crop(img, self.size)
+        return self.source.get(i, generator)["image"]
+
+
+class ImageFolder(ImageItems):
+    """Images under ``root`` (recursive; ``data/folder.py`` reads and fully decodes them, ``data/transforms.py`` cuts
+    them). ``get(i, generator)`` → (3, size, size) in [-1, 1]. With ``resize`` the shorter side is resized first and
+    images smaller than the crop are upscaled with the rest; without it they are an error naming them."""
+
+    def __init__(self, root: str | os.PathLike, size: int, *, resize: int | None = None, flip: bool = True,
+                 random_crop: bool = True, strict: bool = False) -> None:
+        from .folder import scan_folder
+        from .sources import FolderSource
+        from .transforms import TransformConfig, TransformError
+
+        try:
+            transform = TransformConfig(size=size, resize=resize, crop="random" if random_crop else "center",
+                                        flip=flip, small="error" if resize is None else "upscale")
+        except TransformError as e:
+            raise DataError(str(e).replace("data.resize", "resize")) from e
+        index = scan_folder(root, captions="none", labels="none", strict=strict)
+        super().__init__(FolderSource(index, transform))
+        self.root, self.size = Path(root), size
+        self.files = [index.records[k].path for k in self.source.keep]
+        self.skipped_corrupt = len(index.skipped)
+
+
+def image_shards(root: str | os.PathLike, size: int, *, resize: int | None = None, flip: bool = True,
+                 random_crop: bool = True, strict: bool = False) -> ImageItems:
+    """The images of webdataset shards (``data/shards.py``), cut like ``ImageFolder``'s."""
+    from .shards import index_shards
+    from .sources import FolderSource
+    from .transforms import TransformConfig
+
+    transform = TransformConfig(size=size, resize=resize, crop="random" if random_crop else "center", flip=flip,
+                                small="error" if resize is None else "upscale")
+    return ImageItems(FolderSource(index_shards(root, strict=strict), transform))

@@ -17,6 +17,11 @@ def add_train_autoencoder_command(tsub: Any) -> None:
     p = tsub.add_parser("autoencoder", help="stage 1: train a KL or VQ autoencoder (L1 + LPIPS + KL/VQ + patch-GAN)")
     p.add_argument("--config", required=True, help="training YAML, e.g. configs/autoencoder/kl-f4-shapes.yaml")
     p.add_argument("--resume", default=None, help="Lightning checkpoint to continue from (OUT_DIR/checkpoints/last.ckpt)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="train on this image folder or folder of webdataset .tar shards (sets data.source and "
+                        "data.root)")
+    p.add_argument("--strict-data", action="store_true",
+                   help="an image that cannot be decoded is an error (default: skipped with one warning)")
     p.add_argument("--out-dir", default=None, help="override run.out_dir")
     p.add_argument("--max-steps", type=int, default=None, help="override run.max_steps")
     p.add_argument("--export", default=None, help="also write the trained autoencoder to this .safetensors path")
@@ -80,7 +85,20 @@ def _cmd_train_autoencoder(args: argparse.Namespace) -> int:
     from .autoencoder_config import AutoencoderTrainConfig
     from .autoencoder_run import train_autoencoder
 
+    from ..errors import ConfigError
+    from .ldm_cli import data_source_of
+
     cfg = AutoencoderTrainConfig.from_yaml(args.config)
+    changes: dict = {}
+    if args.data is not None:
+        changes |= {"source": data_source_of(args.data), "root": args.data}
+    if args.strict_data:
+        changes["strict"] = True
+    if changes:
+        try:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **changes))
+        except ValueError as e:
+            raise ConfigError(f"--data {args.data}: {e}") from e
     run = cfg.run
     if args.out_dir is not None:
         run = dataclasses.replace(run, out_dir=args.out_dir)

