@@ -192,3 +192,43 @@ def test_shards_without_index_read_like_indexed_ones(tmp_path) -> None:
         assert torch.equal(ia["image"], if_["image"]) and torch.equal(ib["image"], if_["image"])
         assert ia["caption"] == ib["caption"] == if_["caption"]
         assert int(ia["class_label"]) == int(ib["class_label"]) == int(if_["class_label"])
+
+
+def test_aspect_ratio_buckets(tmp_path) -> None:
+    """Buckets of equal pixel count with sides multiple of the model's downsampling; each image goes to the bucket
+    nearest its aspect ratio; every batch holds one bucket; a run on photos of mixed shapes trains."""
+    from latent_diffusion.data.buckets import assign_buckets, bucket_batches, make_buckets
+    from latent_diffusion.train.ldm import LatentDiffusionModule
+    from latent_diffusion.train.ldm_data import StepWindow
+
+    buckets = make_buckets(64, 16, max_ratio=2.0)
+    assert buckets[0] == (64, 64) and (96, 32) not in buckets  # ratio 3 > 2
+    assert all(w % 16 == 0 and h % 16 == 0 and w * h <= 64 * 64 and max(w / h, h / w) <= 2 for w, h in buckets)
+    assert (80, 48) in buckets and (48, 80) in buckets  # 80 x 48 = 3840 <= 4096: as large as the area allows
+    assert assign_buckets([(400, 300), (300, 400), (500, 500), (1000, 480)], buckets) == [
+        buckets.index((80, 48)), buckets.index((48, 80)), buckets.index((64, 64)), buckets.index((80, 48))]
+    one = bucket_batches([0, 0, 1, 1, 1, 0, 1], 2, seed=0, epoch=0)
+    assert len(one) == 3 and all(len({0 if i in (0, 1, 5) else 1 for i in b}) == 1 for b in one)
+    assert one == bucket_batches([0, 0, 1, 1, 1, 0, 1], 2, seed=0, epoch=0)
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    rows = []
+    for i, (w, h) in enumerate([(60, 40)] * 4 + [(40, 60)] * 4 + [(50, 50)] * 2):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "data" / f"{i}.jpg")
+        rows.append(json.dumps({"file_name": f"{i}.jpg", "text": "a wide picture" if w > h else "a tall picture"}))
+    (tmp_path / "data" / "metadata.jsonl").write_text("\n".join(rows))
+    d = tiny(data={"source": "folder", "root": str(tmp_path / "data"), "size": 32, "buckets": True},
+             run={"out_dir": str(tmp_path / "run"), "max_steps": 3})
+    d["data"].pop("length")
+    cfg = LDMTrainConfig.from_dict(d)
+    m = LatentDiffusionModule(cfg)
+    m.setup("fit")
+    w = StepWindow(m.source, 0, 0, 6, 2)
+    shapes = [{tuple(w[2 * b + j]["image"].shape) for j in range(2)} for b in range(6)]
+    assert all(len(s) == 1 for s in shapes)  # one bucket per batch
+    seen = {next(iter(s))[1:] for s in shapes}  # (h, w); the tiny model's step is 2 (KL-f2, one UNet level)
+    assert {(26, 38), (38, 26)} <= seen  # 3:2 and 2:3 pictures in their own buckets of ~32² pixels
+    assert train_ldm(cfg, echo=False, progress=False)["steps"] == 3
+    with pytest.raises(ConfigError, match="turn off diffusion.cache_latents"):
+        LDMTrainConfig.from_dict({**d, "diffusion": {"cache_latents": True}})

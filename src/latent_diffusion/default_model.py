@@ -26,6 +26,7 @@ TASK_MODELS: dict[str, str] = {
     "semantic": "semantic-shapes.safetensors",
     "superres": "sr-shapes.safetensors",
     "inpaint": "inpaint-shapes.safetensors",
+    "mnist": "class-mnist.safetensors",  # real handwritten digits, trained through the image-folder path
 }
 
 

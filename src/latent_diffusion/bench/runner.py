@@ -15,7 +15,7 @@ from ..errors import LDMError
 from . import common
 from .common import SCHEMA, gemm_peak, machine_info, machine_line, peak_rates
 
-CASES = ("unet", "vae", "pipeline", "samplers", "train", "fastpaths")
+CASES = ("unet", "vae", "pipeline", "samplers", "train", "fastpaths", "data")
 CUDA_CASES = ("unet",)  # the cases that take --device cuda; the others are CPU benchmarks
 DEFAULT_CASES = ("unet", "vae", "samplers", "train", "fastpaths", "pipeline")
 

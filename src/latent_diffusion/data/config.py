@@ -43,6 +43,10 @@ class DataConfig:
     num_segment_classes: int | None = None  # semantic: label values 0 .. n - 1 (ShapesWorld: 41)
     layout_json: str | None = None  # layout: COCO-style instances JSON (boxes + category names)
     max_objects: int = 8  # layout: boxes per image kept (largest first)
+    # aspect-ratio bucketing (data/buckets.py): each image cut to the bucket of area <= size² nearest its aspect
+    # ratio, batches drawn from one bucket; bucket sides are multiples of the model's total downsampling
+    buckets: bool = False
+    bucket_max_ratio: float = 2.0
     num_workers: int = 0  # DataLoader worker processes
 
     def __post_init__(self) -> None:
@@ -62,6 +66,10 @@ class DataConfig:
             raise DataError(f"data.sr_factor must be >= 1, got {self.sr_factor}")
         if self.source != "shapes":
             self.transform()  # validates size / resize / crop / small
+        if self.buckets and self.source == "shapes":
+            raise DataError("data.buckets sorts photos of mixed shapes; ShapesWorld images are all square")
+        if self.bucket_max_ratio < 1:
+            raise DataError(f"data.bucket_max_ratio must be >= 1, got {self.bucket_max_ratio}")
 
     def transform(self) -> TransformConfig:
         return TransformConfig(size=self.size, resize=self.size if self.resize is None else self.resize,

@@ -5,7 +5,8 @@ Folder layout (``write_shapes_folder``)::
     out/00000000.png          # RGB image
     out/00000000_seg.png      # segmentation (mode "L", value = 0 background / 1 + class)   [with_maps=True]
     out/captions.json         # {"00000000.png": "a red circle above a blue square", ...}
-    out/metadata.jsonl        # one JSON per line: file, caption, class_label, layout [(class, x0, y0, x1, y1)]
+    out/metadata.jsonl        # one JSON per line: file_name, text (the imagefolder keys), file, caption, class_label,
+                              #   layout [(class, x0, y0, x1, y1)]
 
 Shards (``write_shapes_shards``) follow the webdataset convention: ``shard-000000.tar`` holding
 ``<key>.png``, ``<key>.txt`` (caption) and ``<key>.json`` (the metadata line), readable by ``webdataset`` or
@@ -36,6 +37,8 @@ def _metadata(name: str, item: dict) -> dict:
     n = int(item["num_objects"])
     layout = item["layout"][:n].tolist()
     return {
+        "file_name": name,  # the Hugging Face imagefolder keys, which `ldm train --data` reads
+        "text": item["caption"],
         "file": name,
         "caption": item["caption"],
         "class_label": int(item["class_label"]),

@@ -36,7 +36,8 @@ class FolderSource:
 
     def __init__(self, index: FolderIndex, transform: TransformConfig, fields: tuple[str, ...] = (), *,
                  sr_factor: int = 4, mask=None, label_maps: list[Path] | None = None,  # noqa: ANN001
-                 layouts: Layouts | None = None, max_objects: int = 8) -> None:
+                 layouts: Layouts | None = None, max_objects: int = 8, buckets: list[tuple[int, int]] | None = None
+                 ) -> None:
         unknown = sorted(set(fields) - set(FIELDS))
         if unknown:
             raise DataError(f"an image folder cannot supply {unknown}; it supplies {list(FIELDS)}")
@@ -56,6 +57,13 @@ class FolderSource:
         self.sr_factor, self.mask, self.max_objects = sr_factor, mask, max_objects
         self.label_maps, self.layouts = label_maps, layouts
         self.keep = self._apply_small_policy()
+        self.buckets = buckets  # aspect-ratio bucketing: item i is cut to buckets[bucket_of[i]]
+        self.bucket_of: list[int] | None = None
+        if buckets:
+            from .buckets import assign_buckets
+
+            recs = self.index.records
+            self.bucket_of = assign_buckets([(recs[k].width, recs[k].height) for k in self.keep], buckets)
 
     def _apply_small_policy(self) -> list[int]:
         t = self.transform
@@ -88,6 +96,14 @@ class FolderSource:
         """The captions of the items (shards: read from the shards)."""
         return [self.index.fields(k)[0] or "" for k in self.keep]
 
+    def batches(self, seed: int, epoch: int, batch: int) -> list[list[int]] | None:
+        """With buckets: pass ``epoch``'s micro-batches, each inside one bucket (``data/buckets.py``); else None."""
+        if self.bucket_of is None:
+            return None
+        from .buckets import bucket_batches
+
+        return bucket_batches(self.bucket_of, batch, seed, epoch)
+
     def order(self, seed: int, epoch: int) -> torch.Tensor | None:
         """Pass ``epoch``'s item order when the storage needs one (shards: shard-major), else None (any)."""
         full = getattr(self.index, "order", None)
@@ -108,7 +124,8 @@ class FolderSource:
         """Item ``i``; ``generator`` None gives the deterministic view (centre crop, no flip, mask from seed i)."""
         k = self.keep[i]
         r = self.index.records[k]
-        geo = plan(self.transform, r.width, r.height, generator)
+        bucket = None if self.bucket_of is None else self.buckets[self.bucket_of[i]]
+        geo = plan(self.transform, r.width, r.height, generator, bucket)
         pil, caption, label = self.index.load(k)
         image = apply_image(pil, geo)
         out: dict = {"image": image}

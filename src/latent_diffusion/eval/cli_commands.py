@@ -32,9 +32,10 @@ def add_eval_autoencoder_command(esub: Any) -> None:
     p.set_defaults(func=_cmd_eval_autoencoder)
 
 
+from .mnist_eval import add_eval_mnist_command  # noqa: E402 - the class-conditional digit model
 from .task_cli import add_eval_task_commands  # noqa: E402 - txt2img, class, ..., uncond, judge (the judge's tasks)
 
-_EVAL_ADDERS = [add_eval_autoencoder_command, add_eval_task_commands]
+_EVAL_ADDERS = [add_eval_autoencoder_command, add_eval_task_commands, add_eval_mnist_command]
 
 
 def add_eval_commands(sub: Any) -> None:

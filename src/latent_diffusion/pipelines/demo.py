@@ -4,7 +4,8 @@
 ``--task grounded``: the same prompts through the embedded layout planner and layout model (``pipelines/grounded``),
 the planned boxes next to the samples, into ``grounded.png``. The other tasks of the paper (class, unconditional,
 layout, semantic, superres, inpaint; ``all`` = every one whose model files are present) write ``<task>.png`` with
-the condition next to the samples (``demo_tasks``).
+the condition next to the samples (``demo_tasks``). ``--task mnist``: the class-conditional model trained on real
+handwritten digits through the image-folder path, one row per digit, into ``mnist.png``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ DEMO_PROMPTS = (
     "a blue star",
     "a yellow circle left of a red cross",
 )
-TASKS = ("txt2img", "grounded", "class", "unconditional", "layout", "semantic", "superres", "inpaint")
+TASKS = ("txt2img", "grounded", "class", "unconditional", "layout", "semantic", "superres", "inpaint", "mnist")
 PROMPT_TASKS = ("txt2img", "grounded")  # rows = prompts; the others' rows are classes or held-out scenes
 
 
@@ -121,8 +122,9 @@ def run_demo(out: str | Path = "out/demo", *, prompts: tuple[str, ...] = DEMO_PR
             grid, written, what = _txt2img(pipe, target, prompts, n, steps, cfg_scale, sampler, seed, progress, size)
         elif t == "grounded":
             grid, written, what = _grounded(pipe, target, prompts, n, steps, cfg_scale, sampler, seed, progress, size)
-        else:
-            grid, written, what = _task(t, pipe, target, rows, n, steps, cfg_scale, sampler, seed, progress, size)
+        else:  # the digits model draws at its own 32 px
+            own = pipe.cfg.autoencoder.resolution if t == "mnist" else size
+            grid, written, what = _task(t, pipe, target, rows, n, steps, cfg_scale, sampler, seed, progress, own)
         grids[t], files = grid, files + written
         if echo:
             print(f"{t}: wrote {len(written)} images and {grid} ({what}, {steps} {sampler} steps) "
@@ -200,5 +202,6 @@ def _task(task: str, pipe, target: Path, rows: int, n: int, steps: int, cfg_scal
             im.save(path)
             files.append(path)
     grid = target / grid_name(task)
-    image_grid(r.rows, labels=r.labels, scale=2, label_width=170 if r.labels else 0).save(grid)
+    scale = max(2, 128 // max(1, r.rows[0][0].width))  # 32-px digits drawn at 4x, 64-px scenes at 2x
+    image_grid(r.rows, labels=r.labels, scale=scale, label_width=170 if r.labels else 0).save(grid)
     return grid, files, f"{len(r.rows)} rows: {r.columns}, cfg {r.cfg}"

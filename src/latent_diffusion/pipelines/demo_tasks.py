@@ -28,11 +28,12 @@ from ..errors import LDMError
 from .images import tensor_to_pil
 
 SCENE_TASKS = ("layout", "semantic", "superres", "inpaint")  # rows = held-out scenes
-GUIDED = ("txt2img", "grounded", "class", "layout", "inpaint")  # tasks whose cfg scale the user may set
+GUIDED = ("txt2img", "grounded", "class", "layout", "inpaint", "mnist")  # tasks whose cfg scale the user may set
 # Pipeline.kind each task's model must have (grounded: the layout model that draws the planned boxes)
 TASK_KINDS = {"txt2img": ("text",), "grounded": ("layout",), "class": ("class",), "unconditional": ("uncond",),
-              "layout": ("layout",), "semantic": ("semantic",), "superres": ("concat",), "inpaint": ("inpaint", "text")}
-DEFAULT_CFG = {"txt2img": 5.0, "grounded": 3.0, "class": 3.0, "layout": 3.0, "inpaint": 1.0}
+              "layout": ("layout",), "semantic": ("semantic",), "superres": ("concat",), "inpaint": ("inpaint", "text"),
+              "mnist": ("class",)}
+DEFAULT_CFG = {"txt2img": 5.0, "grounded": 3.0, "class": 3.0, "layout": 3.0, "inpaint": 1.0, "mnist": 3.0}
 # one class of each shape, different colours: red circle, blue square, green triangle, yellow star, purple cross, ...
 DEMO_CLASSES = tuple(class_index(s, c) for s, c in [("circle", "red"), ("square", "blue"), ("triangle", "green"),
                                                    ("star", "yellow"), ("cross", "purple"), ("circle", "cyan")])
@@ -141,6 +142,11 @@ def task_rows(task: str, pipe: Any, *, k: int, n: int, steps: int, sampler: str,
     def bar(i: int, what: str) -> bool | str:
         return f"[{task} {i + 1}/{k}] {what}" if progress else False
 
+    if task == "mnist":  # one row per digit, named by the model's class folders
+        names = list(pipe.cfg.class_names)
+        samples = [pipe.sample(c, cfg_scale=scale, height=size, width=size, progress=bar(c, f"digit {name}"), **kw)
+                   for c, name in enumerate(names)]
+        return TaskRows(samples, names, samples, f"{n} samples per digit", scale, [f"digit-{x}" for x in names])
     if task == "class":
         classes = demo_classes(pipe, k)
         samples = [pipe.sample(c, cfg_scale=scale, height=size, width=size, progress=bar(i, label_name(c)), **kw)

@@ -130,9 +130,20 @@ def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSour
         from ..data.degrade import MaskConfig
 
         extra["mask"] = MaskConfig(kind=d.mask or "lama")
+    if d.buckets:
+        from ..data.buckets import make_buckets
+
+        extra["buckets"] = make_buckets(d.size, model_downsampling(cfg), d.bucket_max_ratio)
     items = FolderSource(index, d.transform(), fields, sr_factor=d.sr_factor, max_objects=d.max_objects, **extra)
     check_class_count(cfg, items.class_names)
     return items
+
+
+def model_downsampling(cfg: LDMTrainConfig) -> int:
+    """Pixels per latent pixel times the UNet's own downsampling: image sides must be multiples of this."""
+    m = cfg.model
+    f = 1 if m.first_stage == "none" else 2 ** (len(m.autoencoder.ch_mult) - 1)
+    return f * 2 ** (len(m.unet.channel_mult) - 1)
 
 
 class TaskSource:
@@ -149,6 +160,10 @@ class TaskSource:
 
     def order(self, seed: int, epoch: int) -> torch.Tensor | None:
         return self.items.order(seed, epoch)
+
+    def batches(self, seed: int, epoch: int, batch: int) -> list[list[int]] | None:
+        fn = getattr(self.items, "batches", None)
+        return None if fn is None else fn(seed, epoch, batch)
 
     def get(self, i: int, generator: torch.Generator | None = None) -> dict:
         if self.latents is None:
@@ -239,6 +254,8 @@ class StepWindow(Dataset):
         self.start, self.count, self.b = start, count, batch_size
         self.rank, self.world_size = rank, world_size
         self._perm: tuple[int, torch.Tensor] | None = None
+        self._batches_per_pass: int | None = None
+        self._bucket: tuple[int, list[list[int]] | None] = (0, None)
 
     def __len__(self) -> int:
         return self.count * self.b
@@ -248,6 +265,16 @@ class StepWindow(Dataset):
         return ((self.start + micro) * self.world_size + self.rank) * self.b + j
 
     def index(self, p: int) -> int:
+        micro, j = divmod(p, self.b)
+        if self._batches_per_pass is None:
+            first = self.source.batches(self.seed, 0, self.b)
+            self._batches_per_pass = 0 if first is None else len(first)
+            self._bucket = (0, first)
+        if self._batches_per_pass:  # aspect-ratio buckets: the pass's micro-batches, each inside one bucket
+            epoch, k = divmod(micro, self._batches_per_pass)
+            if self._bucket[0] != epoch:
+                self._bucket = (epoch, self.source.batches(self.seed, epoch, self.b))
+            return self._bucket[1][k][j]
         n = len(self.source)
         epoch = p // n
         if self._perm is None or self._perm[0] != epoch:
