@@ -12,6 +12,7 @@ from .bench.cli_commands import add_bench_commands
 from .data.cli_commands import add_data_commands
 from .pipelines.cli_commands import add_generate_commands
 from .train.cli_commands import add_train_commands
+from .train.encode import add_data_encode_command
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     mk.set_defaults(func=_cmd_make_tiny)
     add_generate_commands(sub)
     add_bench_commands(sub)
-    add_data_commands(sub)
+    add_data_encode_command(add_data_commands(sub))
     add_train_commands(sub)
     add_eval_commands(sub)
     return p

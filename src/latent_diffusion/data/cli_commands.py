@@ -6,8 +6,11 @@ import argparse
 from typing import Any
 
 
-def add_data_commands(sub: Any) -> None:
-    data = sub.add_parser("data", help="prepare training data: `ldm data shard FOLDER OUT/`, `ldm data mnist OUT/`")
+def add_data_commands(sub: Any) -> Any:
+    """Adds ``ldm data`` and its data-only commands; returns its sub-parsers (``ldm data encode``, which runs the
+    first stage, is added by ``train.encode``)."""
+    data = sub.add_parser("data", help="prepare training data: `ldm data shard FOLDER OUT/`, `ldm data encode ...`, "
+                          "`ldm data mnist OUT/`")
     dsub = data.add_subparsers(dest="data_command", required=True)
     sh = dsub.add_parser("shard", help="write webdataset .tar shards (and index.json) from an image folder")
     sh.add_argument("folder", help="image folder (captions: metadata.jsonl / .csv or sidecar .txt; classes: sub-folders)")
@@ -27,6 +30,7 @@ def add_data_commands(sub: Any) -> None:
                     help="which fixed part of the 5000 digits (generators train on 'generator' only; default)")
     mn.add_argument("--force", action="store_true", help="replace a previous export in OUT")
     mn.set_defaults(func=_cmd_mnist)
+    return dsub
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:

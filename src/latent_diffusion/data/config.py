@@ -1,8 +1,9 @@
 """The ``data:`` section of a stage-2 training YAML: where the images come from and how they become items.
 
 ``source``: ``shapes`` (procedural ShapesWorld, every task's ground truth), ``folder`` (a user's image folder,
-``data/folder.py``) or ``shards`` (webdataset tar shards, ``data/shards.py``); ``root`` is the folder or the shard
-folder. ``ldm train ldm --data PATH`` sets both (``shards`` when PATH holds ``.tar`` files).
+``data/folder.py``), ``shards`` (webdataset tar shards, ``data/shards.py``) or ``latents`` (pre-encoded by ``ldm data
+encode``, ``data/latents.py``); ``root`` is that folder. ``ldm train ldm --data PATH`` sets both (``shards`` when PATH
+holds ``.tar`` files, ``latents`` when it holds an encoded index).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from .images import DataError
 from .transforms import TransformConfig
 
-SOURCES = ("shapes", "folder", "shards")
+SOURCES = ("shapes", "folder", "shards", "latents")
 SHAPES_MASKS = ("box", "stroke", "both")
 
 

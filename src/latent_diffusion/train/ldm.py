@@ -124,6 +124,11 @@ class LatentDiffusionModule(L.LightningModule):
             return
         cfg = self.cfg
         self.source = TaskSource(self.items, cfg.task)
+        if cfg.data.source == "latents":
+            from ..data.latents import check_first_stage
+
+            check_first_stage(self.items, self.first_stage_sha256, cfg.first_stage_path)
+            self._check_stored_contexts()
         if cfg.diffusion.cache_latents:
             self.source.cache(lambda x: self._raw_latents(x, None),
                               path=latent_cache_file(cfg, self.first_stage_sha256))
@@ -136,8 +141,12 @@ class LatentDiffusionModule(L.LightningModule):
         if given is None:  # 1/σ̂ of the first global batch (rank 0's micro-batch 0): identical on every rank
             first = StepWindow(self.source, self.cfg.run.seed, 0, 1, self.cfg.run.batch_size)
             items = [first[k] for k in range(len(first))]
-            z = (torch.stack([i["latent"] for i in items]) if "latent" in items[0]
-                 else self._raw_latents(torch.stack([i["image"] for i in items]), None))
+            if "latent_mean" in items[0]:
+                z = torch.stack([i["latent_mean"] for i in items])
+            elif "latent" in items[0]:
+                z = torch.stack([i["latent"] for i in items])
+            else:
+                z = self._raw_latents(torch.stack([i["image"] for i in items]), None)
             std = float(z.float().flatten().std())
             if not math.isfinite(std) or std <= 0:
                 raise ConfigError(f"cannot estimate scale_factor: the first batch's latents have std {std} "
@@ -172,7 +181,12 @@ class LatentDiffusionModule(L.LightningModule):
         return post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(post.mean)
 
     def latents(self, batch: dict, g: torch.Generator) -> torch.Tensor:
-        if "latent" in batch:
+        if "latent_mean" in batch:  # pre-encoded posterior (ldm data encode)
+            z = batch["latent_mean"]
+            if self.cfg.diffusion.sample_posterior and "latent_logvar" in batch:
+                std = torch.exp(0.5 * batch["latent_logvar"].float().clamp(-30.0, 20.0))
+                z = z + std * torch.randn(z.shape, generator=g).to(z)
+        elif "latent" in batch:
             z = batch["latent"]
         else:
             z = self._raw_latents(batch["image"], g if self.cfg.diffusion.sample_posterior else None)
@@ -199,7 +213,11 @@ class LatentDiffusionModule(L.LightningModule):
                 masked = self.latents({"latent": batch["masked_latent"]} if "masked_latent" in batch
                                       else {"image": batch["image"] * (1 - batch["mask"])}, g)
                 out["c_concat"] = torch.cat([F.interpolate(m, size=z.shape[-2:]), masked], dim=1)
-            if cond_model is not None:
+            if cond_model is not None and "context" in batch:  # stored by ldm data encode (frozen encoder)
+                null = self._null_context().to(z.device, batch["context"].dtype)
+                ctx = batch["context"].to(z.device)
+                out["c_crossattn"] = torch.where(drop.to(z.device).view(b, 1, 1), null.expand_as(ctx), ctx)
+            elif cond_model is not None:
                 captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]
                 out["c_crossattn"] = cond_model.encode(captions).to(z.device)
             return out
@@ -216,6 +234,28 @@ class LatentDiffusionModule(L.LightningModule):
                 lo = F.interpolate(lo, size=z.shape[-2:], mode="bicubic", align_corners=False)
             return {"c_concat": lo * keep}
         raise ConfigError(f"unknown task {task!r}")
+
+    def _null_context(self) -> torch.Tensor:
+        """(1, L, D): the frozen text encoder's context of the empty caption (condition dropout)."""
+        if not hasattr(self, "_null_ctx"):
+            with torch.no_grad():
+                self._null_ctx = self.model.cond_stage_model.encode([""]).float()
+        return self._null_ctx
+
+    def _check_stored_contexts(self) -> None:
+        """Stored caption contexts must come from this model's frozen text encoder, weights and all."""
+        from .ldm_run import weights_digest
+
+        stored = self.items.meta.get("text_encoder")
+        if not stored or "caption" not in self.items.fields:
+            return
+        cond = self.model.cond_stage_model
+        if cond is None or any(p.requires_grad for p in cond.parameters()) or \
+                stored.get("weights_sha256") != weights_digest(cond):
+            raise ConfigError(f"the latents in {self.items.root} store caption contexts of another text encoder "
+                              f"({stored.get('kind')!r}, other weights) than this run's model.conditioner "
+                              f"({self.cfg.model.conditioner.kind!r}); encode again with --text-config of this recipe,"
+                              " or without --text-config")
 
     # -- the step ------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -70,10 +70,15 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
 
 
 def data_source_of(path: str) -> str:
-    """``shards`` for a .tar file or a folder holding .tar files, else ``folder``."""
+    """``latents`` for a folder ``ldm data encode`` wrote, ``shards`` for a .tar file or a folder holding .tar files,
+    else ``folder``."""
     from pathlib import Path
 
+    from ..data.latents import is_latent_folder
+
     p = Path(path)
+    if is_latent_folder(p):
+        return "latents"
     if p.is_file() and p.suffix == ".tar":
         return "shards"
     return "shards" if p.is_dir() and any(p.glob("*.tar")) else "folder"

@@ -240,6 +240,8 @@ def check_task(cfg: LDMTrainConfig) -> None:
         lacking = [k for k in _FOLDER_TASK_NEEDS.get(cfg.task, ()) if getattr(d, k) in (None, "", 0)]
         if lacking:
             raise ConfigError(f"task {cfg.task!r} from an image folder needs data.{' and data.'.join(lacking)}")
+    if d.source == "latents" and cfg.diffusion.cache_latents:
+        raise ConfigError("data.source 'latents' is already encoded: turn off diffusion.cache_latents")
     if d.buckets and cfg.diffusion.cache_latents:
         raise ConfigError("data.buckets cuts each image to its own bucket size; cached latents need one fixed view: "
                           "turn off diffusion.cache_latents")

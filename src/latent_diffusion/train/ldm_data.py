@@ -103,6 +103,12 @@ def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSour
     d = cfg.data
     if d.source == "shapes":
         return ShapesItems(build_world(cfg), fields, d.shapes_mask)
+    if d.source == "latents":
+        from ..data.latents import LatentSource
+
+        items = LatentSource(d.root, fields)
+        check_class_count(cfg, items.class_names)
+        return items
     from ..data.sources import FolderSource
 
     if d.source == "folder":
@@ -169,7 +175,7 @@ class TaskSource:
         if self.latents is None:
             return self.items.get(i, generator)
         out = self.items.get(i, None)  # the view the cache encoded (centre crop, no flip, the item's own mask)
-        del out["image"]
+        out.pop("image", None)
         out["latent"] = self.latents[i]
         if self.masked_latents is not None:
             out["masked_latent"] = self.masked_latents[i]

@@ -1,0 +1,150 @@
+"""``ldm data encode``: pre-encode a dataset's latents (and frozen text encoders' caption embeddings) once.
+
+Reads an image folder or shards through the data layer (deterministic view: resize, centre crop, no flip), runs
+the first stage's encoder, and writes the posteriors as ``data/latents.py`` describes. A frozen text encoder
+(``minilm``, ``clip``, ``open_clip``; taken from a training recipe's ``model.conditioner``) also stores each caption's
+context, so training runs neither network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..data.images import DataError
+from ..errors import ConfigError
+
+FROZEN_TEXT = ("minilm", "clip", "open_clip")
+
+
+def text_encoder_from_recipe(recipe: str | os.PathLike):  # noqa: ANN201 - (conditioner module, its record)
+    """The frozen text encoder of a stage-2 training recipe, with the weights a training run of it starts from
+    (seeded init, ``init_from``, the pretrained MiniLM), and a record of it: kind and a digest of its weights."""
+    from .ldm import build_training_model
+    from .ldm_config import LDMTrainConfig
+    from .ldm_run import weights_digest
+
+    cfg = LDMTrainConfig.from_yaml(recipe)
+    if cfg.model.conditioner.kind not in FROZEN_TEXT:
+        raise ConfigError(f"{recipe}: only a frozen text encoder's contexts can be stored ({list(FROZEN_TEXT)}); its "
+                          f"conditioner is {cfg.model.conditioner.kind!r}, which trains with the model")
+    module = build_training_model(cfg).cond_stage_model.eval()
+    return module, {"kind": cfg.model.conditioner.kind, "weights_sha256": weights_digest(module)}
+
+
+@torch.no_grad()
+def encode_dataset(first_stage: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
+                   size: int, resize: int | None = None, small: str = "error", captions: str = "auto",
+                   labels: str = "none", text_recipe: str | None = None, batch_size: int = 32,
+                   per_file: int = 4096, strict: bool = False, overwrite: bool = False,
+                   progress: bool = False) -> dict:
+    """Encode every image of ``data`` with ``first_stage`` into ``out`` (see ``data/latents.py``); the index."""
+    from safetensors.torch import save_file
+
+    from ..autoencoder_io import autoencoder_kind, load_autoencoder
+    from ..data.latents import FORMAT, INDEX
+    from ..data.sources import FolderSource
+    from ..data.transforms import TransformConfig
+    from .ldm import file_sha256
+
+    from ..data.latents import is_latent_folder
+
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        if not is_latent_folder(target):
+            raise DataError(f"{target} exists and holds other files; choose a new or empty folder")
+        if not overwrite:
+            raise DataError(f"{target} already holds encoded latents; pass --force to replace them")
+    index = _index(data, captions, labels, strict)
+    fields = tuple(f for f, on in (("caption", captions != "none"), ("class_label", labels != "none")) if on)
+    source = FolderSource(index, TransformConfig(size=size, resize=size if resize is None else resize, crop="center",
+                                                 flip=False, small=small), fields)
+    ae = load_autoencoder(first_stage)
+    kind = autoencoder_kind(ae)
+    text, text_cfg = text_encoder_from_recipe(text_recipe) if text_recipe else (None, None)
+    tmp = target.parent / f".{target.name}.encoding"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files = []
+    for start in range(0, len(source), per_file):
+        stop = min(start + per_file, len(source))
+        part: dict[str, list[torch.Tensor]] = {"mean": [], "logvar": [], "label": [], "context": []}
+        caps: list[str] = []
+        for b in range(start, stop, batch_size):
+            items = [source.get(i, None) for i in range(b, min(b + batch_size, stop))]
+            x = torch.stack([it["image"] for it in items])  # (B, 3, S, S)
+            if kind == "kl":
+                post = ae.encode(x)
+                part["mean"].append(post.mean.float())
+                part["logvar"].append(post.logvar.float())
+            else:
+                part["mean"].append(ae.encode(x).float())
+            if "class_label" in fields:
+                part["label"].append(torch.stack([it["class_label"] for it in items]))
+            if "caption" in fields:
+                batch_caps = [it["caption"] for it in items]
+                caps += batch_caps
+                if text is not None:
+                    part["context"].append(text.encode(batch_caps).half())
+            if progress:
+                print(f"encoded {min(b + batch_size, stop)} / {len(source)}", flush=True)
+        tensors = {k: torch.cat(v).contiguous() for k, v in part.items() if v}
+        name = f"latents-{len(files):06d}.safetensors"
+        save_file(tensors, str(tmp / name), metadata={"captions": json.dumps(caps)} if caps else None)
+        files.append({"name": name, "count": stop - start})
+    meta = {"kind": "latents", "format": FORMAT, "first_stage_sha256": file_sha256(os.fspath(first_stage)),
+            "first_stage": kind, "first_stage_file": os.fspath(first_stage), "size": size, "resize": resize,
+            "source": os.fspath(data), "files": files, "class_names": list(index.class_names) if labels != "none"
+            else [], "captions": "caption" in fields, "text_encoder": text_cfg,
+            "latent_shape": list(tensors["mean"].shape[1:])}
+    (tmp / INDEX).write_text(json.dumps(meta, indent=1))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return meta
+
+
+def _index(data: str | os.PathLike, captions: str, labels: str, strict: bool):  # noqa: ANN202
+    from ..data.folder import scan_folder
+    from ..data.shards import index_shards
+    from .ldm_cli import data_source_of
+
+    if data_source_of(os.fspath(data)) == "shards":
+        need = tuple(k for k, on in (("txt", captions != "none"), ("cls", labels != "none")) if on)
+        return index_shards(data, need=need, strict=strict)
+    return scan_folder(data, captions=captions, labels=labels, strict=strict)
+
+
+def add_data_encode_command(dsub) -> None:  # noqa: ANN001
+    p = dsub.add_parser("encode", help="pre-encode a dataset's latents (and frozen text encoders' caption contexts) "
+                        "with a first stage; train on them with --data OUT")
+    p.add_argument("out", help="folder to write (new or empty; --force replaces an earlier encoding)")
+    p.add_argument("--first-stage", required=True, help="autoencoder .safetensors (ours, CompVis or a full LDM file)")
+    p.add_argument("--data", required=True, help="image folder or folder of .tar shards")
+    p.add_argument("--size", type=int, required=True, help="the square crop (the model's image size)")
+    p.add_argument("--resize", type=int, default=None, help="shorter side first resized to this (default: --size)")
+    p.add_argument("--small", choices=("error", "upscale", "skip"), default="error",
+                   help="images smaller than the crop (default: an error naming them)")
+    p.add_argument("--captions", choices=("auto", "metadata", "sidecar", "none"), default="auto")
+    p.add_argument("--labels", choices=("none", "auto", "folders", "column"), default="none",
+                   help="store class labels (from sub-folders or a 'label' column); default none")
+    p.add_argument("--text-config", default=None, metavar="RECIPE",
+                   help="a training recipe whose frozen text encoder (minilm / clip / open_clip) encodes the captions")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--strict-data", action="store_true", help="an undecodable image is an error, not skipped")
+    p.add_argument("--force", action="store_true", help="replace an earlier encoding in OUT")
+    p.set_defaults(func=_cmd_encode)
+
+
+def _cmd_encode(args) -> int:  # noqa: ANN001
+    meta = encode_dataset(args.first_stage, args.data, args.out, size=args.size, resize=args.resize, small=args.small,
+                          captions=args.captions, labels=args.labels, text_recipe=args.text_config,
+                          batch_size=args.batch_size, strict=args.strict_data, overwrite=args.force)
+    n = sum(f["count"] for f in meta["files"])
+    print(f"wrote {n} latents {tuple(meta['latent_shape'])} to {args.out} (first stage sha256 "
+          f"{meta['first_stage_sha256'][:12]}...)" + (", with caption contexts" if meta["text_encoder"] else ""))
+    return 0
