@@ -161,9 +161,9 @@ def _build_trained_or_minilm(cfg: ConditionerConfig) -> nn.Module:
         return FrozenMiniLMEmbedder(cfg.width, cfg.layers, cfg.heads, cfg.max_length, vocab, cfg.minilm_dir,
                                     tuple(cfg.pieces))
     if cfg.kind == "bert":
-        from ..data.shapes import vocabulary
+        from .text_encoder import SHAPES_WORDS
 
-        tok = WordTokenizer(tuple(cfg.words) or tuple(vocabulary()), cfg.max_length)
+        tok = WordTokenizer(tuple(cfg.words) or SHAPES_WORDS, cfg.max_length)
     elif cfg.layout_boxes == "fourier":
         return FourierLayoutEmbedder(cfg.layout_classes, cfg.max_length, cfg.width, cfg.layers, cfg.heads,
                                      cfg.mlp_ratio)

@@ -41,9 +41,9 @@ class PlannerConfig:
 
     def __post_init__(self) -> None:
         if not self.words:
-            from ..data.shapes import vocabulary
+            from .text_encoder import SHAPES_WORDS
 
-            self.words = tuple(vocabulary())
+            self.words = SHAPES_WORDS
         self.words = tuple(self.words)
         if self.width % self.heads:
             raise ConfigError(f"planner width {self.width} must be divisible by heads {self.heads}")

@@ -27,6 +27,14 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 PAD, UNK, CLS, SEP = range(4)
 
 
+# The ShapesWorld word vocabulary: the default of a jointly trained word encoder (conditioner.words: ()) and the
+# planner, for the embedded models whose configs predate recorded vocabularies. data/shapes.py builds its captions
+# from the same words (a test keeps the two equal; models/ does not import data/).
+SHAPES_WORDS: tuple[str, ...] = (
+    "a", "an", "and", "red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink", "circle", "square",
+    "triangle", "star", "cross", "above", "below", "left", "right", "of")
+
+
 class WordTokenizer:
     def __init__(self, words: tuple[str, ...], max_length: int) -> None:
         if len(set(words)) != len(words):

@@ -73,9 +73,6 @@ class ShapesItems:
 
         return tuple(class_name(c) for c in range(NUM_CLASSES))
 
-    def captions(self) -> list[str]:
-        return list(SAMPLE_PROMPTS)
-
     def order(self, seed: int, epoch: int) -> None:
         return None
 
@@ -90,11 +87,6 @@ class ShapesItems:
         """Item ``i``'s inpainting mask (1, H, W), 1 = hole: ``data.mask``'s kind, box and stroke alternating."""
         use_box = self.mask == "box" or (self.mask == "both" and i % 2 == 0)
         return item["mask_box" if use_box else "mask_stroke"]
-
-
-# captions of the sample grids written at checkpoints of a ShapesWorld text-to-image run
-SAMPLE_PROMPTS = ("a red circle above a blue square", "a green triangle left of a yellow star",
-                  "a purple cross below an orange circle", "a cyan square right of a pink triangle")
 
 
 def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSource

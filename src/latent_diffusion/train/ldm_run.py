@@ -184,13 +184,20 @@ class CheckpointEveryEpoch(L.Callback):
             if r.sample_every_epoch and module.cfg.task == "txt2img":
                 try:  # a preview only: a failure here must never stop a training run
                     write_sample_grid(module.model, self.out_dir / "samples" / f"step-{step:06d}.png",
-                                      steps=r.sample_steps)
+                                      steps=r.sample_steps, prompts=sample_prompts(module))
                 except Exception as e:  # noqa: BLE001
                     warnings.warn(f"sample grid at step {step} failed ({type(e).__name__}: {e}); training goes on",
                                   stacklevel=1)
             if module.log_sink is not None:
                 module.log_sink({"step": step, "checkpoint": str(self.out_dir / CKPT),
                                  "seconds": round(time.perf_counter() - module.t0, 1)})
+
+
+def sample_prompts(module: LatentDiffusionModule) -> tuple[str, ...]:
+    """The grid's prompts: ShapesWorld's four, or the first four distinct captions of the user's data."""
+    if module.cfg.data.source == "shapes":
+        return SAMPLE_PROMPTS
+    return tuple(dict.fromkeys(c for c in module.items.captions() if c))[:4] or ("",)
 
 
 def write_sample_grid(model: LatentDiffusion, path: Path, *, prompts: tuple[str, ...] = SAMPLE_PROMPTS,
