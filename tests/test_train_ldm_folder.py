@@ -232,3 +232,25 @@ def test_aspect_ratio_buckets(tmp_path) -> None:
     assert train_ldm(cfg, echo=False, progress=False)["steps"] == 3
     with pytest.raises(ConfigError, match="turn off diffusion.cache_latents"):
         LDMTrainConfig.from_dict({**d, "diffusion": {"cache_latents": True}})
+
+
+def test_worker_processes_deliver_the_same_batches(tmp_path) -> None:
+    """Random crops, flips and masks come from the stream position, not the process: 0 and 2 DataLoader workers
+    give identical batches (folder and shards)."""
+    from torch.utils.data import DataLoader
+
+    from latent_diffusion.cli import main
+    from latent_diffusion.train.ldm_data import StepWindow, TaskSource, build_items
+
+    make_folder(tmp_path / "data", n_per_class=3)
+    assert main(["data", "shard", str(tmp_path / "data"), str(tmp_path / "shards"), "--shard-size", "4"]) == 0
+    for source in ("folder", "shards"):
+        root = tmp_path / ("data" if source == "folder" else "shards")
+        d = tiny(task="inpaint", model=TASKS["inpaint"]["model"], data={"source": source, "root": str(root),
+                                                                         "size": 32})
+        cfg = LDMTrainConfig.from_dict(d)
+        window = StepWindow(TaskSource(build_items(cfg), cfg.task), 0, 3, 4, 2)
+        runs = [list(DataLoader(window, batch_size=2, num_workers=w)) for w in (0, 2)]
+        for a, b in zip(*runs):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+            assert a["caption"] == b["caption"]

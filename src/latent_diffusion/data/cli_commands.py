@@ -40,6 +40,12 @@ def add_data_commands(sub: Any) -> Any:
                     help="P(1, 2, 3 objects), as a recipe's data.object_weights")
     sw.add_argument("--force", action="store_true", help="write into a non-empty folder")
     sw.set_defaults(func=_cmd_shapes)
+    ph = dsub.add_parser("photos", help="export the photographs bundled with scikit-image / scikit-learn as "
+                         "OUT/train and OUT/heldout (chelsea, flower) folders of PNGs")
+    ph.add_argument("out", help="folder to write (new or empty)")
+    ph.add_argument("--downscale", type=int, default=2, help="area-average each photo by this first (default 2)")
+    ph.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    ph.set_defaults(func=_cmd_photos)
     return dsub
 
 
@@ -64,6 +70,16 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
     world = ShapesWorld(ShapesWorldConfig(size=args.size, seed=args.seed, length=args.count, **kw))
     out = write_shapes_folder(world, args.out, args.count, force=args.force)
     print(f"wrote {args.count} ShapesWorld scenes with captions to {out}")
+    return 0
+
+
+def _cmd_photos(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .photos import export_photos
+
+    n = export_photos(Path(args.out), downscale=args.downscale, overwrite=args.force)
+    print(f"wrote {n['train']} training and {n['heldout']} held-out photos to {args.out}/train, {args.out}/heldout")
     return 0
 
 

@@ -53,3 +53,27 @@ class PhotoPatches:
 
     def get(self, i: int, generator: torch.Generator) -> torch.Tensor:
         return random_crop_flip(self.images[i % len(self.images)], self.size, generator, self.flip)
+
+
+def export_photos(out: "Path", downscale: int = 2, overwrite: bool = False) -> dict[str, int]:
+    """Write the bundled photos, area-downscaled, as PNGs into ``out/train`` and ``out/heldout`` (the same split as
+    ``PhotoPatches``), to train an autoencoder on them through the image-folder path."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out} is not empty; choose a new folder or pass --force")
+    counts = {}
+    for split, names in (("train", TRAIN_PHOTOS), ("heldout", HELDOUT_PHOTOS)):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for n in names:
+            img = _load(n)
+            if downscale > 1:
+                img = F.avg_pool2d(img[None], downscale)[0]
+            arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            Image.fromarray(np.ascontiguousarray(arr)).save(out / split / f"{n.removesuffix('.jpg')}.png")
+        counts[split] = len(names)
+    return counts
