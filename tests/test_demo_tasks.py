@@ -129,7 +129,7 @@ def test_all_runs_present_models_and_names_the_skipped(assets: Path, tmp_path: P
         monkeypatch.setitem(default_model.TASK_MODELS, t, f"not-there-{t}.safetensors")
     res = run_demo(tmp_path / "demo", task="all", **FAST | {"echo": True})
     assert set(res["grids"]) == {"unconditional", "semantic"}
-    assert set(res["skipped"]) == {"txt2img", "grounded", "class", "layout", "superres", "inpaint"}
+    assert set(res["skipped"]) == {"txt2img", "grounded", "class", "layout", "superres", "inpaint", "mnist"}
     out = capsys.readouterr().out
     assert "layout: skipped" in out and "not-there-layout.safetensors" in out
     assert str(tmp_path / "demo" / "semantic.png") in out
