@@ -120,15 +120,22 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.keep)
 
-    def get(self, i: int, generator: torch.Generator | None) -> dict:
-        """Item ``i``; ``generator`` None gives the deterministic view (centre crop, no flip, mask from seed i)."""
+    def get(self, i: int, generator: torch.Generator | None, *, pixels: bool = True) -> dict:
+        """Item ``i``; ``generator`` None gives the deterministic view (centre crop, no flip, mask from seed i).
+        ``pixels=False``: the condition fields only (no ``image``; the image is not decoded unless a field is made
+        from its pixels) — what training reads beside cached latents."""
         k = self.keep[i]
         r = self.index.records[k]
         bucket = None if self.bucket_of is None else self.buckets[self.bucket_of[i]]
         geo = plan(self.transform, r.width, r.height, generator, bucket)
-        pil, caption, label = self.index.load(k)
-        image = apply_image(pil, geo)
-        out: dict = {"image": image}
+        out: dict = {}
+        if pixels or "lowres" in self.fields:
+            pil, caption, label = self.index.load(k)
+            image = apply_image(pil, geo)
+            if pixels:
+                out["image"] = image
+        else:
+            caption, label = self.index.fields(k)
         for f in self.fields:
             if f == "caption":
                 out[f] = caption or ""
@@ -142,9 +149,9 @@ class FolderSource:
                 from .degrade import MaskConfig, make_mask
 
                 g = generator if generator is not None else torch.Generator().manual_seed(i)
-                out[f] = make_mask(self.mask or MaskConfig(), image.shape[1], image.shape[2], g)
+                out[f] = make_mask(self.mask or MaskConfig(), geo.crop[1], geo.crop[0], g)
             elif f == "segmentation":
-                out[f] = apply_labels(load_label_map(self.label_maps[self.keep[i]]), geo)
+                out[f] = apply_labels(load_label_map(self.label_maps[k]), geo)
             elif f == "layout":
                 boxes, kept = apply_boxes(self.layouts.boxes[r.path], r.width, r.height, geo)
                 classes = self.layouts.classes[r.path][kept]

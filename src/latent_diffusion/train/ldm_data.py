@@ -76,9 +76,9 @@ class ShapesItems:
     def order(self, seed: int, epoch: int) -> None:
         return None
 
-    def get(self, i: int, generator: torch.Generator | None = None) -> dict:
+    def get(self, i: int, generator: torch.Generator | None = None, *, pixels: bool = True) -> dict:
         item = self.world[i]
-        out = {"image": item["image"]}
+        out = {"image": item["image"]} if pixels else {}
         for k in self.fields:
             out[k] = self._mask(item, i) if k == "mask" else item[k]
         return out
@@ -166,8 +166,8 @@ class TaskSource:
     def get(self, i: int, generator: torch.Generator | None = None) -> dict:
         if self.latents is None:
             return self.items.get(i, generator)
-        out = self.items.get(i, None)  # the view the cache encoded (centre crop, no flip, the item's own mask)
-        out.pop("image", None)
+        # the view the cache encoded (centre crop, no flip, the item's own mask), without decoding the image again
+        out = self.items.get(i, None, pixels=False)
         out["latent"] = self.latents[i]
         if self.masked_latents is not None:
             out["masked_latent"] = self.masked_latents[i]

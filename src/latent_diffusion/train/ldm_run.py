@@ -193,6 +193,17 @@ class CheckpointEveryEpoch(L.Callback):
                                  "seconds": round(time.perf_counter() - module.t0, 1)})
 
 
+def training_words(module: LatentDiffusionModule) -> list[str]:
+    """The words of the training captions (ShapesWorld's vocabulary for ShapesWorld)."""
+    if module.cfg.data.source == "shapes":
+        from ..data.shapes import vocabulary
+
+        return vocabulary()
+    from ..data.sources import caption_words
+
+    return list(caption_words(module.items.captions()))
+
+
 def sample_prompts(module: LatentDiffusionModule) -> tuple[str, ...]:
     """The grid's prompts: ShapesWorld's four, or the first four distinct captions of the user's data."""
     if module.cfg.data.source == "shapes":
@@ -317,10 +328,8 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     if trainer.is_global_zero:
         export_model(module.model, out_dir / EXPORT, overwrite=True, metadata={"train_step": str(steps)})
         if export is not None:
-            from ..data.shapes import vocabulary
-
             export_model(module.model, export, dtype=export_dtype, keep_ema=False, overwrite=True,
                          metadata={"train_step": str(steps)},
-                         text_words=vocabulary() if export_vocab == "data" else None)
+                         text_words=training_words(module) if export_vocab == "data" else None)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
