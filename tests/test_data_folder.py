@@ -193,3 +193,35 @@ def test_shapes_exported_to_a_folder_read_back_as_the_same_items(tmp_path) -> No
         item = src.get(i, torch.Generator().manual_seed(i))
         assert item["caption"] == world[i]["caption"]
         torch.testing.assert_close(item["image"], world[i]["image"], rtol=0, atol=1 / 127.5)
+
+
+def test_more_modes_text_encodings_and_paths(tmp_path) -> None:
+    base = _rgb(12, 10)
+    la = base.convert("LA")
+    la.putalpha(0)
+    la.save(tmp_path / "la.png")
+    pal = base.convert("P")
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "pal.png", transparency=0)
+    assert np.asarray(load_rgb(tmp_path / "la.png")).min() == 255  # transparent: white
+    assert load_rgb(tmp_path / "pal.png").mode == "RGB"
+    (tmp_path / "metadata.csv").write_bytes("\ufefffile_name,text\nla.png,grey\npal.png,colours\n".encode())
+    assert {r.path.name: r.caption for r in scan_folder(tmp_path).records} == {"la.png": "grey", "pal.png": "colours"}
+    side = tmp_path / "side"
+    (side / "sub").mkdir(parents=True)
+    _rgb(8, 8).save(side / "sub" / "a.png")
+    (side / "sub" / "a.txt").write_bytes(b"caf\xe9")  # latin-1, not UTF-8
+    with pytest.raises(DataError, match=r"caption file .*a.txt is not UTF-8"):
+        scan_folder(side)
+    win = tmp_path / "win"
+    (win / "sub").mkdir(parents=True)
+    _rgb(8, 8).save(win / "sub" / "z.png")
+    (win / "metadata.jsonl").write_text(json.dumps({"file_name": "sub\\z.png", "text": "backslashes"}))
+    assert scan_folder(win).records[0].caption == "backslashes"
+
+
+def test_a_text_task_on_a_folder_without_captions_is_an_error(tmp_path) -> None:
+    _rgb(8, 8).save(tmp_path / "a.png")
+    with pytest.raises(DataError, match="has no captions: give each image a caption in metadata.jsonl"):
+        scan_folder(tmp_path, need_captions=True)
+    assert scan_folder(tmp_path).records[0].caption is None  # fine for tasks without text

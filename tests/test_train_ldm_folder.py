@@ -254,3 +254,82 @@ def test_worker_processes_deliver_the_same_batches(tmp_path) -> None:
         for a, b in zip(*runs):
             assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
             assert a["caption"] == b["caption"]
+
+
+def test_every_task_gets_real_conditions_from_the_folder(tmp_path) -> None:
+    """Not only that training runs: the conditions each task reads are there (boxes, labels, holes, low-res)."""
+    from latent_diffusion.train.ldm_data import build_items
+
+    make_folder(tmp_path / "data")
+    for task, check in (("layout", lambda it: (it["layout"][:, 0] >= 0).sum() == 1),
+                        ("semantic", lambda it: it["segmentation"].max() > 0 and it["segmentation"].min() == 0),
+                        ("inpaint", lambda it: 0 < it["mask"].mean() < 1),
+                        ("superres", lambda it: it["lowres"].shape == (3, 8, 8))):
+        items = build_items(task_config(task, tmp_path / "data", tmp_path / "run"))
+        assert all(check(items.get(i, torch.Generator().manual_seed(i))) for i in range(len(items))), task
+
+
+def test_recipe_mistakes_with_user_data_are_errors(tmp_path) -> None:
+    """ShapesWorld mask names map to real ones; cached latents with random crops, buckets on shards or latents,
+    a COCO file naming none of the images, a folder holding both images and shards: each a clear error."""
+    from latent_diffusion.train.ldm_cli import data_source_of
+    from latent_diffusion.train.ldm_data import build_items
+
+    make_folder(tmp_path / "data")
+    inpaint = task_config("inpaint", tmp_path / "data", tmp_path / "run")
+    d = inpaint.to_dict()
+    d["data"]["mask"] = "both"  # what inpaint-shapes.yaml says; reads as LaMa-style on real images
+    assert build_items(LDMTrainConfig.from_dict(d)).mask.kind == "lama"
+    d = task_config("class", tmp_path / "data", tmp_path / "run").to_dict()
+    with pytest.raises(ConfigError, match="cache_latents encodes one fixed view .* crop='random', flip=True"):
+        LDMTrainConfig.from_dict({**d, "diffusion": {"cache_latents": True}})
+    with pytest.raises(ConfigError, match="reads tar shards out of order"):
+        LDMTrainConfig.from_dict({**d, "data": {**d["data"], "source": "shards", "buckets": True}})
+    coco = json.loads((tmp_path / "data-coco.json").read_text())
+    for im in coco["images"]:
+        im["file_name"] = "elsewhere/" + im["file_name"]
+    (tmp_path / "data-coco.json").write_text(json.dumps(coco))
+    with pytest.raises(DataError, match="none of its 12 images is in"):
+        build_items(task_config("layout", tmp_path / "data", tmp_path / "run"))
+    (tmp_path / "data" / "backup.tar").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"holds both images .* and .tar files \(e.g. backup.tar\)"):
+        data_source_of(str(tmp_path / "data"))
+
+
+def test_resume_refuses_data_whose_classes_changed(tmp_path) -> None:
+    make_folder(tmp_path / "data")
+    d = task_config("class", tmp_path / "data", tmp_path / "run").to_dict()
+    d["model"]["conditioner"] |= {"n_classes": 5, "null_class": 4}
+    d["run"]["max_steps"] = 2
+    train_ldm(LDMTrainConfig.from_dict(d), echo=False, progress=False)
+    (tmp_path / "data" / "aardvark").mkdir()  # a new class sorts first: every label would shift by one
+    Image.fromarray(np.zeros((36, 40, 3), np.uint8)).save(tmp_path / "data" / "aardvark" / "0.png")
+    d["run"]["max_steps"] = 4
+    with pytest.raises(ConfigError, match="the data's class_names changed since the run started"):
+        train_ldm(LDMTrainConfig.from_dict(d), resume=str(tmp_path / "run" / CKPT), echo=False, progress=False)
+
+
+def test_shards_from_other_tools_json_captions_and_bad_labels(tmp_path) -> None:
+    import io
+
+    import webdataset as wds
+
+    from latent_diffusion.data.shards import index_shards
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, format="PNG")
+    (tmp_path / "s").mkdir()
+    with wds.TarWriter(str(tmp_path / "s" / "a.tar")) as w:
+        w.write({"__key__": "0", "png": buf.getvalue(), "json": json.dumps({"caption": "from json"})})
+        w.write({"__key__": "1", "png": b"not a png", "txt": "broken"})
+    with pytest.warns(UserWarning, match="skipped 1 unreadable/corrupt shard image"):
+        index = index_shards(tmp_path / "s", need=("txt",))
+    assert [r.caption for r in index.records] == ["from json", "broken"] and index.records[1].width == 0
+    from latent_diffusion.data.sources import FolderSource
+    from latent_diffusion.data.transforms import TransformConfig
+
+    assert len(FolderSource(index, TransformConfig(size=32), ("caption",))) == 1  # the broken sample never trains
+    with wds.TarWriter(str(tmp_path / "s" / "a.tar")) as w:
+        w.write({"__key__": "0", "png": buf.getvalue(), "cls": "cat"})
+    with pytest.raises(DataError, match=r"has cls 'cat'; a .cls holds an integer class id"):
+        index_shards(tmp_path / "s", need=("cls",))

@@ -88,7 +88,7 @@ def read_coco_layouts(index: FolderIndex, json_path: str | os.PathLike) -> Layou
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         cats = sorted(data["categories"], key=lambda c: c["id"])
-        images = {im["id"]: (index.root / im["file_name"]).resolve() for im in data["images"]}
+        images = {im["id"]: (index.root / str(im["file_name"]).replace("\\", "/")).resolve() for im in data["images"]}
         anns = data["annotations"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{path} is not a COCO-style layout file (images, annotations, categories): "
@@ -106,6 +106,15 @@ def read_coco_layouts(index: FolderIndex, json_path: str | os.PathLike) -> Layou
         if img in by_path:
             boxes[by_path[img]].append((x, y, x + w, y + h))
             classes[by_path[img]].append(cat)
+    matched = set(images.values()) & set(by_path)
+    if not matched:
+        raise DataError(f"{path}: none of its {len(images)} images is in {index.root} (file_name is relative to the "
+                        f"image folder; e.g. {next(iter(images.values()), None)}); check data.root and data.layout_json")
+    if len(matched) < len(by_path):
+        import warnings
+
+        warnings.warn(f"{path} lists {len(matched)} of the folder's {len(by_path)} images; the others train with an "
+                      "empty layout", stacklevel=2)
     return Layouts(tuple(str(c["name"]) for c in cats),
                    {p: np.asarray(b, np.float64).reshape(-1, 4) for p, b in boxes.items()},
                    {p: np.asarray(c, np.int64) for p, c in classes.items()})

@@ -57,18 +57,23 @@ class DataConfig:
             raise DataError(f"data.source={self.source!r} needs data.root (or --data PATH on the command line)")
         if self.source == "shapes" and self.mask is not None and self.mask not in SHAPES_MASKS:
             raise DataError(f"data.mask must be one of {list(SHAPES_MASKS)} for ShapesWorld, got {self.mask!r}")
-        if self.source != "shapes" and self.mask is not None:
-            from .degrade import MaskConfig
+        if self.source != "shapes" and self.mask is not None and self.mask not in SHAPES_MASKS:
+            from .degrade import MASK_KINDS
 
-            MaskConfig(kind=self.mask)  # validates the kind
+            if self.mask not in MASK_KINDS:  # (a ShapesWorld recipe's box / stroke / both read as their real kinds)
+                raise DataError(f"data.mask must be one of {list(MASK_KINDS)} for real images, got {self.mask!r}")
         if self.num_workers < 0:
             raise DataError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.sr_factor < 1:
             raise DataError(f"data.sr_factor must be >= 1, got {self.sr_factor}")
         if self.source != "shapes":
             self.transform()  # validates size / resize / crop / small
-        if self.buckets and self.source == "shapes":
-            raise DataError("data.buckets sorts photos of mixed shapes; ShapesWorld images are all square")
+        if self.buckets and self.source in ("shapes", "latents"):
+            raise DataError(f"data.buckets sorts photos of mixed shapes by aspect ratio; it needs images (folder), "
+                            f"not {self.source!r}")
+        if self.buckets and self.source == "shards":
+            raise DataError("data.buckets draws each batch from one bucket across the whole dataset, which reads tar "
+                            "shards out of order (a whole shard per image); train buckets from the image folder")
         if self.bucket_max_ratio < 1:
             raise DataError(f"data.bucket_max_ratio must be >= 1, got {self.bucket_max_ratio}")
 

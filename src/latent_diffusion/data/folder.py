@@ -62,13 +62,17 @@ class FolderIndex:
     def fields(self, k: int) -> tuple[str | None, int | None]:
         return self.records[k].caption, self.records[k].label
 
+    @property
+    def has_captions(self) -> bool:
+        return any(r.caption is not None for r in self.records)
+
 
 def _read_metadata(path: Path) -> list[dict]:
     """Rows of a metadata.jsonl / .csv, each with ``file_name``; a DataError naming the file and line otherwise."""
     rows: list[dict] = []
     try:
         if path.suffix == ".jsonl":
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
                 if line.strip():
                     try:
                         row = json.loads(line)
@@ -78,7 +82,7 @@ def _read_metadata(path: Path) -> list[dict]:
                         raise DataError(f"{path}:{n}: each line must be a JSON object, got {type(row).__name__}")
                     rows.append(row)
         else:
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a byte-order mark
                 rows = list(csv.DictReader(f))
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e})") from e
@@ -95,7 +99,7 @@ def _metadata(root: Path) -> dict[Path, dict]:
     for name in METADATA_NAMES:
         for meta in sorted(root.rglob(name)):
             for row in _read_metadata(meta):
-                p = (meta.parent / str(row["file_name"])).resolve()
+                p = (meta.parent / str(row["file_name"]).replace("\\", "/")).resolve()
                 if p in out:
                     raise DataError(f"{meta}: {row['file_name']} is listed twice in the folder's metadata")
                 out[p] = row
@@ -123,9 +127,11 @@ def _check_all(paths: list[Path], workers: int) -> list[tuple[int, int] | str]:
 
 
 def scan_folder(root: str | os.PathLike, *, captions: str = "auto", labels: str = "none",
-                missing_caption: str = "error", strict: bool = False, workers: int | None = None) -> FolderIndex:
+                missing_caption: str = "error", strict: bool = False, workers: int | None = None,
+                need_captions: bool = False) -> FolderIndex:
     """Index the images under ``root`` (see the module docstring). ``missing_caption``: ``error`` names the image
-    whose caption is missing; ``empty`` trains it with the empty caption. ``labels="none"`` reads no labels."""
+    whose caption is missing; ``empty`` trains it with the empty caption. ``labels="none"`` reads no labels.
+    ``need_captions``: a folder in which ``captions="auto"`` finds no captions at all is an error (a text task)."""
     root = Path(root)
     if captions not in CAPTION_SOURCES:
         raise DataError(f"data.captions must be one of {list(CAPTION_SOURCES)}, got {captions!r}")
@@ -146,19 +152,26 @@ def scan_folder(root: str | os.PathLike, *, captions: str = "auto", labels: str 
     if captions == "auto":
         captions = "metadata" if meta else ("sidecar" if any(p.with_suffix(".txt").is_file() for p in paths)
                                            else "none")
+        if captions == "none" and need_captions:
+            raise DataError(f"{root} has no captions: give each image a caption in metadata.jsonl / metadata.csv "
+                            "(file_name + text, the imagefolder convention) or in a sidecar name.txt beside name.png")
     if captions == "metadata" and not meta:
         raise DataError(f"data.captions='metadata' but {root} has no metadata.jsonl / metadata.csv")
     if labels == "auto":
         labels = "column" if any("label" in r for r in meta.values()) else "folders"
     caps = _captions(root, paths, meta, captions, missing_caption)
-    label_of, class_names = _labels(root, paths, meta, labels)
+    label_names = _labels(root, paths, meta, labels)
     results = _check_all(paths, workers if workers is not None else min(8, os.cpu_count() or 1))
-    records, bad = [], []
+    good, bad = [], []
     for p, res in zip(paths, results):
         if isinstance(res, str):
             bad.append(f"{p.relative_to(root)} ({res})")
-            continue
-        records.append(Record(p, res[0], res[1], caps.get(p), label_of.get(p)))
+        else:
+            good.append((p, res))
+    # class ids from the classes that kept an image (a class whose files are all broken gets none)
+    class_names = _sort_names({label_names[p] for p, _ in good}) if label_names else ()
+    ids = {n: i for i, n in enumerate(class_names)}
+    records = [Record(p, w, h, caps.get(p), ids[label_names[p]] if label_names else None) for p, (w, h) in good]
     if bad and strict:
         raise DataError(f"{root}: {len(bad)} image(s) cannot be decoded (--strict-data), e.g. {bad[:5]}")
     if bad:
@@ -180,7 +193,10 @@ def _captions(root: Path, paths: list[Path], meta: dict[Path, dict], source: str
             cap = None if row is None else _row_caption(row)
         else:
             side = p.with_suffix(".txt")
-            cap = side.read_text(encoding="utf-8").strip() if side.is_file() else None
+            try:
+                cap = side.read_text(encoding="utf-8-sig").strip() if side.is_file() else None
+            except UnicodeDecodeError as e:
+                raise DataError(f"caption file {side} is not UTF-8 text ({e}); save it as UTF-8") from e
         if cap is None:
             lacking.append(str(p.relative_to(root)))
             cap = ""
@@ -194,10 +210,10 @@ def _captions(root: Path, paths: list[Path], meta: dict[Path, dict], source: str
     return out
 
 
-def _labels(root: Path, paths: list[Path], meta: dict[Path, dict],
-            source: str) -> tuple[dict[Path, int], tuple[str, ...]]:
+def _labels(root: Path, paths: list[Path], meta: dict[Path, dict], source: str) -> dict[Path, str]:
+    """Image → its class name (sub-folder or ``label`` column); {} without labels."""
     if source == "none":
-        return {}, ()
+        return {}
     if source == "column":
         raw: dict[Path, str] = {}
         lacking = []
@@ -216,6 +232,4 @@ def _labels(root: Path, paths: list[Path], meta: dict[Path, dict],
                             f"image(s) sit in the root itself, e.g. {loose[:5]}; move them into class folders or "
                             "give a 'label' column in metadata.jsonl")
         raw = {p: p.relative_to(root).parts[0] for p in paths}
-    names = _sort_names(set(raw.values()))
-    ids = {n: i for i, n in enumerate(names)}
-    return {p: ids[n] for p, n in raw.items()}, names
+    return raw

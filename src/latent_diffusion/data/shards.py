@@ -16,6 +16,7 @@ the process that trains on them.
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import os
@@ -48,9 +49,36 @@ def read_shard(path: str | os.PathLike) -> list[dict]:
     """Every sample of one tar shard, as webdataset groups it (``__key__`` and one bytes value per extension)."""
     wds = _wds()
     try:
-        return list(wds.tarfile_samples([{"url": str(path)}]))
+        with open(path, "rb") as f:  # opened here so that it is closed here (webdataset leaves its own open)
+            files = wds.tariterators.tar_file_expander([{"url": str(path), "stream": f}])
+            return list(wds.tariterators.group_by_keys(files))
     except Exception as e:  # noqa: BLE001 - webdataset / tarfile raise many kinds for a broken archive
         raise DataError(f"shard {path} cannot be read ({type(e).__name__}: {e})") from e
+
+
+def sample_caption(s: dict, where: str) -> str | None:
+    """A sample's caption: its ``txt``, else a ``caption`` / ``text`` field of its ``json``; None if it has neither."""
+    try:
+        if "txt" in s:
+            return s["txt"].decode("utf-8-sig").strip()
+        if "json" in s:
+            meta = json.loads(s["json"].decode("utf-8-sig"))
+            for key in ("caption", "text"):
+                if isinstance(meta, dict) and isinstance(meta.get(key), str):
+                    return meta[key]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{where}: sample {s.get('__key__')}'s caption is not UTF-8 text / JSON ({e})") from e
+    return None
+
+
+def sample_label(s: dict, where: str) -> int | None:
+    if "cls" not in s:
+        return None
+    text = s["cls"].decode("utf-8", "replace").strip()
+    if not text.lstrip("-").isdigit():
+        raise DataError(f"{where}: sample {s.get('__key__')} has cls {text!r}; a .cls holds an integer class id (the "
+                        "class names go in index.json, as `ldm data shard --labels folders` writes them)")
+    return int(text)
 
 
 def _sample_image(s: dict) -> tuple[str, bytes] | None:
@@ -70,6 +98,8 @@ def write_shards(index: FolderIndex, out_dir: str | os.PathLike, shard_size: int
     """Write ``index``'s records as ``out_dir/shard-NNNNNN.tar`` and ``index.json``; returns ``out_dir``."""
     wds = _wds()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder; give a folder for the shards")
     if shard_size < 1:
         raise DataError(f"--shard-size must be >= 1, got {shard_size}")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -85,7 +115,7 @@ def write_shards(index: FolderIndex, out_dir: str | os.PathLike, shard_size: int
         os.replace(out / f".{name}.tmp", out / name)
         shards.append({"name": name, "count": len(chunk), "sizes": [[r.width, r.height] for r in chunk],
                        "captions": any(r.caption is not None for r in chunk)})
-    meta = {"format": FORMAT, "shards": shards, "class_names": list(index.class_names),
+    meta = {"kind": "shards", "format": FORMAT, "shards": shards, "class_names": list(index.class_names),
             "source": str(index.root)}
     tmp = out / f".{INDEX}.tmp"
     tmp.write_text(json.dumps(meta))
@@ -121,6 +151,7 @@ class ShardIndex:
     counts: tuple[int, ...]
     records: list[Record]
     class_names: tuple[str, ...]
+    has_captions: bool = False
 
     def __post_init__(self) -> None:
         self._cache: ShardCache | None = None
@@ -168,29 +199,35 @@ def index_shards(root: str | os.PathLike, *, need: tuple[str, ...] = (), strict:
         n = 0
         for s in read_shard(p):
             img = _sample_image(s)
-            missing = [k for k in need if k not in s]
+            caption, label = sample_caption(s, f"shard {p.name}"), sample_label(s, f"shard {p.name}")
+            missing = [k for k, have in (("txt", caption is not None), ("cls", label is not None)) if k in need
+                       and not have]
             if img is None or missing:
                 what = missing + (["image (jpg|png|webp)"] if img is None else [])
                 raise DataError(f"shard {p.name}: sample {s.get('__key__')} has no {what}; every sample needs an "
-                                f"image{' and ' + ', '.join(need) if need else ''}")
+                                f"image{' and ' + ', '.join(need) if need else ''} (a caption may also be a json "
+                                "'caption' / 'text' field)")
             try:
                 w, h = decode_sample_image(img[1]).size
             except DECODE_ERRORS as e:
                 bad.append(f"{p.name}:{s['__key__']} ({type(e).__name__})")
-                w = h = 0
-            label = int(s["cls"]) if "cls" in s else None
+                w = h = 0  # kept in place (positions inside the shard), never trained on (FolderSource skips it)
             if label is not None:
                 labels.add(label)
-            records.append(Record(p, w, h, s["txt"].decode() if "txt" in s else None, label))
+            records.append(Record(p, w, h, caption, label))
             n += 1
         counts.append(n)
+    if bad and strict:
+        raise DataError(f"{root}: {len(bad)} shard image(s) cannot be decoded (--strict-data), e.g. {bad[:5]}")
     if bad:
-        if strict:
-            raise DataError(f"{root}: {len(bad)} shard image(s) cannot be decoded, e.g. {bad[:5]}")
-        raise DataError(f"{root}: {len(bad)} shard image(s) cannot be decoded, e.g. {bad[:5]}; rewrite the shards "
-                        "without them (ldm data shard skips unreadable images)")
+        import warnings
+
+        warnings.warn(f"{root}: skipped {len(bad)} unreadable/corrupt shard image(s), e.g. {bad[:5]}", stacklevel=2)
+    if len(bad) == len(records):
+        raise DataError(f"{root}: no shard image can be decoded ({len(bad)} corrupt, e.g. {bad[:3]})")
     names = tuple(str(i) for i in range(max(labels) + 1)) if labels else ()
-    return ShardIndex(Path(root), tuple(paths), tuple(counts), records, names)
+    return ShardIndex(Path(root), tuple(paths), tuple(counts), records, names,
+                      any(r.caption is not None for r in records))
 
 
 def _from_index(root: Path, meta: dict, need: tuple[str, ...]) -> ShardIndex:
@@ -208,7 +245,8 @@ def _from_index(root: Path, meta: dict, need: tuple[str, ...]) -> ShardIndex:
         records += [Record(p, w, h) for w, h in sh["sizes"]]
     if "cls" in need and not meta.get("class_names"):
         raise DataError(f"{root} holds no class labels (cls); the task needs them")
-    return ShardIndex(root, tuple(paths), tuple(counts), records, tuple(meta.get("class_names", ())))
+    return ShardIndex(root, tuple(paths), tuple(counts), records, tuple(meta.get("class_names", ())),
+                      any(sh.get("captions") for sh in meta["shards"]))
 
 
 def shard_order(counts: tuple[int, ...], seed: int, epoch: int) -> torch.Tensor:
@@ -232,8 +270,6 @@ class ShardCache:
         self._cache: OrderedDict[int, list[dict]] = OrderedDict()
 
     def sample(self, i: int) -> dict:
-        import bisect
-
         s = bisect.bisect_right(self.starts, i) - 1
         if s not in self._cache:
             samples = read_shard(self.index.paths[s])
@@ -255,5 +291,6 @@ class ShardCache:
 
     def fields(self, i: int) -> tuple[str | None, int | None]:
         s = self.sample(i)
-        return (s["txt"].decode() if "txt" in s else None, int(s["cls"]) if "cls" in s else None)
+        where = f"shard {self.index.paths[bisect.bisect_right(self.starts, i) - 1].name}"
+        return sample_caption(s, where), sample_label(s, where)
 

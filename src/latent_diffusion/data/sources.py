@@ -66,11 +66,13 @@ class FolderSource:
             self.bucket_of = assign_buckets([(recs[k].width, recs[k].height) for k in self.keep], buckets)
 
     def _apply_small_policy(self) -> list[int]:
-        t = self.transform
-        small = [i for i, r in enumerate(self.index.records) if is_small(t, r.width, r.height)]
+        """The records to train on: undecodable shard samples (size 0, warned about when indexed) left out, images
+        smaller than the crop an error naming them, upscaled, or skipped (``data.small``)."""
+        t, recs = self.transform, self.index.records
+        usable = [i for i, r in enumerate(recs) if r.width > 0]
+        small = [i for i in usable if is_small(t, recs[i].width, recs[i].height)]
         if small and t.small == "error":
-            names = [f"{self.index.records[i].path.relative_to(self.index.root)} "
-                     f"({self.index.records[i].width}x{self.index.records[i].height})" for i in small[:5]]
+            names = [f"{self._name(i)} ({recs[i].width}x{recs[i].height})" for i in small[:5]]
             raise DataError(f"{self.index.root}: {len(small)} image(s) are smaller than the {t.size}x{t.size} crop, "
                             f"e.g. {names}; remove them, use a smaller data.size, or let them be upscaled "
                             "(data.small: upscale) or skipped (data.small: skip)")
@@ -78,13 +80,19 @@ class FolderSource:
             import warnings
 
             warnings.warn(f"{self.index.root}: skipped {len(small)} image(s) smaller than the {t.size}x{t.size} "
-                          "crop (data.small: skip)", stacklevel=3)
+                          f"crop (data.small: skip), e.g. {[self._name(i) for i in small[:5]]}", stacklevel=3)
             dropped = set(small)
-            keep = [i for i in range(len(self.index.records)) if i not in dropped]
-            if not keep:
+            usable = [i for i in usable if i not in dropped]
+            if not usable:
                 raise DataError(f"{self.index.root}: every image is smaller than the {t.size}x{t.size} crop")
-            return keep
-        return list(range(len(self.index.records)))
+        return usable
+
+    def _name(self, k: int) -> str:
+        """Record ``k`` for a message: its path in the folder, or shard:position."""
+        r = self.index.records[k]
+        if r.path.is_dir() or r.path.suffix == ".tar":
+            return f"{r.path.name}:#{k}"
+        return str(r.path.relative_to(self.index.root))
 
     @property
     def class_names(self) -> tuple[str, ...]:

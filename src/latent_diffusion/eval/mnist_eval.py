@@ -71,6 +71,8 @@ def add_eval_mnist_command(esub: Any) -> None:
     p = esub.add_parser("mnist", help="class accuracy (independent digit judge) and FID of a class-conditional "
                         "digit model per CFG scale")
     p.add_argument("--ckpt", default=None, help="model .safetensors (default: the embedded class-mnist model)")
+    p.add_argument("--ema", action="store_true",
+                   help="sample with the file's model_ema.* weights (a training run's model.safetensors)")
     p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 5.0], help="guidance scales (one row each)")
     p.add_argument("--n", type=int, default=50, help="samples per digit and scale (default 50)")
     p.add_argument("--steps", type=int, default=20)
@@ -94,10 +96,10 @@ def _cmd_eval_mnist(args: Any) -> int:
         raise LDMError(f"{args.json} already exists; pass --force to replace it")
     if args.n < 1:
         raise LDMError(f"--n must be >= 1, got {args.n}")
-    pipe = Pipeline.from_checkpoint(args.ckpt or task_model_path("mnist"))
+    pipe = Pipeline.from_checkpoint(args.ckpt or task_model_path("mnist"), use_ema=args.ema)
     result = evaluate_digits(pipe, scales=tuple(args.cfg), n=args.n, steps=args.steps, sampler=args.sampler,
                              seed=args.seed, judge_path=args.judge, progress=sys.stderr.isatty())
-    result["ckpt"] = str(args.ckpt or task_model_path("mnist"))
+    result["ckpt"], result["ema"] = str(args.ckpt or task_model_path("mnist")), args.ema
     print(f"judge accuracy on the held-out judge_test digits: {100 * result['judge_test_accuracy']:.1f} %")
     print(markdown(result), end="")
     if args.json:

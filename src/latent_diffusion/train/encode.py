@@ -54,13 +54,18 @@ def encode_dataset(first_stage: str | os.PathLike, data: str | os.PathLike, out:
     from ..data.latents import is_latent_folder
 
     target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{target} exists and is not a folder; give a folder for the latents")
     if target.exists() and any(target.iterdir()):
         if not is_latent_folder(target):
             raise DataError(f"{target} exists and holds other files; choose a new or empty folder")
         if not overwrite:
             raise DataError(f"{target} already holds encoded latents; pass --force to replace them")
     index = _index(data, captions, labels, strict)
-    fields = tuple(f for f, on in (("caption", captions != "none"), ("class_label", labels != "none")) if on)
+    has_captions = captions != "none" and index.has_captions
+    if text_recipe and not has_captions:
+        raise DataError(f"--text-config encodes captions, but {data} has none (metadata.jsonl / .csv or sidecar .txt)")
+    fields = tuple(f for f, on in (("caption", has_captions), ("class_label", labels != "none")) if on)
     source = FolderSource(index, TransformConfig(size=size, resize=size if resize is None else resize, crop="center",
                                                  flip=False, small=small), fields)
     ae = load_autoencoder(first_stage)

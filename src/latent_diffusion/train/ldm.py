@@ -90,6 +90,7 @@ class LatentDiffusionModule(L.LightningModule):
     def __init__(self, cfg: LDMTrainConfig, *, resuming: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.resuming = resuming
         self.items = build_items(cfg)  # the data, read and checked before anything trains
         self.model = build_training_model(cfg, load_init=not resuming, items=self.items)
         _ = self.first_stage_sha256  # fingerprint the file the weights were just read from
@@ -128,7 +129,8 @@ class LatentDiffusionModule(L.LightningModule):
             from ..data.latents import check_first_stage
 
             check_first_stage(self.items, self.first_stage_sha256, cfg.first_stage_path)
-            self._check_stored_contexts()
+            if not self.resuming:  # (a resumed run's weights are restored later; its start was checked)
+                self._check_stored_contexts()
         if cfg.diffusion.cache_latents:
             self.source.cache(lambda x: self._raw_latents(x, None),
                               path=latent_cache_file(cfg, self.first_stage_sha256))
@@ -320,7 +322,12 @@ class LatentDiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ldm_train_config"] = self.cfg.to_dict()
+        checkpoint["ldm_data_derived"] = self.data_derived()
         checkpoint["ldm_first_stage_sha256"] = self.first_stage_sha256
+
+    def data_derived(self) -> dict:
+        """What the model's config took from the data: class / category names and a word encoder's vocabulary."""
+        return {"class_names": list(self.model.cfg.class_names), "words": list(self.model.cfg.conditioner.words)}
 
     @property
     def first_stage_sha256(self) -> str | None:

@@ -24,6 +24,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an image that cannot be decoded is an error (default: skipped with one warning)")
     p.add_argument("--allow-missing-captions", action="store_true",
                    help="train images that have no caption with the empty caption (default: an error naming them)")
+    p.add_argument("--first-stage", default=None, metavar="AE",
+                   help="override first_stage_path: the frozen autoencoder (e.g. one `ldm train autoencoder` exported)")
     p.add_argument("--out-dir", default=None, help="override run.out_dir")
     p.add_argument("--max-steps", type=int, default=None, help="override run.max_steps")
     p.add_argument("--devices", type=int, default=None, help="override run.devices (processes; CPU uses gloo DDP)")
@@ -55,6 +57,10 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
 
     cfg = LDMTrainConfig.from_yaml(args.config, data=data_flags(args.data, strict=args.strict_data,
                                                                allow_missing_captions=args.allow_missing_captions))
+    if args.first_stage is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, first_stage_path=args.first_stage)
     overrides = (("out_dir", args.out_dir), ("max_steps", args.max_steps), ("devices", args.devices),
                  ("seed", args.seed))
     changes = {k: v for k, v in overrides if v is not None}
@@ -70,18 +76,34 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
 
 
 def data_source_of(path: str) -> str:
-    """``latents`` for a folder ``ldm data encode`` wrote, ``shards`` for a .tar file or a folder holding .tar files,
-    else ``folder``."""
+    """``latents`` for a folder ``ldm data encode`` wrote; ``shards`` for a .tar file, a folder ``ldm data shard``
+    wrote, or a folder of .tar files without images; else ``folder``. A folder holding both images and .tar files
+    (and no index saying which it is) is an error naming both."""
+    import json
     from pathlib import Path
 
+    from ..data.decode import is_image_file
     from ..data.latents import is_latent_folder
+    from ..errors import ConfigError
 
     p = Path(path)
     if is_latent_folder(p):
         return "latents"
     if p.is_file() and p.suffix == ".tar":
         return "shards"
-    return "shards" if p.is_dir() and any(p.glob("*.tar")) else "folder"
+    if not p.is_dir() or not any(p.glob("*.tar")):
+        return "folder"
+    try:
+        if json.loads((p / "index.json").read_text()).get("kind") == "shards":
+            return "shards"
+    except (OSError, ValueError, AttributeError):
+        pass
+    image = next((x for x in p.rglob("*") if is_image_file(x)), None)
+    if image is None:
+        return "shards"
+    tar = next(p.glob("*.tar"))
+    raise ConfigError(f"--data {p} holds both images (e.g. {image.relative_to(p)}) and .tar files (e.g. {tar.name}); "
+                      "give a folder of images or a folder of shards")
 
 
 def data_flags(data: str | None, *, strict: bool = False, allow_missing_captions: bool = False) -> dict[str, Any]:

@@ -242,6 +242,10 @@ def check_task(cfg: LDMTrainConfig) -> None:
             raise ConfigError(f"task {cfg.task!r} from an image folder needs data.{' and data.'.join(lacking)}")
     if d.source == "latents" and cfg.diffusion.cache_latents:
         raise ConfigError("data.source 'latents' is already encoded: turn off diffusion.cache_latents")
+    if cfg.diffusion.cache_latents and d.source in ("folder", "shards") and (d.crop == "random" or d.flip):
+        raise ConfigError("diffusion.cache_latents encodes one fixed view of each image (centre crop, no flip), but "
+                          f"data asks for crop={d.crop!r}, flip={d.flip}: set data.crop: center and data.flip: false, "
+                          "or turn off diffusion.cache_latents (or pre-encode with `ldm data encode`)")
     if d.buckets and cfg.diffusion.cache_latents:
         raise ConfigError("data.buckets cuts each image to its own bucket size; cached latents need one fixed view: "
                           "turn off diffusion.cache_latents")

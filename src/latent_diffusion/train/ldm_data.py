@@ -100,6 +100,7 @@ def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSour
 
         items = LatentSource(d.root, fields)
         check_class_count(cfg, items.class_names)
+        check_latent_shape(cfg, items)
         return items
     from ..data.sources import FolderSource
 
@@ -109,7 +110,7 @@ def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSour
         labels = d.labels if cfg.task == "class" else "none"
         captions = d.captions if "caption" in fields else "none"
         index = scan_folder(d.root, captions=captions, labels=labels, missing_caption=d.missing_caption,
-                            strict=d.strict)
+                            strict=d.strict, need_captions="caption" in fields)
     else:
         from ..data.shards import index_shards
 
@@ -127,7 +128,7 @@ def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSour
     if "mask" in fields:
         from ..data.degrade import MaskConfig
 
-        extra["mask"] = MaskConfig(kind=d.mask or "lama")
+        extra["mask"] = MaskConfig(kind=real_mask_kind(d.mask))
     if d.buckets:
         from ..data.buckets import make_buckets
 
@@ -135,6 +136,21 @@ def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSour
     items = FolderSource(index, d.transform(), fields, sr_factor=d.sr_factor, max_objects=d.max_objects, **extra)
     check_class_count(cfg, items.class_names)
     return items
+
+
+def real_mask_kind(mask: str | None) -> str:
+    """``data.mask`` for real images: a ShapesWorld recipe's box / stroke / both read as boxes / strokes / lama."""
+    return {None: "lama", "box": "boxes", "stroke": "strokes", "both": "lama"}.get(mask, mask)  # type: ignore[arg-type]
+
+
+def check_latent_shape(cfg: LDMTrainConfig, items) -> None:  # noqa: ANN001 - data.latents.LatentSource
+    """Pre-encoded latents must be the size and channels this recipe trains on."""
+    meta, d = items.meta, cfg.data
+    channels = cfg.model.unet.out_channels
+    if meta.get("size") != d.size or meta.get("latent_shape", [channels])[0] != channels:
+        raise ConfigError(f"the latents in {d.root} were encoded from {meta.get('size')} px images to "
+                          f"{tuple(meta.get('latent_shape', ()))}; this recipe trains on {d.size} px (data.size) with "
+                          f"{channels} latent channels: encode again with --size {d.size} and this recipe's first stage")
 
 
 def model_downsampling(cfg: LDMTrainConfig) -> int:

@@ -205,10 +205,20 @@ def training_words(module: LatentDiffusionModule) -> list[str]:
 
 
 def sample_prompts(module: LatentDiffusionModule) -> tuple[str, ...]:
-    """The grid's prompts: ShapesWorld's four, or the first four distinct captions of the user's data."""
+    """The grid's prompts: ShapesWorld's four, or the first four distinct captions of the user's data (read once)."""
     if module.cfg.data.source == "shapes":
         return SAMPLE_PROMPTS
-    return tuple(dict.fromkeys(c for c in module.items.captions() if c))[:4] or ("",)
+    if getattr(module, "_sample_prompts", None) is None:
+        items, seen = module.items, {}
+        stored = None if hasattr(items, "keep") else items.captions()  # pre-encoded latents: captions in memory
+        for k in range(len(items)):  # stops at the fourth distinct caption (shards: reads only the first shards)
+            c = items.get(k, None, pixels=False)["caption"] if stored is None else stored[k]
+            if c:
+                seen.setdefault(c)
+            if len(seen) == 4:
+                break
+        module._sample_prompts = tuple(seen) or ("",)
+    return module._sample_prompts
 
 
 def write_sample_grid(model: LatentDiffusion, path: Path, *, prompts: tuple[str, ...] = SAMPLE_PROMPTS,
@@ -255,6 +265,21 @@ def check_resume(cfg: LDMTrainConfig, resume: str) -> int:
             raise ConfigError(f"first_stage_path {cfg.first_stage_path} is not the file this run started from (its "
                               f"sha256 changed since {resume} was written); put the original back or start a new run")
     return int(ckpt["state_dict"]["batches_seen"]) // cfg.optim.accumulate
+
+
+def check_data_derived(module: LatentDiffusionModule, resume: str) -> None:
+    """The classes and vocabulary read from the data now must be the ones the checkpoint was trained with (a class
+    folder added since would renumber the labels)."""
+    from ..safe_load import read_pickle
+
+    saved = read_pickle(resume).get("ldm_data_derived")
+    now = module.data_derived()
+    if saved is None or saved == now:
+        return
+    what = [k for k in now if saved.get(k) != now[k]]
+    detail = "; ".join(f"{k}: checkpoint {saved.get(k)[:8]!r}..., data now {now[k][:8]!r}..." for k in what)
+    raise ConfigError(f"--resume {resume}: the data's {' and '.join(what)} changed since the run started ({detail}); "
+                      "resume with the data it was trained on, or start a new run")
 
 
 def build_trainer(cfg: LDMTrainConfig, out_dir: Path, progress: bool, callbacks: list) -> L.Trainer:
@@ -306,6 +331,8 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
     module = LatentDiffusionModule(cfg, resuming=resume is not None)
+    if resume is not None:
+        check_data_derived(module, resume)
     module.log_sink, module.t0 = log, time.perf_counter()
     if resume is not None:
         module.last_good = (start, resume)
