@@ -23,9 +23,11 @@ def _imports(path: Path) -> list[tuple[int, str]]:
                 if mod.startswith("latent_diffusion."):
                     out.append((node.lineno, mod.split(".")[1]))
             elif node.level == 1:
-                out.append((node.lineno, layer if node.module is None else layer))
-            else:  # ..x or ...x: relative to the package root for files one level down
-                out.append((node.lineno, (node.module or "").split(".")[0]))
+                out.append((node.lineno, layer))
+            elif node.module:  # ..x: relative to the package root for files one level down
+                out.append((node.lineno, node.module.split(".")[0]))
+            else:  # from .. import models
+                out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.Import):
             out += [(node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("latent_diffusion.")]
     return out

@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import Dataset
 
-from .images import DataError, ImageFolder, image_shards
+from .images import DataError, ImageFolder, ImageItems, image_shards
 
 
 class ImageSource(Protocol):
@@ -124,6 +124,8 @@ def build_sources(cfg: ImageDataConfig) -> tuple[ImageSource, ImageSource]:
                 PhotoPatches(cfg.size, "heldout", cfg.photo_downscale, flip=False))
     make = ImageFolder if cfg.source == "folder" else image_shards
     train = make(cfg.root, cfg.size, resize=cfg.resize, flip=cfg.flip, strict=cfg.strict)  # type: ignore[arg-type]
-    val = make(cfg.val_root or cfg.root, cfg.size, resize=cfg.resize, flip=False,  # type: ignore[arg-type]
-               random_crop=cfg.val_root is not None, strict=cfg.strict)
+    if cfg.val_root is None:  # centre crops of the training images, from the index already read
+        val = ImageItems(train.source.with_view(crop="center", flip=False))
+    else:
+        val = make(cfg.val_root, cfg.size, resize=cfg.resize, flip=False, strict=cfg.strict)  # type: ignore[arg-type]
     return train, val

@@ -68,7 +68,8 @@ class ImageFolder(ImageItems):
     images smaller than the crop are upscaled with the rest; without it they are an error naming them."""
 
     def __init__(self, root: str | os.PathLike, size: int, *, resize: int | None = None, flip: bool = True,
-                 random_crop: bool = True, strict: bool = False) -> None:
+                 random_crop: bool = True, strict: bool = False, index=None) -> None:  # noqa: ANN001
+        """``index``: a ``FolderIndex`` of ``root`` already read (the held-out view of the training folder)."""
         from .folder import scan_folder
         from .sources import FolderSource
         from .transforms import TransformConfig, TransformError
@@ -78,8 +79,9 @@ class ImageFolder(ImageItems):
                                         flip=flip, small="error" if resize is None else "upscale")
         except TransformError as e:
             raise DataError(str(e).replace("data.resize", "resize")) from e
-        index = scan_folder(root, captions="none", labels="none", strict=strict)
+        index = index if index is not None else scan_folder(root, captions="none", labels="none", strict=strict)
         super().__init__(FolderSource(index, transform))
+        self.index = index
         self.root, self.size = Path(root), size
         self.files = [index.records[k].path for k in self.source.keep]
         self.skipped_corrupt = len(index.skipped)

@@ -87,6 +87,15 @@ class FolderSource:
                 raise DataError(f"{self.index.root}: every image is smaller than the {t.size}x{t.size} crop")
         return usable
 
+    def with_view(self, **changes) -> "FolderSource":  # noqa: ANN003
+        """The same items cut another way (``crop`` / ``flip``; the size stays, so the same records are kept)."""
+        import copy
+        import dataclasses
+
+        other = copy.copy(self)
+        other.transform = dataclasses.replace(self.transform, **changes)
+        return other
+
     def _name(self, k: int) -> str:
         """Record ``k`` for a message: its path in the folder, or shard:position."""
         r = self.index.records[k]

@@ -15,8 +15,10 @@ from ..errors import LDMError
 def add_eval_autoencoder_command(esub: Any) -> None:
     p = esub.add_parser("autoencoder", help="PSNR / SSIM / LPIPS / rFID / codebook use of autoencoders")
     p.add_argument("--ckpt", required=True, nargs="+", help="autoencoder .safetensors (ours, CompVis, or a full LDM)")
-    p.add_argument("--data", choices=["shapes", "photos", "folder"], default="shapes")
-    p.add_argument("--root", default=None, help="image folder for --data folder")
+    p.add_argument("--data", choices=["shapes", "photos", "folder", "shards"], default="shapes")
+    p.add_argument("--root", default=None, help="image folder (or folder of .tar shards) for --data folder / shards")
+    p.add_argument("--resize", type=int, default=None,
+                   help="folder / shards: resize the shorter side to this before cropping (default: native size)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--n", type=int, default=256, help="number of held-out images")
     p.add_argument("--batch-size", type=int, default=32)
@@ -45,13 +47,14 @@ def add_eval_commands(sub: Any) -> None:
         adder(esub)
 
 
-def heldout_images(data: str, n: int, size: int, seed: int, root: str | None = None):  # -> torch.Tensor
+def heldout_images(data: str, n: int, size: int, seed: int, root: str | None = None,
+                   resize: int | None = None):  # -> torch.Tensor
     """(n, 3, size, size) held-out images in [-1, 1], the same on every call."""
     import torch
 
     from ..data.autoencoder_data import FixedDataset, ImageDataConfig, build_sources
 
-    cfg = ImageDataConfig(source=data, root=root, size=size, seed=seed, num_val=n)
+    cfg = ImageDataConfig(source=data, root=root, size=size, seed=seed, num_val=n, resize=resize)
     _, held = build_sources(cfg)
     ds = FixedDataset(held, n, seed)
     return torch.stack([ds[i] for i in range(n)])
@@ -78,7 +81,7 @@ def _cmd_eval_autoencoder(args: argparse.Namespace) -> int:
     for out in (args.json, args.markdown):
         if out is not None and Path(out).exists() and not args.force:
             raise LDMError(f"{out} already exists; pass --force to replace it")
-    images = heldout_images(args.data, args.n, args.size, args.seed, args.root)
+    images = heldout_images(args.data, args.n, args.size, args.seed, args.root, args.resize)
     lpips = LPIPS(args.lpips_vgg, args.lpips_lin)
     feats = None if args.no_fid else fid_feature_extractor(args.inception, args.lpips_vgg)
     rows = []
