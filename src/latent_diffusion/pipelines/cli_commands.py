@@ -128,13 +128,14 @@ def add_generate_commands(sub: Any) -> None:
     sem.add_argument("--example", type=int, default=None, metavar="I",
                      help="take the semantic map of held-out ShapesWorld scene I (instead of --map)")
     sem.set_defaults(func=_cmd_semantic2img)
-    d = sub.add_parser("demo", help="grids from the embedded ShapesWorld models (no download): text-to-image by "
-                       "default, or any task of the paper with --task")
+    d = sub.add_parser("demo", help="grids from the embedded models (no download): text-to-image by default, any "
+                       "task of the paper with --task, or the MNIST digits model (--task mnist)")
     d.add_argument("--task", default="txt2img", choices=["txt2img", "grounded", "class", "unconditional", "layout",
-                                                         "semantic", "superres", "inpaint", "all"],
+                                                         "semantic", "superres", "inpaint", "mnist", "all"],
                    help="txt2img (default: grid.png), grounded (the prompts through the layout planner and the "
                         "layout model: grounded.png, planned boxes | samples), another task (<task>.png: condition "
-                        "| samples [| truth]), or all (every task whose embedded models are present)")
+                        "| samples [| truth]), mnist (real handwritten digits: one row per digit, mnist.png), or all "
+                        "(every task whose embedded models are present)")
     d.add_argument("--out", default="out/demo", help="output folder (default ./out/demo; a new out/demo-N if taken)")
     d.add_argument("--n", type=int, default=4, help="images per prompt / condition")
     d.add_argument("--rows", type=int, default=6,
