@@ -62,35 +62,41 @@ def _consumer_rate(cfg, steps: int) -> float:  # noqa: ANN001
     return cfg.run.batch_size / times[len(times) // 2]
 
 
+def _uncached(source: str, root: Path, quick: bool, precision: str):  # noqa: ANN202 - LDMTrainConfig
+    """The default recipe on ``root``, as a run without a latent cache reads it: random crops, the encoder every step."""
+    import dataclasses
+
+    from ..train.ldm_config import LDMTrainConfig
+
+    cfg = LDMTrainConfig.from_yaml(RECIPE, data={"source": source, "root": str(root), "crop": "center", "flip": False})
+    cfg = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, cache_latents=False,
+                                                                 latent_cache_dir=None),
+                              data=dataclasses.replace(cfg.data, crop="random"))
+    return cfg.replace_run(batch_size=8 if quick else cfg.run.batch_size, precision=precision)
+
+
 def run(*, quick: bool, repeats: int | None = None, log: Callable[[str], None] = print,
         precisions: tuple[str, ...] = ("fp32",), **_) -> dict:
     from ..data.folder import scan_folder
     from ..data.shapes import ShapesWorld
     from ..data.shapes_io import write_shapes_folder
     from ..data.shards import write_shards
-    from ..train.ldm_config import LDMTrainConfig
 
     count = 64 if quick else 512
     batches = 2 if quick else 8
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_shapes_folder(ShapesWorld(size=64, seed=0, length=count), Path(tmp) / "folder", count)
         write_shards(scan_folder(folder), Path(tmp) / "shards", shard_size=128)
-        base = LDMTrainConfig.from_yaml(RECIPE, data={"source": "folder", "root": str(folder), "flip": False})
         precision = "bf16-mixed" if "bf16" in precisions else "32"
-        base = base.replace_run(batch_size=8 if quick else base.run.batch_size, precision=precision)
         rows = []
         for source, root in (("folder", folder), ("shards", Path(tmp) / "shards")):
-            cfg = LDMTrainConfig.from_yaml(RECIPE, data={"source": source, "root": str(root), "flip": False})
-            cfg = cfg.replace_run(batch_size=base.run.batch_size)
+            cfg = _uncached(source, root, quick, precision)
             for workers in (0, 1, 2):
                 rate = _loader_rate(cfg, workers, batches)
                 rows.append({"source": source, "workers": workers, "images_per_s": rate})
                 log(f"  data {source} workers={workers}: {rate:.0f} images/s")
-        import dataclasses
-
-        uncached = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, cache_latents=False,
-                                                                           latent_cache_dir=None))
-        consume = _consumer_rate(uncached, 1 if quick else (repeats or 3))
+        base = _uncached("folder", folder, quick, precision)
+        consume = _consumer_rate(base, 1 if quick else (repeats or 3))
     log(f"  training step ({precision}, batch {base.run.batch_size}, encoder every step): {consume:.1f} images/s")
     for r in rows:
         r["ratio_to_training"] = r["images_per_s"] / consume
