@@ -132,7 +132,11 @@ def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSour
     if d.buckets:
         from ..data.buckets import make_buckets
 
-        extra["buckets"] = make_buckets(d.size, model_downsampling(cfg), d.bucket_max_ratio)
+        step = model_downsampling(cfg)
+        if "lowres" in fields and step % d.sr_factor:
+            raise ConfigError(f"data.buckets: bucket sides are multiples of {step} (the model's downsampling), not of "
+                              f"data.sr_factor={d.sr_factor}; the low-res input could not be cut from them")
+        extra["buckets"] = make_buckets(d.size, step, d.bucket_max_ratio)
     items = FolderSource(index, d.transform(), fields, sr_factor=d.sr_factor, max_objects=d.max_objects, **extra)
     check_class_count(cfg, items.class_names)
     return items
