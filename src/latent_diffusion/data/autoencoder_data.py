@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import DataError, ImageFolder, ImageItems, image_shards
+from .seeds import seed_of
 
 
 class ImageSource(Protocol):
@@ -62,15 +63,6 @@ class ShapesSource:
         return self.world[i]["image"]
 
 
-def _mix(*xs: int) -> int:
-    """A 63-bit seed from a tuple of ints (splitmix-style; stable across Python versions, unlike hash())."""
-    h = 0x9E3779B97F4A7C15
-    for x in xs:
-        h = (h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
 class StreamDataset(Dataset):
     """Items ``start .. start + length - 1`` of the endless shuffled stream over ``source`` (see module doc)."""
 
@@ -88,7 +80,7 @@ class StreamDataset(Dataset):
             order = getattr(self.source, "order", None)
             perm = order(self.seed, epoch) if order is not None else None
             if perm is None:  # any order will do: a uniform permutation
-                perm = torch.randperm(len(self.source), generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
+                perm = torch.randperm(len(self.source), generator=torch.Generator().manual_seed(seed_of(self.seed, epoch)))
             self._perm = (epoch, perm)
         return self._perm[1]
 
@@ -96,7 +88,7 @@ class StreamDataset(Dataset):
         k = self.start + j
         n = len(self.source)
         idx = int(self._order(k // n)[k % n])
-        return self.source.get(idx, torch.Generator().manual_seed(_mix(self.seed, 1_000_003, k)))
+        return self.source.get(idx, torch.Generator().manual_seed(seed_of(self.seed, 1_000_003, k)))
 
 
 class FixedDataset(Dataset):
@@ -109,7 +101,7 @@ class FixedDataset(Dataset):
         return self.n
 
     def __getitem__(self, j: int) -> torch.Tensor:
-        return self.source.get(j % len(self.source), torch.Generator().manual_seed(_mix(self.seed, 7, j)))
+        return self.source.get(j % len(self.source), torch.Generator().manual_seed(seed_of(self.seed, 7, j)))
 
 
 def build_sources(cfg: ImageDataConfig) -> tuple[ImageSource, ImageSource]:

@@ -17,6 +17,7 @@ import math
 import torch
 
 from .images import DataError
+from .seeds import seed_of
 
 
 def make_buckets(size: int, step: int, max_ratio: float = 2.0) -> list[tuple[int, int]]:
@@ -51,9 +52,7 @@ def assign_buckets(sizes: list[tuple[int, int]], buckets: list[tuple[int, int]])
 
 def bucket_batches(bucket_of: list[int], batch: int, seed: int, epoch: int) -> list[list[int]]:
     """One pass's batches of item indices, each inside one bucket (see the module docstring)."""
-    from .autoencoder_data import _mix
-
-    g = torch.Generator().manual_seed(_mix(seed, 23, epoch))
+    g = torch.Generator().manual_seed(seed_of(seed, 23, epoch))
     members: dict[int, list[int]] = {}
     for i, b in enumerate(bucket_of):
         members.setdefault(b, []).append(i)

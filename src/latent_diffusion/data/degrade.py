@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..errors import ConfigError
-from .autoencoder_data import _mix
 from .images import DataError
+from .seeds import seed_of
 
 MASK_KINDS = ("lama", "strokes", "boxes", "outpaint")
-_MASK_SALT = 0x4D41534B  # "MASK": keeps mask seeds apart from the other _mix(seed, …) streams of a dataset
+_MASK_SALT = 0x4D41534B  # "MASK": keeps mask seeds apart from the other seed_of(seed, …) streams of a dataset
 
 
 def bicubic_downsample(img: torch.Tensor, factor: int = 4) -> torch.Tensor:
@@ -287,7 +287,7 @@ def make_mask(cfg: MaskConfig, height: int, width: int, generator: torch.Generat
 
 def mask_for_item(cfg: MaskConfig, height: int, width: int, seed: int, index: int) -> torch.Tensor:
     """The mask of dataset item ``index`` in a run seeded with ``seed``: same (seed, index), same mask."""
-    g = torch.Generator().manual_seed(_mix(seed, _MASK_SALT, index))
+    g = torch.Generator().manual_seed(seed_of(seed, _MASK_SALT, index))
     return make_mask(cfg, height, width, g)
 
 

@@ -62,26 +62,30 @@ class ImageItems:
         return self.source.get(i, generator)["image"]
 
 
+def stage1_transform(size: int, resize: int | None, flip: bool, random_crop: bool):  # noqa: ANN201 - TransformConfig
+    """How stage 1 cuts its images: native resolution, or the shorter side resized first (then smaller images are
+    upscaled with the rest; without ``resize`` they are an error naming them)."""
+    from .transforms import TransformConfig, TransformError
+
+    try:
+        return TransformConfig(size=size, resize=resize, crop="random" if random_crop else "center", flip=flip,
+                               small="error" if resize is None else "upscale")
+    except TransformError as e:
+        raise DataError(str(e).replace("data.resize", "resize")) from e
+
+
 class ImageFolder(ImageItems):
     """Images under ``root`` (recursive; ``data/folder.py`` reads and fully decodes them, ``data/transforms.py`` cuts
-    them). ``get(i, generator)`` → (3, size, size) in [-1, 1]. With ``resize`` the shorter side is resized first and
-    images smaller than the crop are upscaled with the rest; without it they are an error naming them."""
+    them, ``stage1_transform``). ``get(i, generator)`` → (3, size, size) in [-1, 1]."""
 
     def __init__(self, root: str | os.PathLike, size: int, *, resize: int | None = None, flip: bool = True,
-                 random_crop: bool = True, strict: bool = False, index=None) -> None:  # noqa: ANN001
-        """``index``: a ``FolderIndex`` of ``root`` already read (the held-out view of the training folder)."""
+                 random_crop: bool = True, strict: bool = False) -> None:
         from .folder import scan_folder
         from .sources import FolderSource
-        from .transforms import TransformConfig, TransformError
 
-        try:
-            transform = TransformConfig(size=size, resize=resize, crop="random" if random_crop else "center",
-                                        flip=flip, small="error" if resize is None else "upscale")
-        except TransformError as e:
-            raise DataError(str(e).replace("data.resize", "resize")) from e
-        index = index if index is not None else scan_folder(root, captions="none", labels="none", strict=strict)
+        transform = stage1_transform(size, resize, flip, random_crop)
+        index = scan_folder(root, captions="none", labels="none", strict=strict)
         super().__init__(FolderSource(index, transform))
-        self.index = index
         self.root, self.size = Path(root), size
         self.files = [index.records[k].path for k in self.source.keep]
         self.skipped_corrupt = len(index.skipped)
@@ -92,8 +96,6 @@ def image_shards(root: str | os.PathLike, size: int, *, resize: int | None = Non
     """The images of webdataset shards (``data/shards.py``), cut like ``ImageFolder``'s."""
     from .shards import index_shards
     from .sources import FolderSource
-    from .transforms import TransformConfig
 
-    transform = TransformConfig(size=size, resize=resize, crop="random" if random_crop else "center", flip=flip,
-                                small="error" if resize is None else "upscale")
+    transform = stage1_transform(size, resize, flip, random_crop)
     return ImageItems(FolderSource(index_shards(root, strict=strict), transform))

@@ -30,6 +30,7 @@ from PIL import Image
 from .decode import DECODE_ERRORS, to_rgb
 from .folder import FolderIndex, Record
 from .images import DataError
+from .seeds import seed_of
 
 INDEX = "index.json"
 FORMAT = 1
@@ -251,9 +252,7 @@ def _from_index(root: Path, meta: dict, need: tuple[str, ...]) -> ShardIndex:
 
 def shard_order(counts: tuple[int, ...], seed: int, epoch: int) -> torch.Tensor:
     """Pass ``epoch``'s order of the global sample indices: shards permuted, samples permuted inside each."""
-    from .autoencoder_data import _mix
-
-    g = torch.Generator().manual_seed(_mix(seed, 17, epoch))
+    g = torch.Generator().manual_seed(seed_of(seed, 17, epoch))
     starts = torch.tensor([0, *counts]).cumsum(0)
     parts = [starts[s] + torch.randperm(counts[s], generator=g) for s in torch.randperm(len(counts), generator=g)]
     return torch.cat(parts)

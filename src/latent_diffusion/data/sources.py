@@ -176,6 +176,22 @@ class FolderSource:
         return out
 
 
+def index_images(source: str, root, *, captions: str = "none", labels: str = "none",  # noqa: ANN001
+                 missing_caption: str = "error", strict: bool = False, need_captions: bool = False):  # noqa: ANN201
+    """An image folder (``source="folder"``) or tar shards (``"shards"``) read and checked: a ``FolderIndex`` or a
+    ``ShardIndex``. Shards must carry a caption / label in every sample when ``captions`` / ``labels`` is not
+    ``"none"`` (or ``need_captions``); ``need_captions``: a folder without any caption is an error (``scan_folder``)."""
+    if source == "shards":
+        from .shards import index_shards
+
+        need = tuple(k for k, on in (("txt", need_captions or captions != "none"), ("cls", labels != "none")) if on)
+        return index_shards(root, need=need, strict=strict)
+    from .folder import scan_folder
+
+    return scan_folder(root, captions=captions, labels=labels, missing_caption=missing_caption, strict=strict,
+                       need_captions=need_captions)
+
+
 def caption_words(captions: list[str]) -> tuple[str, ...]:
     """The word vocabulary of a jointly trained text encoder (``conditioner.kind: bert``) from the data's captions:
     lower-case alphanumeric words, most frequent first (ties alphabetical), as the tokenizer splits them."""

@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..autoencoder_io import build_autoencoder
-from ..data.autoencoder_data import FixedDataset, StreamDataset, _mix, build_sources
+from ..data.autoencoder_data import FixedDataset, StreamDataset, build_sources
+from ..data.seeds import seed_of
 from ..eval.image_metrics import codebook_stats, psnr
 from ..losses.autoencoder_loss import build_autoencoder_loss
 from ..models.vq import VQModel
@@ -37,7 +38,7 @@ class AutoencoderModule(L.LightningModule):
         torch.manual_seed(cfg.run.seed)  # weight init only; everything later uses explicit generators
         self.model = build_autoencoder(cfg.kind, cfg.model)
         self.loss = build_autoencoder_loss(cfg.kind, cfg.loss, cfg.model.in_channels)
-        self.loss.discriminator.reset_parameters(torch.Generator().manual_seed(_mix(cfg.run.seed, 11)))
+        self.loss.discriminator.reset_parameters(torch.Generator().manual_seed(seed_of(cfg.run.seed, 11)))
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
         self.train_source: Any = None
         self.val_set: FixedDataset | None = None
@@ -80,7 +81,7 @@ class AutoencoderModule(L.LightningModule):
         if isinstance(self.model, VQModel):
             x_rec, q_loss, idx = self.model(x)
             return x_rec.float(), q_loss.float(), idx
-        g = torch.Generator(device=x.device).manual_seed(_mix(self.cfg.run.seed, 2, step))
+        g = torch.Generator(device=x.device).manual_seed(seed_of(self.cfg.run.seed, 2, step))
         x_rec, posterior = self.model(x, sample_posterior=sample, generator=g)
         return x_rec.float(), posterior, None
 

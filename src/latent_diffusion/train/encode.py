@@ -61,7 +61,10 @@ def encode_dataset(first_stage: str | os.PathLike, data: str | os.PathLike, out:
             raise DataError(f"{target} exists and holds other files; choose a new or empty folder")
         if not overwrite:
             raise DataError(f"{target} already holds encoded latents; pass --force to replace them")
-    index = _index(data, captions, labels, strict)
+    from ..data.sources import index_images
+    from .ldm_cli import data_source_of
+
+    index = index_images(data_source_of(os.fspath(data)), data, captions=captions, labels=labels, strict=strict)
     has_captions = captions != "none" and index.has_captions
     if text_recipe and not has_captions:
         raise DataError(f"--text-config encodes captions, but {data} has none (metadata.jsonl / .csv or sidecar .txt)")
@@ -111,17 +114,6 @@ def encode_dataset(first_stage: str | os.PathLike, data: str | os.PathLike, out:
         shutil.rmtree(target)
     os.replace(tmp, target)
     return meta
-
-
-def _index(data: str | os.PathLike, captions: str, labels: str, strict: bool):  # noqa: ANN202
-    from ..data.folder import scan_folder
-    from ..data.shards import index_shards
-    from .ldm_cli import data_source_of
-
-    if data_source_of(os.fspath(data)) == "shards":
-        need = tuple(k for k, on in (("txt", captions != "none"), ("cls", labels != "none")) if on)
-        return index_shards(data, need=need, strict=strict)
-    return scan_folder(data, captions=captions, labels=labels, strict=strict)
 
 
 def add_data_encode_command(dsub) -> None:  # noqa: ANN001

@@ -28,7 +28,8 @@ from ..errors import ConfigError, LDMError
 from ..models.conditioners import null_class
 from ..models.ldm import LatentDiffusion
 from .ldm_config import LDMTrainConfig, check_scale_factor, segment_classes
-from .ldm_data import StepWindow, TaskSource, build_items, latent_cache_file, seed_of
+from ..data.seeds import seed_of
+from .ldm_data import StepWindow, TaskSource, build_items, latent_cache_file
 
 
 class NonFiniteLossError(LDMError, FloatingPointError):

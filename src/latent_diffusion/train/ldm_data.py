@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import to_dict
+from ..data.seeds import seed_of
 from ..data.shapes import ShapesWorld, ShapesWorldConfig
 from ..errors import CheckpointError, ConfigError
 from ..safe_load import read_state_dict, save_safetensors_atomic
@@ -38,15 +39,6 @@ TASK_FIELDS: dict[str, tuple[str, ...]] = {
     "superres": ("lowres",),
     "inpaint": ("caption", "mask"),
 }
-
-
-def seed_of(*xs: int) -> int:
-    """A 63-bit seed from a tuple of ints (splitmix-style mixing; stable across runs and Python versions)."""
-    h = 0x9E3779B97F4A7C15
-    for x in xs:
-        h = (h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 def build_world(cfg: LDMTrainConfig) -> ShapesWorld:
@@ -102,20 +94,11 @@ def build_items(cfg: LDMTrainConfig):  # noqa: ANN201 - ShapesItems | FolderSour
         check_class_count(cfg, items.class_names)
         check_latent_shape(cfg, items)
         return items
-    from ..data.sources import FolderSource
+    from ..data.sources import FolderSource, index_images
 
-    if d.source == "folder":
-        from ..data.folder import scan_folder
-
-        labels = d.labels if cfg.task == "class" else "none"
-        captions = d.captions if "caption" in fields else "none"
-        index = scan_folder(d.root, captions=captions, labels=labels, missing_caption=d.missing_caption,
-                            strict=d.strict, need_captions="caption" in fields)
-    else:
-        from ..data.shards import index_shards
-
-        need = tuple(k for f, k in (("caption", "txt"), ("class_label", "cls")) if f in fields)
-        index = index_shards(d.root, need=need, strict=d.strict)
+    index = index_images(d.source, d.root, captions=d.captions if "caption" in fields else "none",
+                         labels=d.labels if cfg.task == "class" else "none", missing_caption=d.missing_caption,
+                         strict=d.strict, need_captions="caption" in fields)
     extra: dict = {}
     if "segmentation" in fields:
         from ..data.annotations import pair_label_maps
