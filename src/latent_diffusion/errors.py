@@ -22,4 +22,4 @@ class KeyMismatchError(CheckpointError):
 
 
 class NonFiniteError(LDMError, FloatingPointError):
-    """NaN or Inf appeared in the latents while sampling (usually fp16 overflow)."""
+    """NaN or Inf came out of a stage (text encoder, UNet while sampling, decoder); the message names which."""

@@ -50,9 +50,11 @@ def finish_step(sampler: str, step: int, total: int, where: str, x: torch.Tensor
                 callback: Callback | None) -> None:
     """Raise ``NonFiniteError`` on NaN/Inf in ``x``, then call ``callback(step, x, x0)``. ``where``: e.g. "σ=0.52"."""
     if not bool(torch.isfinite(x).all()):
+        hint = ("fp16 overflow is the usual cause: sample in fp32 or bf16" if x.dtype == torch.float16 else
+                "the UNet's output was not finite: its weights may be damaged (check the checkpoint), or the "
+                "conditioning holds NaN/Inf")
         raise NonFiniteError(
-            f"{sampler}: NaN/Inf in the latents after step {step + 1}/{total} (to {where}, dtype {x.dtype}); this is "
-            f"usually fp16 overflow — sample in fp32 or bf16")
+            f"{sampler}: NaN/Inf in the latents after step {step + 1}/{total} (to {where}, dtype {x.dtype}); {hint}")
     if callback is not None:
         callback(step, x, x0)
 

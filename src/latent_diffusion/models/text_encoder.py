@@ -53,6 +53,10 @@ class WordTokenizer:
     def unknown_words(self, text: str) -> list[str]:
         return [w for w in self.split(text) if w not in self.ids]
 
+    def dropped_words(self, text: str) -> int:
+        """How many words of ``text`` do not fit into ``max_length`` (with [CLS] and [SEP]) and are cut."""
+        return max(0, len(self.split(text)) - (self.max_length - 2))
+
     def __call__(self, texts: list[str]) -> torch.Tensor:
         """``texts`` → (B, max_length) int64: [CLS] words... [SEP] [PAD]...; longer texts are cut."""
         out = torch.full((len(texts), self.max_length), PAD, dtype=torch.int64)
@@ -244,3 +248,7 @@ class TransformerEmbedder(nn.Module):
     def check_prompt(self, prompt: str) -> list[str]:
         """Words of ``prompt`` this encoder has never seen (they become [UNK])."""
         return self.tknz_fn.unknown_words(prompt) if isinstance(self.tknz_fn, WordTokenizer) else []
+
+    def dropped_words(self, prompt: str) -> int:
+        """Words at the end of ``prompt`` that do not fit into ``max_length`` tokens (they are cut)."""
+        return self.tknz_fn.dropped_words(prompt) if isinstance(self.tknz_fn, WordTokenizer) else 0

@@ -4,16 +4,15 @@ and PNG writing only."""
 from __future__ import annotations
 
 import argparse
-import re
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import LDMError
+from .limits import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, MAX_SEED, Limits
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-_NAME = re.compile(r"^(\d{5})-")
 
 
 def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: float,
@@ -27,13 +26,18 @@ def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: fl
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--sampler", default=sampler)
     p.add_argument("--cfg", type=float, default=cfg, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--seed", type=int, default=None, help="image i gets seed + i (default: random)")
-    p.add_argument("--n", type=int, default=1, help="number of images")
+    p.add_argument("--seed", type=_seed_arg, default=None, help="image i gets seed + i, 0 .. 2**64-1 (default: random)")
+    p.add_argument("--n", type=int, default=1, help="number of images (each written as soon as it is made)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images sampled together (default 1: one progress bar per image; more can be faster on a GPU)")
     p.add_argument("--out", required=True, help="output folder; files are named 00000-<seed>.png, 00001-...")
     p.add_argument("--force", action="store_true", help="allow overwriting existing files")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no messages")
+    lim = p.add_argument_group("limits (checked before any work)")
+    lim.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                     help=f"most pixels (width x height) of an input image or an image made (default {DEFAULT_MAX_PIXELS})")
+    lim.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES, metavar="N",
+                     help=f"most images per run (default {DEFAULT_MAX_IMAGES})")
     f = p.add_argument_group("speed and memory (docs/performance.md)")
     f.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="UNet compute precision: bf16 = autocast, with the UNet's Linear / Conv weights stored in bf16 "
@@ -165,10 +169,26 @@ def _pipeline(args: argparse.Namespace, task: str = "txt2img"):  # -> Pipeline
         from ..default_model import task_model_path
 
         args.ckpt = str(task_model_path(task))
+    limits = Limits(args.max_pixels, args.max_images)  # bad values refused before the model loads
+    if isinstance(args.batch_size, bool) or args.batch_size < 1:
+        raise LDMError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    limits.check_images(args.n, "--n")
+    _prepare_output(args, getattr(args, "prompt", None) or "", getattr(args, "negative_prompt", None) or "")
     pipe = Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
                                     device=args.device, use_ema=args.ema, precision=args.precision)
+    pipe.limits = limits
     _fast_paths(pipe, args)
     return pipe
+
+
+def _seed_arg(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{seed} is outside 0 .. 2**64-1 ({MAX_SEED})")
+    return seed
 
 
 def _fast_paths(pipe: Any, args: argparse.Namespace) -> None:
@@ -194,33 +214,42 @@ def _seed(args: argparse.Namespace) -> int:
     return args.seed
 
 
-def _next_index(out: Path) -> int:
-    used = [int(m.group(1)) for f in out.glob("*.png") if (m := _NAME.match(f.name))] if out.is_dir() else []
-    return max(used, default=-1) + 1
+def _prepare_output(args: argparse.Namespace, *texts: str) -> None:
+    """Before any sampling: the prompts must be storable in the PNG (UTF-8) and --out a writable folder."""
+    from ..fileio import check_output_dir
+    from .metadata import check_text
+
+    for what, text in zip(("--prompt", "--negative-prompt"), texts):
+        check_text(text or "", what)
+    check_output_dir(args.out)
 
 
-def _save(args: argparse.Namespace, pipe: Any, images: list, prompt: str, negative: str, settings: dict,
-          seed: int, *, pick: int | None = None) -> list[Path]:
-    from .metadata import format_parameters, save_png
+def _generate(args: argparse.Namespace, pipe: Any, make: Callable[..., list], prompt: str, negative: str,
+              settings: dict, seed: int, *, pick: int | None = None) -> list[Path]:
+    """``make(seed=s, n=k, progress=...)`` runs the task for images s .. s+k-1; the n images are made --batch-size
+    at a time and each is written as soon as it is decoded (``NNNNN-<seed>.png`` with the next free number, taken
+    atomically), so a run stopped part-way keeps what it made. Image i has seed ``seed + i`` whatever the split."""
+    from .metadata import format_parameters, save_numbered_png
 
-    out = Path(args.out)
-    start = _next_index(out)
-    written = []
-    for i, img in enumerate(images):
-        if pick is not None and i != pick:
-            continue
-        s = dict(settings)
-        s.update({"Seed": seed + i, "Size": f"{img.size[0]}x{img.size[1]}"})
-        if pipe.model_hash:
-            s["Model hash"] = pipe.model_hash
-        batch = min(args.batch_size, len(images) - i // args.batch_size * args.batch_size)  # the last may be short
-        if batch > 1:  # sampled together with others: re-creating it needs the same batch (same seeds)
-            s.update({"Batch size": batch, "Batch pos": i % args.batch_size})
-        path = save_png(img, out / f"{start + len(written):05d}-{seed + i}.png", format_parameters(prompt, negative, s),
-                        overwrite=args.force)
-        written.append(path)
-        if not args.quiet:
-            print(f"wrote {path}")
+    written, size = [], args.batch_size
+    for first in range(0, args.n, size):
+        count = min(size, args.n - first)
+        label = (f"image {first + 1}/{args.n}" if count == 1 else f"images {first + 1}-{first + count}/{args.n}")
+        images = make(seed=seed + first, n=count, progress=label if _progress(args) else False)
+        for j, img in enumerate(images):
+            i = first + j
+            if pick is not None and i != pick:
+                continue
+            s = dict(settings)
+            s.update({"Seed": seed + i, "Size": f"{img.size[0]}x{img.size[1]}"})
+            if pipe.model_hash:
+                s["Model hash"] = pipe.model_hash
+            if count > 1:  # sampled together with others: re-creating it needs the same batch (same seeds)
+                s.update({"Batch size": count, "Batch pos": j})
+            path = save_numbered_png(img, args.out, seed + i, format_parameters(prompt, negative, s))
+            written.append(path)
+            if not args.quiet:
+                print(f"wrote {path}")
     return written
 
 
@@ -268,10 +297,13 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
         print(f"ldm: warning: {args.from_png} was made with model hash {expected}, but {args.ckpt} has hash "
               f"{pipe.model_hash}; the image will differ", file=sys.stderr)
     seed = _seed(args)
-    images = pipe.txt2img(args.prompt, args.negative_prompt, steps=args.steps, sampler=args.sampler,
-                          cfg_scale=args.cfg, seed=seed, n=args.n, height=args.height, width=args.width,
-                          guidance_rescale=args.guidance_rescale, progress=_progress(args), batch_size=args.batch_size)
-    _save(args, pipe, images, args.prompt, args.negative_prompt, _text_settings(args), seed, pick=pick)
+
+    def make(**each: Any) -> list:
+        return pipe.txt2img(args.prompt, args.negative_prompt, steps=args.steps, sampler=args.sampler,
+                            cfg_scale=args.cfg, height=args.height, width=args.width,
+                            guidance_rescale=args.guidance_rescale, **each)
+
+    _generate(args, pipe, make, args.prompt, args.negative_prompt, _text_settings(args), seed, pick=pick)
     return 0
 
 
@@ -289,26 +321,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_img2img(args: argparse.Namespace) -> int:
     pipe, seed = _pipeline(args), _seed(args)
-    images = pipe.img2img(args.init_image, args.prompt, args.negative_prompt, strength=args.strength,
-                          steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed, n=args.n,
-                          guidance_rescale=args.guidance_rescale, progress=_progress(args), batch_size=args.batch_size)
+    init = pipe.open_input(args.init_image, "--init-image")
+
+    def make(**each: Any) -> list:
+        return pipe.img2img(init, args.prompt, args.negative_prompt, strength=args.strength, steps=args.steps,
+                            sampler=args.sampler, cfg_scale=args.cfg, guidance_rescale=args.guidance_rescale, **each)
+
     s = _text_settings(args) | {"Denoising strength": args.strength}
-    _save(args, pipe, images, args.prompt, args.negative_prompt, s, seed)
+    _generate(args, pipe, make, args.prompt, args.negative_prompt, s, seed)
     return 0
 
 
 def _cmd_inpaint(args: argparse.Namespace) -> int:
     pipe, seed = _pipeline(args, "inpaint"), _seed(args)
-    images = pipe.inpaint(args.init_image, args.mask, args.prompt, args.negative_prompt, strength=args.strength,
-                          steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=seed, n=args.n,
-                          guidance_rescale=args.guidance_rescale, progress=_progress(args), batch_size=args.batch_size,
-                          paste_back=args.paste_back, blend_latents=True if args.blend_latents else None)
+    init, mask = pipe.open_input(args.init_image, "--init-image"), pipe.open_input(args.mask, "--mask")
+
+    def make(**each: Any) -> list:
+        return pipe.inpaint(init, mask, args.prompt, args.negative_prompt, strength=args.strength, steps=args.steps,
+                            sampler=args.sampler, cfg_scale=args.cfg, guidance_rescale=args.guidance_rescale,
+                            paste_back=args.paste_back, blend_latents=True if args.blend_latents else None, **each)
+
     s = _text_settings(args) | {"Denoising strength": args.strength}
     if args.paste_back:
         s["Paste back"] = True
     if args.blend_latents:
         s["Blend latents"] = True
-    _save(args, pipe, images, args.prompt, args.negative_prompt, s, seed)
+    _generate(args, pipe, make, args.prompt, args.negative_prompt, s, seed)
     return 0
 
 
@@ -319,16 +357,19 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     text = pipe.kind == "text_upscale"
     if args.cfg is None:  # the model's default: guidance for the x4 upscaler, none for a concat LDM
         args.cfg = DEFAULT_CFG_SCALE if text else 1.0
-    images = pipe.upscale(args.init_image, args.prompt, args.negative_prompt, steps=args.steps,
-                          sampler=args.sampler, cfg_scale=args.cfg, noise_level=args.noise_level,
-                          strength=args.strength, seed=seed, n=args.n, height=args.height, width=args.width,
-                          progress=_progress(args), batch_size=args.batch_size)
+    low_res = pipe.open_input(args.init_image, "--init-image")
+
+    def make(**each: Any) -> list:
+        return pipe.upscale(low_res, args.prompt, args.negative_prompt, steps=args.steps, sampler=args.sampler,
+                            cfg_scale=args.cfg, noise_level=args.noise_level, strength=args.strength,
+                            height=args.height, width=args.width, **each)
+
     settings = _base_settings(args)
     if text:
         settings["Noise level"] = DEFAULT_NOISE_LEVEL if args.noise_level is None else args.noise_level
     if args.strength != 1.0:
         settings["Denoising strength"] = args.strength
-    _save(args, pipe, images, args.prompt, args.negative_prompt, settings, seed)
+    _generate(args, pipe, make, args.prompt, args.negative_prompt, settings, seed)
     return 0
 
 
@@ -342,13 +383,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         names = tuple(pipe.cfg.class_names)
         args.class_label = (int(label) if label.lstrip("-").isdigit() and label not in names
                             else class_from_name(label, names))
-    images = pipe.sample(args.class_label, n=args.n, seed=seed, steps=args.steps, sampler=args.sampler,
-                         cfg_scale=args.cfg, height=args.height, width=args.width, progress=_progress(args),
-                         batch_size=args.batch_size)
+
+    def make(**each: Any) -> list:
+        return pipe.sample(args.class_label, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg,
+                           height=args.height, width=args.width, **each)
+
     s = _base_settings(args)
     if args.class_label is not None:
         s["Class label"] = args.class_label
-    _save(args, pipe, images, "", "", s, seed)
+    _generate(args, pipe, make, "", "", s, seed)
     return 0
 
 
@@ -385,12 +428,14 @@ def _cmd_layout2img(args: argparse.Namespace) -> int:
     else:
         layout = [(o[0] if not o[0].lstrip("-").isdigit() else int(o[0]), *o[1:]) for o in args.object]
     pipe, seed = _pipeline(args, "layout"), _seed(args)
-    images = pipe.layout2img(layout, n=args.n, seed=seed, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg,
-                             height=args.height, width=args.width, progress=_progress(args),
-                             batch_size=args.batch_size)
+
+    def make(**each: Any) -> list:
+        return pipe.layout2img(layout, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg,
+                               height=args.height, width=args.width, **each)
+
     text = "; ".join(f"{o[0]} {' '.join(str(v) for v in o[1:])}" for o in layout)
     planned = {"Planned from": args.prompt, "Planner": args.planner} if args.prompt is not None else {}
-    _save(args, pipe, images, "", "", _base_settings(args) | {"Layout": text} | planned, seed)
+    _generate(args, pipe, make, "", "", _base_settings(args) | {"Layout": text} | planned, seed)
     return 0
 
 
@@ -398,11 +443,14 @@ def _cmd_semantic2img(args: argparse.Namespace) -> int:
     if (args.map is None) == (args.example is None):
         raise LDMError("semantic2img needs the map: --map LABELS.png or --example I")
     pipe, seed = _pipeline(args, "semantic"), _seed(args)
-    label_map = args.map if args.example is None else _example(args.example)["segmentation"]
-    images = pipe.semantic2img(label_map, n=args.n, seed=seed, steps=args.steps, sampler=args.sampler,
-                               progress=_progress(args), batch_size=args.batch_size)
+    label_map = (pipe.open_input(args.map, "--map") if args.example is None
+                 else _example(args.example)["segmentation"])
+
+    def make(**each: Any) -> list:
+        return pipe.semantic2img(label_map, steps=args.steps, sampler=args.sampler, **each)
+
     what = args.map if args.example is None else f"ShapesWorld held-out scene {args.example}"
-    _save(args, pipe, images, "", "", _base_settings(args) | {"Semantic map": what}, seed)
+    _generate(args, pipe, make, "", "", _base_settings(args) | {"Semantic map": what}, seed)
     return 0
 
 

@@ -10,26 +10,38 @@ import torch
 from PIL import Image
 
 from ..errors import LDMError
+from .limits import Limits
 
 
-def open_image(path: str | os.PathLike, what: str) -> Image.Image:
-    """Read the image file ``path`` fully into memory; a clear error naming ``what`` it was for otherwise."""
+def open_image(path: str | os.PathLike, what: str, limits: Limits | None = None) -> Image.Image:
+    """Read the image file ``path`` fully into memory; a clear error naming ``what`` it was for otherwise. Its size
+    (from the header) is checked against ``limits.max_pixels`` before the pixels are decoded; Pillow's own
+    decompression-bomb ceiling is lifted meanwhile, so ``--max-pixels`` is the one limit."""
+    limits = limits or Limits()
+    ceiling = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # checked here instead, from the same header
     try:
         with Image.open(path) as im:
+            Image.MAX_IMAGE_PIXELS = ceiling
+            limits.check_pixels(*im.size, f"{what} {os.fspath(path)}")
             im.load()
             return im.copy()
     except (OSError, ValueError) as e:
         raise LDMError(f"cannot read {what} {os.fspath(path)}: {e}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = ceiling
 
 
-def load_image(image: Image.Image | str | os.PathLike) -> Image.Image:
-    """Open ``image`` (a path or a PIL image) and convert it to 8-bit RGB.
+def load_image(image: Image.Image | str | os.PathLike, limits: Limits | None = None) -> Image.Image:
+    """Open ``image`` (a path or a PIL image) and convert it to 8-bit RGB; its size must be within ``limits``.
 
     RGBA is composited on white, grayscale / palette / 16-bit / float images are converted; each conversion
     is announced once with a warning so nobody is surprised by it.
     """
     if not isinstance(image, Image.Image):
-        image = open_image(image, "image")
+        image = open_image(image, "image", limits)
+    else:
+        (limits or Limits()).check_pixels(*image.size, "the image")
     mode = image.mode
     if mode == "RGB":
         return image
@@ -58,10 +70,11 @@ def tensor_to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def load_mask(mask: Image.Image | str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
+def load_mask(mask: Image.Image | str | os.PathLike, size: tuple[int, int],
+              limits: Limits | None = None) -> torch.Tensor:
     """Mask file / image → (1, 1, H, W) float in {0, 1}; 1 = repaint. Must have the image's size (W, H)."""
     if not isinstance(mask, Image.Image):
-        mask = open_image(mask, "mask")
+        mask = open_image(mask, "mask", limits)
     if mask.size != size:
         raise LDMError(f"mask size {mask.size[0]}x{mask.size[1]} differs from the image size {size[0]}x{size[1]}; "
                        "give a mask of the same size (white = repaint, black = keep)")
@@ -71,7 +84,8 @@ def load_mask(mask: Image.Image | str | os.PathLike, size: tuple[int, int]) -> t
     return torch.from_numpy((arr >= 0.5).astype(np.float32))[None, None]
 
 
-def check_size(height: int, width: int, multiple: int) -> None:
+def check_size(height: int, width: int, multiple: int, limits: Limits | None = None) -> None:
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise LDMError(f"height and width must be positive multiples of {multiple} for this model "
                        f"(the autoencoder's f times the UNet's downsampling), got {height}x{width}")
+    (limits or Limits()).check_pixels(width, height, "the requested image size")

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
 from ..errors import LDMError
+from ..fileio import write_atomic, write_numbered
 
 _NEG = "Negative prompt: "
+_NUMBERED = re.compile(r"^(\d{5})-")  # NNNNN-<seed>.png
 
 
 def _quote(value: Any) -> str:
@@ -73,18 +76,43 @@ def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(body), negative, settings
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, parameters: str, *, overwrite: bool = False) -> Path:
-    """Write ``image`` with a ``parameters`` text chunk; never replaces an existing file unless ``overwrite``."""
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise LDMError(f"{p} already exists; refusing to overwrite it (pass --force / overwrite=True)")
-    p.parent.mkdir(parents=True, exist_ok=True)
+def check_text(text: str, what: str) -> None:
+    """``text`` must be valid UTF-8 to go into a PNG's parameters: no lone surrogates, which is what undecodable
+    command-line bytes become. The CLI checks prompts with this before any sampling."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start:e.end].encode("utf-8", "surrogateescape")
+        raise LDMError(f"{what} is not valid UTF-8: bytes {bad!r} at character {e.start}; give it as UTF-8 "
+                       "text") from None
+
+
+def _png_info(parameters: str) -> PngImagePlugin.PngInfo:
+    check_text(parameters, "the generation parameters text")
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)
-    tmp = p.with_name(f".{p.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, p)
-    return p
+    return info
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: str, *, overwrite: bool = False) -> Path:
+    """Write ``image`` with a ``parameters`` text chunk, atomically (``fileio.write_atomic``); never replaces an
+    existing file unless ``overwrite``."""
+    info = _png_info(parameters)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), overwrite=overwrite)
+
+
+def save_numbered_png(image: Image.Image, folder: str | os.PathLike, seed: int, parameters: str) -> Path:
+    """Write ``image`` as ``folder/NNNNN-<seed>.png`` with the next free number NNNNN, taken atomically: several
+    processes saving into one folder at once never lose or swap an image."""
+    info = _png_info(parameters)
+    return write_numbered(folder, lambda k: f"{k:05d}-{seed}.png",
+                          lambda tmp: image.save(tmp, format="PNG", pnginfo=info), _number_of)
+
+
+def _number_of(path: Path) -> int | None:
+    m = _NUMBERED.match(path.name)
+    return int(m.group(1)) if m else None
 
 
 def read_png_parameters(path: str | os.PathLike) -> str:

@@ -22,12 +22,13 @@ from PIL import Image
 from ..checkpoint import family as family_name
 from ..checkpoint import load_checkpoint
 from ..diffusion.samplers import get_sampler, randn, sample, start_step_for_strength
-from ..errors import LDMError
+from ..errors import LDMError, NonFiniteError
 from ..models.conditioners import TEXT_KINDS, null_class, num_class_labels
 from ..models.gemm_storage import base_dtype, gemm_parameters, stored_dtype
 from .blend import final_blend, masked_denoiser
 from .fastpaths import FastPaths, resolve_precision, sampling_context, warn_if_emulated
-from .images import check_size, load_image, load_mask, pil_to_tensor, tensor_to_pil
+from .images import check_size, load_image, load_mask, open_image, pil_to_tensor, tensor_to_pil
+from .limits import Limits, check_seed
 from .structured import LayoutLike, load_semantic_map, null_layout, pad_layout, parse_layout, semantic_concat
 from .upscale import (DEFAULT_CFG_SCALE, DEFAULT_NOISE_LEVEL, check_noise_level, noised_low_res,
                       upscale_conditioning)
@@ -37,6 +38,8 @@ MAX_PROMPT_TOKENS = 75  # CLIP's 77 minus the start and end tokens
 
 
 def generators(seed: int, n: int) -> list[torch.Generator]:
+    """Generator i seeded ``seed + i`` (each a 64-bit seed: checked)."""
+    check_seed(seed, n)
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
 
 
@@ -62,6 +65,7 @@ class Pipeline:
         self.checkpoint_path = checkpoint_path
         self._hash: str | None = None
         self._load_args: dict[str, Any] | None = None  # from_checkpoint's: the file can give the fp32 UNet back
+        self.limits = Limits()  # the most pixels per image and images per call (checked before any work)
         self.set_fast_paths(precision, **fast)
 
     def set_fast_paths(self, precision: str = "auto", *, deepcache: int | None = None, deepcache_branch: int = 0,
@@ -219,12 +223,19 @@ class Pipeline:
             raise LDMError(f"steps must be a positive integer, got {steps!r}")
         if cfg_scale < 0:
             raise LDMError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale!r}")
-        if not isinstance(n, int) or n <= 0:
-            raise LDMError(f"n (number of images) must be a positive integer, got {n!r}")
+        self.limits.check_images(n)
         get_sampler(sampler)
 
     def _check_size(self, height: int, width: int) -> None:
-        check_size(height, width, self.size_multiple)
+        check_size(height, width, self.size_multiple, self.limits)
+
+    def open_input(self, image: Image.Image | str | os.PathLike, what: str = "image") -> Image.Image:
+        """``image`` read into memory as it is (mode kept), its size checked against ``limits`` before decoding:
+        for callers that reuse one input over several calls."""
+        if isinstance(image, Image.Image):
+            self.limits.check_pixels(*image.size, what)
+            return image
+        return open_image(image, what, self.limits)
 
     def check_prompt(self, prompt: str) -> int:
         """Warn when ``prompt`` exceeds CLIP's 75 tokens (or has words a word-level encoder never saw); returns the
@@ -235,7 +246,12 @@ class Pipeline:
             if unknown:
                 warnings.warn(f"the text encoder does not know the word(s) {unknown}; they are ignored ([UNK])",
                               stacklevel=3)
-            return 0
+            dropped = getattr(self.model.cond_stage_model, "dropped_words", lambda _: 0)(prompt)
+            if dropped:
+                limit = self.model.cond_stage_model.max_length - 2
+                warnings.warn(f"the prompt has {limit + dropped} words; the text encoder takes {limit}, so the last "
+                              f"{dropped} words were dropped", stacklevel=3)
+            return dropped
         from ..tokenizer import clean_text, get_tokenizer
 
         count = len(get_tokenizer()(clean_text(prompt))["input_ids"]) - 2
@@ -254,6 +270,10 @@ class Pipeline:
         guided = cfg_scale != 1.0
         with torch.no_grad():  # one text-encoder batch for prompt and negative prompt, once per call
             emb = self.model.get_learned_conditioning([prompt, negative_prompt] if guided else [prompt])
+        if not bool(torch.isfinite(emb).all()):
+            raise NonFiniteError(f"the text encoder produced NaN/Inf for the prompt (dtype {emb.dtype}); nothing was "
+                                 f"sampled. Its weights may be damaged: check the checkpoint (`ldm inspect`)"
+                                 + (", or run it in fp32" if emb.dtype == torch.float16 else ""))
         c, u = emb[:1], (emb[1:] if guided else None)
         return c.expand(n, *c.shape[1:]), u  # uncond stays (1, ...): guidance broadcasts it
 
@@ -273,8 +293,17 @@ class Pipeline:
             return z
         if output != "pil":
             raise LDMError(f"output must be 'pil' or 'latent', got {output!r}")
-        with torch.no_grad():
-            return [tensor_to_pil(self.model.decode_first_stage(z[i:i + 1]))[0] for i in range(z.shape[0])]
+        images = []
+        for i in range(z.shape[0]):
+            with torch.no_grad():
+                x = self.model.decode_first_stage(z[i:i + 1])
+            if not bool(torch.isfinite(x).all()):
+                raise NonFiniteError(
+                    f"the autoencoder's decoder produced NaN/Inf pixels for image {i + 1}/{z.shape[0]} from finite "
+                    f"latents (dtype {x.dtype}); no image was written for it. Its weights may be damaged: check the "
+                    "checkpoint (`ldm inspect`)" + (", or decode in fp32" if x.dtype == torch.float16 else ""))
+            images.append(tensor_to_pil(x)[0])
+        return images
 
     def _run(self, model: Any, noise: torch.Tensor, gens: list[torch.Generator], *, steps: int, sampler: str,
              cfg_scale: float, cond: Any, uncond: Any, guidance_rescale: float = 0.0, callback: Callback | None = None,
@@ -342,7 +371,7 @@ class Pipeline:
         self._check_common(steps, sampler, cfg_scale, n)
         if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
             raise LDMError(f"strength must be in [0, 1] (0 = keep the image, 1 = ignore it), got {strength!r}")
-        pil = load_image(image)
+        pil = load_image(image, self.limits)
         width, height = pil.size
         self._check_size(height, width)
         z0 = self._encode(pil_to_tensor(pil)).expand(n, -1, -1, -1)
@@ -371,10 +400,10 @@ class Pipeline:
             raise LDMError("paste_back composites decoded pixels, so it needs output='pil' (latents have no pixels)")
         self._check_common(steps, sampler, cfg_scale, n)
         _check_strength(strength, "inpaint")
-        pil = load_image(image)
+        pil = load_image(image, self.limits)
         width, height = pil.size
         self._check_size(height, width)
-        m = load_mask(mask, pil.size)  # (1, 1, H, W), 1 = repaint
+        m = load_mask(mask, pil.size, self.limits)  # (1, 1, H, W), 1 = repaint
         x = pil_to_tensor(pil)
         f = self.latent_factor
         h, w = height // f, width // f
@@ -442,7 +471,7 @@ class Pipeline:
         extra = self.cfg.unet.in_channels - self.cfg.unet.out_channels
         if extra != 3:
             raise LDMError(f"upscale expects a concat model with 3 extra (RGB) input channels, this one has {extra}")
-        pil = load_image(low_res_image)
+        pil = load_image(low_res_image, self.limits)
         f = self.latent_factor
         height = height or pil.size[1] * f
         width = width or pil.size[0] * f
@@ -532,7 +561,7 @@ class Pipeline:
         self._require("semantic2img", "semantic")
         self._check_common(steps, sampler, 1.0, n)
         n_labels = self.cfg.unet.in_channels - self.cfg.unet.out_channels
-        labels = load_semantic_map(semantic_map, n_labels)
+        labels = load_semantic_map(semantic_map, n_labels, self.limits)
         height, width = labels.shape
         self._check_size(height, width)
         device, dtype = self._device_dtype()

@@ -20,6 +20,7 @@ from PIL import Image
 from ..data.shapes import COLOUR_NAMES, SHAPES, class_index
 from ..errors import LDMError
 from .images import open_image
+from .limits import Limits
 
 LayoutLike = torch.Tensor | np.ndarray | Sequence[Sequence[Any]]
 
@@ -92,10 +93,10 @@ def null_layout(k: int) -> torch.Tensor:
 
 
 def load_semantic_map(semantic_map: torch.Tensor | np.ndarray | Image.Image | str | os.PathLike,
-                      n_labels: int) -> torch.Tensor:
+                      n_labels: int, limits: Limits | None = None) -> torch.Tensor:
     """A label map → (H, W) int64 with labels in [0, n_labels)."""
     if isinstance(semantic_map, (str, os.PathLike)):
-        semantic_map = open_image(semantic_map, "semantic map")
+        semantic_map = open_image(semantic_map, "semantic map", limits)
     if isinstance(semantic_map, Image.Image):
         if semantic_map.mode not in ("L", "P", "I", "I;16"):
             raise LDMError(f"a semantic map image must hold one label per pixel (grayscale 'L', palette 'P' or "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 import time
 import warnings
@@ -21,6 +20,7 @@ import torch
 
 from ..autoencoder_io import save_autoencoder
 from ..errors import ConfigError
+from ..fileio import sweep_stale_temps, temp_path
 from .autoencoder import AutoencoderModule
 from .autoencoder_config import AutoencoderTrainConfig
 from .plots import plot_loss_curves, read_log, save_reconstruction_grid
@@ -32,7 +32,7 @@ EXPORT = "autoencoder.safetensors"
 def save_lightning_checkpoint_atomic(trainer: L.Trainer, path: Path) -> Path:
     """``trainer.save_checkpoint`` to a temp file in the same folder, fsync, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp = temp_path(path)
     try:
         trainer.save_checkpoint(tmp)
         with open(tmp, "rb+") as f:
@@ -96,6 +96,8 @@ def prepare_out_dir(out_dir: Path, resume: str | None, force: bool) -> None:
         raise ConfigError(f"{out_dir} already holds a training run; pass --resume {out_dir / CKPT} to continue it "
                           "or --force to start over (its files are replaced)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / "checkpoints", out_dir / "grids"):  # what a killed run left half-written
+        sweep_stale_temps(folder)
     if resume is None and force:
         (out_dir / "log.jsonl").unlink(missing_ok=True)
 
@@ -132,7 +134,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: str | None = None,
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*")
-        trainer.fit(module, ckpt_path=resume)
+        trainer.fit(module, ckpt_path=resume, weights_only=True)  # read by our allow-list reader first
     seconds = time.perf_counter() - t0
     metrics, xs, rec = module.evaluate_heldout()
     scale = module.latent_scale_factor()

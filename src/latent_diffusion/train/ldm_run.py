@@ -29,6 +29,7 @@ import torch
 
 from ..checkpoint import save_checkpoint
 from ..errors import ConfigError
+from ..fileio import sweep_stale_temps, temp_path
 from ..models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .ldm import LatentDiffusionModule
 from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, config_value, diff_configs
@@ -42,15 +43,19 @@ SAMPLE_PROMPTS = ("a red circle above a blue square", "a green triangle left of 
 
 def save_lightning_atomic(trainer: L.Trainer, path: Path) -> None:
     """``trainer.save_checkpoint`` (all ranks call it; rank 0 writes) to a temp file, fsync, ``os.replace``."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # fileio's temp names
     if trainer.is_global_zero:
         path.parent.mkdir(parents=True, exist_ok=True)
     name = trainer.strategy.broadcast(str(tmp))
-    trainer.save_checkpoint(name)
-    if trainer.is_global_zero:
-        with open(name, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(name, path)
+    try:
+        trainer.save_checkpoint(name)
+        if trainer.is_global_zero:
+            with open(name, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(name, path)
+    finally:
+        if trainer.is_global_zero:
+            Path(name).unlink(missing_ok=True)  # the debris of a failed write; gone after os.replace
 
 
 def inference_model(model: LatentDiffusion, *, use_ema: bool = True, keep_ema: bool = False) -> LatentDiffusion:
@@ -116,13 +121,16 @@ def keep_model(src: Path, dst: Path) -> None:
     """``dst`` becomes a copy of ``src`` atomically: a hard link (free; the next export replaces ``src`` by
     ``os.replace``, so the link keeps this one), or a copy where links are not possible."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = temp_path(dst)
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def kept_model_path(out_dir: Path, step: int) -> Path:
@@ -321,6 +329,8 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
         raise ConfigError(f"{out_dir} already holds a training run; pass --resume {out_dir / CKPT} to continue it "
                           "or --force to start over")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / "checkpoints", out_dir / KEPT):  # what a killed run left half-written
+        sweep_stale_temps(folder)
     log = JsonlLog(out_dir / "log.jsonl", echo)
     if resume is None:
         (out_dir / "log.jsonl").unlink(missing_ok=True)
@@ -342,7 +352,7 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*")
-        trainer.fit(module, ckpt_path=resume)
+        trainer.fit(module, ckpt_path=resume, weights_only=True)  # read by our allow-list reader first
     seconds = time.perf_counter() - t0
     steps = module.optimizer_steps(int(module.batches_seen))
     summary = {"task": cfg.task, "steps": steps, "train_seconds": round(seconds, 1),
