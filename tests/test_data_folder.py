@@ -225,3 +225,20 @@ def test_a_text_task_on_a_folder_without_captions_is_an_error(tmp_path) -> None:
     with pytest.raises(DataError, match="has no captions: give each image a caption in metadata.jsonl"):
         scan_folder(tmp_path, need_captions=True)
     assert scan_folder(tmp_path).records[0].caption is None  # fine for tasks without text
+
+
+def test_stage1_folder_skips_a_png_whose_stream_is_broken_and_names_it(tmp_path) -> None:
+    """Autoencoder training crashed at step 1 with ``OSError: broken data stream`` (no file named): ``verify()`` had
+    passed it. The stage-1 folder decodes every image up front: the file is skipped with its name, or refused."""
+    from latent_diffusion.data.images import ImageFolder
+
+    for k in range(2):
+        _rgb(16, 16, seed=k).save(tmp_path / f"good{k}.png")
+    _png_with_broken_stream(tmp_path / "stream.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable/corrupt image\(s\), e\.g\. \['stream.png"):
+        folder = ImageFolder(tmp_path, 16)
+    assert [p.name for p in folder.files] == ["good0.png", "good1.png"] and folder.skipped_corrupt == 1
+    g = torch.Generator().manual_seed(0)
+    assert all(folder.get(i, g).shape == (3, 16, 16) for i in range(len(folder.files)))
+    with pytest.raises(DataError, match=r"1 image\(s\) cannot be decoded \(--strict-data\).*stream.png"):
+        ImageFolder(tmp_path, 16, strict=True)

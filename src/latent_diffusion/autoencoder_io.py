@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from .config import AutoencoderConfig, VQConfig, from_dict, to_dict
+from .config import AutoencoderConfig, VQConfig, check_types, from_dict, to_dict
 from .errors import CheckpointError, KeyMismatchError
 from .infer import FIRST, infer_autoencoder
 from .models.autoencoder import AutoencoderKL
 from .models.vq import VQModel
-from .safe_load import read_state_dict, save_safetensors_atomic
+from .safe_load import read_state_dict
 
 AE_CONFIG_KEY = "ldm_autoencoder_config"
 KIND_KEY = "first_stage"
@@ -52,14 +52,15 @@ def save_autoencoder(model: AutoencoderKL | VQModel, path: str | os.PathLike, *,
                      dtype: torch.dtype | None = None, scale_factor: float | None = None,
                      metadata: dict[str, str] | None = None) -> Path:
     """Write the autoencoder's weights (cast to ``dtype`` if given, e.g. fp16 for storage) atomically."""
+    from .checkpoint import write_safetensors
+
     if Path(path).suffix != ".safetensors":
         raise CheckpointError(f"save_autoencoder writes .safetensors only, got {os.fspath(path)}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     meta = {AE_CONFIG_KEY: json.dumps(to_dict(model.cfg)), KIND_KEY: autoencoder_kind(model), "format": FORMAT}
     if scale_factor is not None:
         meta[SCALE_KEY] = repr(float(scale_factor))
-    return save_safetensors_atomic(sd, path, metadata=meta | dict(metadata or {}), overwrite=overwrite)
+    return write_safetensors(sd, path, metadata=meta | dict(metadata or {}), overwrite=overwrite)
 
 
 def _first_stage_part(sd: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
@@ -71,25 +72,43 @@ def _first_stage_part(sd: dict[str, torch.Tensor], path: str) -> dict[str, torch
                           f"first keys are {list(sd)[:5]}")
 
 
+def _stored_config(meta: dict[str, str], path: str) -> tuple[str, AutoencoderConfig]:
+    """The kind and config our own files carry (``ldm_autoencoder_config``, JSON), checked field by field."""
+    kind = meta.get(KIND_KEY, "kl")
+    try:
+        cfg = from_dict(VQConfig if kind == "vq" else AutoencoderConfig, json.loads(meta[AE_CONFIG_KEY]),
+                        where=f"{path} metadata")
+        check_types(cfg)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:  # JSONDecodeError, ConfigError
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"the config stored in {path} ({AE_CONFIG_KEY} metadata) is not valid: {reason}; "
+                              "pass config=... (an AutoencoderConfig or VQConfig)") from None
+    return kind, cfg
+
+
 def load_autoencoder(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                     device: str | torch.device = "cpu") -> AutoencoderKL | VQModel:
-    """Build and strictly load the autoencoder stored in ``path`` (eval mode, cast to ``dtype``)."""
-    from .checkpoint import check_keys
+                     device: str | torch.device = "cpu", config: AutoencoderConfig | None = None,
+                     ) -> AutoencoderKL | VQModel:
+    """Build and strictly load the autoencoder stored in ``path`` (eval mode, cast to ``dtype``). ``config`` (a
+    ``VQConfig`` for a VQ model) replaces the one the file carries or that its weights imply."""
+    from .checkpoint import build_on_meta, check_keys
 
     sd, meta = read_state_dict(path)
     sd = _first_stage_part(sd, os.fspath(path))
-    if AE_CONFIG_KEY in meta:
-        kind = meta.get(KIND_KEY, "kl")
-        cfg = from_dict(VQConfig if kind == "vq" else AutoencoderConfig, json.loads(meta[AE_CONFIG_KEY]),
-                        where=f"{os.fspath(path)} metadata")
+    if config is not None:
+        kind, cfg, origin = ("vq" if isinstance(config, VQConfig) else "kl"), config, "given"
+    elif AE_CONFIG_KEY in meta:
+        (kind, cfg), origin = _stored_config(meta, os.fspath(path)), "metadata"
     else:
+        origin = "inferred"
         try:
             kind, cfg = infer_autoencoder({FIRST + k: v for k, v in sd.items()})
         except (KeyError, IndexError, ZeroDivisionError) as e:
             raise KeyMismatchError(f"cannot infer the autoencoder config of {os.fspath(path)}: key {e} is missing "
                                    "or malformed (is the file truncated?)") from None
-    model = build_autoencoder(kind, cfg)
-    check_keys(model, sd, f"autoencoder file {os.fspath(path)}")
+    model = build_on_meta(lambda: build_autoencoder(kind, cfg), len(sd), os.fspath(path), origin)
+    check_keys(model, sd, f"autoencoder file {os.fspath(path)}")  # on meta: a wrong config allocates nothing
+    model = model.to_empty(device="cpu")  # as big as the file's tensors, now that their shapes match
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return model.to(device=device, dtype=dtype).eval()
 
@@ -97,4 +116,10 @@ def load_autoencoder(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
 def autoencoder_scale_factor(path: str | os.PathLike) -> float | None:
     """The ``scale_factor`` stored in one of our autoencoder files (None if absent)."""
     _, meta = read_state_dict(path)
-    return float(meta[SCALE_KEY]) if SCALE_KEY in meta else None
+    if SCALE_KEY not in meta:
+        return None
+    try:
+        return float(meta[SCALE_KEY])
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{os.fspath(path)}: its {SCALE_KEY} metadata is {meta[SCALE_KEY]!r:.60}, not a "
+                              "number") from None

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 
-from .config import DiffusionConfig
+from .config import DiffusionConfig, check_types
 from .errors import CheckpointError, ConfigError, KeyMismatchError
-from .infer import UNET, infer_config
+from .infer import UNET, infer_config, matches_stored
 from .models.conditioners import FrozenCLIPEmbedder
 from .models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .models.low_scale import LOW_SCALE_BUFFERS
@@ -30,11 +35,50 @@ from .safe_load import SAFETENSORS_SUFFIXES, read_state_dict, save_safetensors_a
 
 CONFIG_METADATA_KEY = "ldm_config"
 _SHOW = 5  # how many offending keys an error lists
+_PASS_CONFIG = "pass config=... (--config) with the model's YAML"
+# Sizes a model built on the meta device still makes real CPU tensors for: its DDPM schedule(s) and CLIP's position
+# ids. A file's own betas fix the schedule length; without them these bounds keep a bad config from allocating.
+_MAX_TIMESTEPS = 100_000
+_MAX_TOKENS = 1 << 16
+# Errors a model constructor raises on a config it cannot build (sizes that overflow, bad head splits, ...)
+_BUILD_ERRORS = (RuntimeError, ValueError, TypeError, OverflowError, ZeroDivisionError, AttributeError, KeyError,
+                 IndexError, MemoryError)
+_M = TypeVar("_M", bound=torch.nn.Module)
+
+
+def config_origin(config: Any, metadata: dict[str, Any]) -> str:
+    """Where ``resolve_config`` takes the config from: "given", "metadata" (our own files) or "inferred"."""
+    if config is not None:
+        return "given"
+    return "metadata" if CONFIG_METADATA_KEY in metadata else "inferred"
+
+
+def _describe(origin: str) -> str:
+    return {"given": "the given config", "metadata": f"the config stored in its {CONFIG_METADATA_KEY} metadata",
+            "inferred": "the config inferred from its weights"}.get(origin, f"the {origin} config")
+
+
+def stored_config(text: Any, source: str) -> DiffusionConfig:
+    """The config our own files carry in their ``ldm_config`` metadata (JSON), checked field by field."""
+    try:
+        cfg = DiffusionConfig.from_json(text)
+        check_types(cfg)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:  # JSONDecodeError, ConfigError
+        raise CheckpointError(f"the config stored in {source} ({CONFIG_METADATA_KEY} metadata) is not valid: "
+                              f"{_one_line(exc)}; {_PASS_CONFIG}") from None
+    return cfg
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def resolve_config(config: DiffusionConfig | dict | str | os.PathLike | None, sd: dict[str, torch.Tensor],
-                   metadata: dict[str, Any], parameterization: str | None = None) -> DiffusionConfig:
-    """The config to build: the one given, else the one our own files carry, else inferred from the weights."""
+                   metadata: dict[str, Any], parameterization: str | None = None, *,
+                   source: str = "the checkpoint") -> DiffusionConfig:
+    """The config to build: the one given, else the one our own files carry, else inferred from the weights.
+    ``source`` names the file in errors."""
     if isinstance(config, DiffusionConfig):
         cfg = config
     elif isinstance(config, dict):
@@ -42,7 +86,7 @@ def resolve_config(config: DiffusionConfig | dict | str | os.PathLike | None, sd
     elif config is not None:
         cfg = DiffusionConfig.from_yaml(config)
     elif CONFIG_METADATA_KEY in metadata:
-        cfg = DiffusionConfig.from_json(metadata[CONFIG_METADATA_KEY])
+        cfg = stored_config(metadata[CONFIG_METADATA_KEY], source)
     else:
         cfg = infer_config(sd)
     if parameterization is not None:
@@ -88,6 +132,89 @@ def check_keys(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str)
     raise KeyMismatchError("\n".join(lines))
 
 
+def refuse_oversized(cfg: DiffusionConfig, sd: dict[str, torch.Tensor], source: str, origin: str) -> None:
+    """Refuse, before anything is built, the config sizes a meta-device build would still allocate for real."""
+    schedules = [("timesteps", cfg.timesteps, "betas")]
+    if cfg.low_scale is not None:
+        schedules.append(("low_scale.timesteps", cfg.low_scale.timesteps, "low_scale_model.betas"))
+    for name, n, key in schedules:
+        if not isinstance(n, int):
+            continue  # the build fails on it, with the file named
+        stored = sd[key].shape[0] if key in sd and sd[key].ndim == 1 else None
+        if stored is not None and n != stored:
+            raise KeyMismatchError(f"{source}: {_describe(origin)} has {name}={n} but the file's {key} has "
+                                   f"{stored} values; {_PASS_CONFIG}")
+        if not 1 <= n <= _MAX_TIMESTEPS:
+            raise CheckpointError(f"{source}: {_describe(origin)} has {name}={n}; accepted: 1 to {_MAX_TIMESTEPS}; "
+                                  f"{_PASS_CONFIG}")
+    tokens = cfg.conditioner.max_length
+    if isinstance(tokens, int) and not 1 <= tokens <= _MAX_TOKENS:
+        raise CheckpointError(f"{source}: {_describe(origin)} has conditioner.max_length={tokens}; accepted: 1 to "
+                              f"{_MAX_TOKENS}; {_PASS_CONFIG}")
+
+
+@contextmanager
+def _tensor_budget(limit: int, what: str) -> Iterator[None]:
+    """Stop a build (on this thread) once it has registered more than ``limit`` parameters or ``20 * limit``
+    modules: a strict load needs a file tensor for each parameter, so a bigger model cannot match the file."""
+    owner, counts = threading.get_ident(), {"parameters": 0, "modules": 0}
+
+    def count(kind: str, cap: int) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            if threading.get_ident() == owner:
+                counts[kind] += 1
+                if counts[kind] > cap:
+                    raise OverflowError(f"the model has more than {cap} {kind}, {what}")
+        return hook
+
+    hooks = [torch.nn.modules.module.register_module_parameter_registration_hook(count("parameters", limit)),
+             torch.nn.modules.module.register_module_module_registration_hook(count("modules", 20 * limit))]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def build_on_meta(factory: Callable[[], _M], n_tensors: int, source: str, origin: str) -> _M:
+    """``factory()`` on the meta device (no weight memory), stopped once it outgrows a file of ``n_tensors`` tensors;
+    any error building it becomes one ``CheckpointError`` naming the file and where its config came from."""
+    limit = 2 * n_tensors + 64  # slack for parameters registered twice while a module is set up
+    try:
+        with torch.device("meta"), _tensor_budget(limit, f"while {source} holds {n_tensors} tensors"):
+            return factory()
+    except CheckpointError:
+        raise
+    except _BUILD_ERRORS as exc:
+        raise CheckpointError(f"cannot build the model of {source} from {_describe(origin)}: "
+                              f"{type(exc).__name__}: {_one_line(exc)}; {_PASS_CONFIG}") from exc
+
+
+def _schedule_parts(model: LatentDiffusion) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
+    low = getattr(model, "low_scale_model", None)
+    return [(model, SCHEDULE_BUFFERS)] + ([(low, LOW_SCALE_BUFFERS)] if low is not None else [])
+
+
+def settle_schedule(part: torch.nn.Module, names: tuple[str, ...], computed: dict[str, torch.Tensor]) -> None:
+    """Make the schedule buffers float32. An fp16 / bf16 file stores them rounded: when they are the config's
+    schedule up to that rounding, the config's exact values (``computed``) are kept, as an fp32 copy of the file
+    would give; otherwise (and from fp32 files) the file's own values."""
+    loaded = {n: getattr(part, n) for n in names}
+    half = all(loaded[n].dtype in (torch.float16, torch.bfloat16) for n in names)
+    use_computed = half and all(matches_stored(computed[n], loaded[n]) for n in names)
+    for n in names:
+        setattr(part, n, computed[n] if use_computed else loaded[n].float())
+
+
+def _settle_scale_factor(model: LatentDiffusion) -> None:
+    """A ``scale_factor`` buffer rounded to fp16 / bf16 becomes the config's value in float32 when it rounds to it."""
+    stored = model.scale_factor
+    if not isinstance(stored, torch.Tensor) or stored.dtype not in (torch.float16, torch.bfloat16):
+        return
+    exact = torch.tensor(float(model.cfg.scale_factor), dtype=torch.float32)
+    model.scale_factor = exact if matches_stored(exact, stored) else stored.float()
+
+
 def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | str | os.PathLike | None = None, *,
                     use_ema: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                     parameterization: str | None = None, unet_gemm_dtype: torch.dtype | None = None,
@@ -95,7 +222,8 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
     """Build and strictly load a ``LatentDiffusion`` from a checkpoint file.
 
     ``use_ema=True`` swaps the ``model_ema.*`` weights into the UNet (an error if the file has none).
-    ``dtype`` casts the UNet, first stage and conditioner (schedule buffers stay float32).
+    ``dtype`` casts the UNet, first stage and conditioner (schedule buffers stay float32; an fp16 / bf16 file's
+    rounded schedule and ``scale_factor``, when they are the config's, become the config's exact float32 values).
     ``unet_gemm_dtype`` (with ``dtype`` float32): the UNet's Linear / Conv weights and biases are stored in this
     dtype, for sampling under autocast to it (``models/gemm_storage.py``); from a .safetensors file each is
     converted as it is read, so the file's fp32 copies are never all held at once.
@@ -109,18 +237,23 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
             if unet_gemm_dtype is not None else None)
     skip = ("model_ema.",) if not (keep_ema or use_ema) else ()
     sd, extras = read_state_dict(path, mmap=False, cast=cast, skip=skip)  # the model uses every tensor read
-    cfg = resolve_config(config, sd, extras, parameterization)
-    with torch.device("meta"):  # no random init of ~1 B parameters: the file's tensors are assigned in place
+    source, origin = os.fspath(path), config_origin(config, extras)
+    cfg = resolve_config(config, sd, extras, parameterization, source=source)
+    refuse_oversized(cfg, sd, source, origin)
+
+    def build() -> LatentDiffusion:  # no random init of ~1 B parameters: the file's tensors are assigned in place
         model = LatentDiffusion(cfg)
         match_optional_parts(model, set(sd))
-    check_keys(model, sd, f"checkpoint {os.fspath(path)}")
+        return model
+
+    model = build_on_meta(build, len(sd), source, origin)
+    check_keys(model, sd, f"checkpoint {source}")  # shapes compared on meta: nothing allocated for a wrong config
+    computed = [{n: getattr(part, n) for n in names} for part, names in _schedule_parts(model)]  # the config's
     model.load_state_dict(sd, strict=True, assign=True)
     del sd
-    for name in SCHEDULE_BUFFERS:  # fp16 files store the schedule in fp16 too; sampling wants float32
-        setattr(model, name, getattr(model, name).float())
-    low = getattr(model, "low_scale_model", None)
-    for name in LOW_SCALE_BUFFERS if low is not None else ():
-        setattr(low, name, getattr(low, name).float())
+    for (part, names), exact in zip(_schedule_parts(model), computed):  # sampling wants the schedule in float32
+        settle_schedule(part, names, exact)
+    _settle_scale_factor(model)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise CheckpointError(f"internal: tensors not materialised after loading {os.fspath(path)}: {left[:_SHOW]}")
@@ -154,10 +287,11 @@ def _unet_gemm_cast(path: str | os.PathLike, config: DiffusionConfig | dict | st
     if Path(path).suffix.lower() not in SAFETENSORS_SUFFIXES:
         return None
     lazy, extras = read_state_dict(path, mmap=True)
-    cfg = resolve_config(config, lazy, extras, parameterization)
+    source, origin = os.fspath(path), config_origin(config, extras)
+    cfg = resolve_config(config, lazy, extras, parameterization, source=source)
+    n_tensors = len(lazy)
     del lazy
-    with torch.device("meta"):
-        unet = UNetModel(cfg.unet)
+    unet = build_on_meta(lambda: UNetModel(cfg.unet), n_tensors, source, origin)
     names = list(gemm_parameters(unet))
     return {unet_file_key(name, e): dtype for name in names for e in ((False, True) if ema else (False,))}
 
@@ -174,14 +308,28 @@ def save_checkpoint(model: LatentDiffusion, path: str | os.PathLike, *, overwrit
     A UNet whose GEMM weights are stored in bf16 for autocast is written as it is, with a warning."""
     if Path(path).suffix != ".safetensors":
         raise CheckpointError(f"save_checkpoint writes .safetensors only, got {os.fspath(path)}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     stored = stored_dtype(model.model.diffusion_model)
     if stored is not None:
         warnings.warn(f"the UNet's Linear / Conv weights are stored in {stored} (a pipeline loaded for bf16 "
                       f"autocast), so {os.fspath(path)} gets them rounded to {stored}; load the checkpoint with "
                       "precision='fp32' to save fp32 weights", stacklevel=2)
     meta = {CONFIG_METADATA_KEY: model.cfg.to_json(), "format": "latent-diffusion"} | dict(metadata or {})
-    return save_safetensors_atomic(model.state_dict(), path, metadata=meta, overwrite=overwrite)
+    return write_safetensors(model.state_dict(), path, metadata=meta, overwrite=overwrite)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, *, metadata: dict[str, str],
+                      overwrite: bool) -> Path:
+    """``save_safetensors_atomic`` (creating the folder), with the system's and the library's write errors (no
+    permission, a full disk, a file-size limit) as one ``CheckpointError``; the atomic write leaves no temp file."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return save_safetensors_atomic(tensors, path, metadata=metadata, overwrite=overwrite)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    except SafetensorError as exc:  # e.g. IoError(Os { code: 27, kind: FileTooLarge, message: "File too large" })
+        found = re.search(r'message: "([^"]*)"', str(exc))
+        reason = found.group(1) if found else _one_line(exc)
+    raise CheckpointError(f"cannot write {os.fspath(path)}: {reason}")
 
 
 def family(cfg: DiffusionConfig) -> str:
@@ -204,7 +352,7 @@ def family(cfg: DiffusionConfig) -> str:
 def inspect_checkpoint(path: str | os.PathLike, config: Any = None) -> dict[str, Any]:
     """Family, parameter counts per part, dtypes and EMA presence of a checkpoint, without building the model."""
     sd, extras = read_state_dict(path)
-    cfg = resolve_config(config, sd, extras)
+    cfg = resolve_config(config, sd, extras, source=os.fspath(path))
     parts: dict[str, int] = {}
     for name, prefix in (("unet", "model.diffusion_model."), ("first_stage", "first_stage_model."),
                          ("cond_stage", "cond_stage_model."), ("ema", "model_ema.")):
@@ -213,5 +361,4 @@ def inspect_checkpoint(path: str | os.PathLike, config: Any = None) -> dict[str,
     return {"path": os.fspath(path), "family": family(cfg), "parameterization": cfg.parameterization,
             "parameters": parts, "dtypes": dtypes, "ema": parts["ema"] > 0, "tensors": len(sd),
             "scale_factor": cfg.scale_factor, "class_names": list(cfg.class_names),
-            "config_source": "given" if config is not None else
-            ("metadata" if CONFIG_METADATA_KEY in extras else "inferred")}
+            "config_source": config_origin(config, extras)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +42,44 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> 
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad value in {where or cls.__name__}: {e}") from e
+
+
+def check_types(cfg: Any, where: str = "") -> None:
+    """Raise ``ConfigError`` naming the first field whose value does not fit its annotation (for configs read back
+    from files, which ``from_dict`` builds without checking types): int, float (finite, ints accepted), bool, str,
+    None, ``tuple[X, ...]`` and nested configs, recursively."""
+    for f in fields(cfg):
+        value, name = getattr(cfg, f.name), f"{where}{f.name}"
+        if not _fits(value, str(f.type)):
+            raise ConfigError(f"{name} must be {f.type}, got {type(value).__name__} {value!r:.80}")
+        if dataclasses.is_dataclass(value):
+            check_types(value, f"{name}.")
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    for alt in (a.strip() for a in annotation.split("|")):
+        if alt.startswith("tuple[") and alt.endswith(", ...]"):
+            if isinstance(value, tuple) and all(_fits(v, alt[len("tuple["):-len(", ...]")]) for v in value):
+                return True
+        elif alt in ("int", "float", "bool", "str", "None"):
+            if _scalar_fits(value, alt):
+                return True
+        elif alt.endswith("Config"):
+            if dataclasses.is_dataclass(value) and any(c.__name__ == alt for c in type(value).__mro__):
+                return True
+        else:
+            return True  # an annotation this check does not know: not checked
+    return False
+
+
+def _scalar_fits(value: Any, kind: str) -> bool:
+    if kind == "None":
+        return value is None
+    if kind == "bool" or isinstance(value, bool):
+        return kind == "bool" and isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, {"int": int, "str": str}[kind])
 
 
 def _nested_config_type(f: dataclasses.Field) -> type | None:

@@ -139,14 +139,47 @@ def infer_conditioner(sd: Mapping[str, torch.Tensor]) -> ConditionerConfig:
     )
 
 
+# linear_start / linear_end / scale_factor of the released configs: tried first when a value is read back from a
+# file's tensor (an fp16 / bf16 rounding can also fit a shorter decimal, e.g. bf16(0.18215) == bf16(0.182))
+_RELEASED_VALUES = (0.00085, 0.012, 0.0001, 0.02, 0.0015, 0.0155, 0.0195, 0.18215, 0.13025, 0.08333, 1.0)
+
+
+def stored_value(t: torch.Tensor) -> float:
+    """The number a one-element tensor was stored from: a released config value, else the shortest decimal, that
+    rounds to it in the tensor's dtype (fp16 / bf16 files keep the schedule and ``scale_factor`` rounded too)."""
+    dtype = t.dtype if t.is_floating_point() else torch.float64
+    target, value = t.reshape(()).to(dtype), float(t)
+
+    def rounds_to_target(x: float) -> bool:  # directly, or through float32 as a model saved in fp32 then cast
+        exact = torch.tensor(x, dtype=torch.float64)
+        return bool(exact.to(dtype) == target) or bool(exact.float().to(dtype) == target)
+
+    candidates = [*_RELEASED_VALUES, *(float(f"{value:.{d}g}") for d in range(1, 18))]
+    return next((x for x in candidates if rounds_to_target(x)), value)
+
+
+def matches_stored(exact: torch.Tensor, stored: torch.Tensor) -> bool:
+    """Whether ``stored`` (a file's tensor) holds ``exact`` up to the rounding of its dtype: rtol 1e-4, or 2 units
+    in the last place of fp16 / bf16 (and an absolute 2 units of their subnormal spacing near 0)."""
+    if exact.shape != stored.shape or not stored.is_floating_point():
+        return False
+    info = torch.finfo(stored.dtype)
+    rounded = exact.to(stored.dtype).double()
+    return torch.allclose(stored.double(), rounded, rtol=max(1e-4, 2 * info.eps),
+                          atol=max(1e-7, 2 * info.tiny * info.eps))
+
+
 def _infer_schedule(sd: Mapping[str, torch.Tensor]) -> dict:
     if "betas" not in sd:
         return {}
-    betas = sd["betas"].double()
-    # the file stores float32; 6 significant digits recover the YAML's values (0.00085, 0.012, 0.0015, ...)
-    start, end, n = float(f"{float(betas[0]):.6g}"), float(f"{float(betas[-1]):.6g}"), betas.shape[0]
+    betas = sd["betas"]
+    if betas.ndim != 1 or betas.shape[0] < 2 or not betas.is_floating_point():
+        raise CheckpointError(f"the checkpoint's betas are a {betas.dtype} tensor of shape {tuple(betas.shape)}; "
+                              "expected a 1-D float tensor with one beta per timestep; pass a config")
+    # compared in the file's precision: fp16 / bf16 files store the schedule rounded like every other tensor
+    start, end, n = stored_value(betas[0]), stored_value(betas[-1]), betas.shape[0]
     for name in ("linear", "linear_beta", "cosine"):
-        if torch.allclose(make_beta_schedule(name, n, start, end), betas, rtol=1e-4, atol=1e-7):
+        if matches_stored(make_beta_schedule(name, n, start, end), betas):
             return dict(timesteps=n, beta_schedule=name, linear_start=start, linear_end=end)
     raise CheckpointError("the checkpoint's betas match no known schedule (linear, linear_beta, cosine); pass a config")
 
@@ -173,7 +206,7 @@ def infer_config(sd: Mapping[str, torch.Tensor], *, parameterization: str | None
     else:
         key = "concat" if unet.in_channels > unet.out_channels else None
     if "scale_factor" in sd:
-        scale = float(sd["scale_factor"])
+        scale = stored_value(sd["scale_factor"])
     elif low_scale is not None:
         scale = 0.08333  # x4-upscaling.yaml
     else:

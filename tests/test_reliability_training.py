@@ -1,0 +1,74 @@
+"""Training runs and their files: a corrupted or hostile --resume checkpoint is refused with one line, and the temp
+files a killed run left are swept when it resumes (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from ldm_tiny_config import tiny
+
+from latent_diffusion.errors import CheckpointError, UnsafeCheckpointError
+from latent_diffusion.train.ldm_config import LDMTrainConfig
+from latent_diffusion.train.ldm_run import CKPT, EXPORT, train_ldm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _cfg(out: Path, steps: int) -> LDMTrainConfig:
+    return LDMTrainConfig.from_dict(tiny(run={"out_dir": str(out), "max_steps": steps, "epoch_steps": 2}))
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def _flip_bytes_in_largest_tensor(path: Path, count: int = 64) -> None:
+    """XOR ``count`` bytes in the middle of the biggest tensor record of a torch zip file (its CRC stays stale)."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    for k in range(start, start + count):
+        raw[k] ^= 0xA5
+    path.write_bytes(bytes(raw))
+
+
+def test_resume_sweeps_temps_and_refuses_a_corrupted_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_ldm(_cfg(out, 2), echo=False, progress=False)
+    pid = _dead_pid()  # a run killed during a save leaves its temp files
+    stale = [out / "checkpoints" / f".last.ckpt.{pid}.0123abcd.tmp", out / f".{EXPORT}.{pid}.89abcdef.tmp"]
+    for p in stale:
+        p.write_bytes(b"\0" * 1000)
+    train_ldm(_cfg(out, 4), resume=str(out / CKPT), echo=False, progress=False)
+    assert not any(p.exists() for p in stale)
+    assert not [p for p in out.rglob(".*.tmp")]
+
+    _flip_bytes_in_largest_tensor(out / CKPT)  # resumed with exit 0 before, and the bad weights went into the export
+    with pytest.raises(CheckpointError, match="CRC"):
+        train_ldm(_cfg(out, 6), resume=str(out / CKPT), echo=False, progress=False)
+
+
+class _Hostile:
+    def __reduce__(self):  # noqa: ANN204 - what a malicious checkpoint carries
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_resume_with_a_forbidden_global_is_one_clear_error(tmp_path: Path) -> None:
+    """A --resume pickle asking for a forbidden global surfaced as torch's UnpicklingError traceback."""
+    bad = tmp_path / "last.ckpt"
+    import torch
+
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hostile": _Hostile()}, bad, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(UnsafeCheckpointError, match=r"asks for `(os|posix)\.system`.*nothing from the file was executed"):
+        train_ldm(_cfg(tmp_path / "run", 2), resume=str(bad), echo=False, progress=False)
