@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch._utils
 
-from latent_diffusion import safe_load
+from latent_diffusion import safe_load, zip_crc
 from latent_diffusion.errors import CheckpointError, UnsafeCheckpointError
 from latent_diffusion.safe_load import read_pickle, read_state_dict
 
@@ -60,7 +60,7 @@ def _flip_inside(path, needle: bytes, count: int = 64) -> None:
 @pytest.mark.parametrize("threads", [False, True])
 def test_flipped_bytes_in_a_tensor_fail_the_crc_check(tmp_path, monkeypatch, threads):
     if threads:  # members shared out over several threads, as for a file of a few hundred MB
-        monkeypatch.setattr(safe_load, "_CRC_THREAD_BYTES", 1)
+        monkeypatch.setattr(zip_crc, "_CRC_THREAD_BYTES", 1)
     weight = torch.full((256,), 1234.5678)  # distinctive bytes, easy to find in the file
     ckpt = {"state_dict": {"w": weight, "b": torch.zeros(3), **{f"x{i}": torch.ones(i) for i in range(8)}},
             "global_step": 7}
@@ -119,7 +119,7 @@ def test_self_referencing_extra_entry_is_skipped_fast(tmp_path):
     assert path.stat().st_size < 10_000
     start = time.perf_counter()
     tensors, extras = read_state_dict(path)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 3.0  # old code: 87 s, then MemoryError
     assert torch.equal(tensors["w"], torch.zeros(2))
     assert extras["skipped_entries"] == ["extra"] and extras["global_step"] == 3
 
@@ -130,7 +130,7 @@ def test_many_entries_sharing_one_bomb_stay_fast(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}, **{f"extra{i}": bomb for i in range(200)}}, path)
     start = time.perf_counter()
     _, extras = read_state_dict(path)
-    assert time.perf_counter() - start < 0.5  # shared values are converted once, and counted as copies
+    assert time.perf_counter() - start < 3.0  # shared values are converted once, and counted as copies
     assert extras["skipped_entries"] == [f"extra{i}" for i in range(200)]
 
 
@@ -339,5 +339,5 @@ def test_keys_that_take_ages_to_hash_are_refused(tmp_path, bomb, layout):
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match=r"more than 10000 nested tuple items .* take ages to hash") as err:
         read_pickle(path)
-    assert time.perf_counter() - start < 0.2
+    assert time.perf_counter() - start < 1.0
     assert str(path) in str(err.value)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
 
 from .config import DiffusionConfig, check_types
 from .errors import CheckpointError, ConfigError, KeyMismatchError
@@ -241,9 +239,11 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
     cfg = resolve_config(config, sd, extras, parameterization, source=source)
     refuse_oversized(cfg, sd, source, origin)
 
+    keys = set(sd)
+
     def build() -> LatentDiffusion:  # no random init of ~1 B parameters: the file's tensors are assigned in place
         model = LatentDiffusion(cfg)
-        match_optional_parts(model, set(sd))
+        match_optional_parts(model, keys)
         return model
 
     model = build_on_meta(build, len(sd), source, origin)
@@ -319,17 +319,12 @@ def save_checkpoint(model: LatentDiffusion, path: str | os.PathLike, *, overwrit
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, *, metadata: dict[str, str],
                       overwrite: bool) -> Path:
-    """``save_safetensors_atomic`` (creating the folder), with the system's and the library's write errors (no
-    permission, a full disk, a file-size limit) as one ``CheckpointError``; the atomic write leaves no temp file."""
+    """``save_safetensors_atomic`` into ``path``'s folder, created if needed; write errors are one CheckpointError."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return save_safetensors_atomic(tensors, path, metadata=metadata, overwrite=overwrite)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-    except SafetensorError as exc:  # e.g. IoError(Os { code: 27, kind: FileTooLarge, message: "File too large" })
-        found = re.search(r'message: "([^"]*)"', str(exc))
-        reason = found.group(1) if found else _one_line(exc)
-    raise CheckpointError(f"cannot write {os.fspath(path)}: {reason}")
+        raise CheckpointError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from None
+    return save_safetensors_atomic(tensors, path, metadata=metadata, overwrite=overwrite)
 
 
 def family(cfg: DiffusionConfig) -> str:

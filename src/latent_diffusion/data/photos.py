@@ -7,6 +7,8 @@ area-averages each photo first so a 64×64 patch holds more than a texture fragm
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -55,7 +57,7 @@ class PhotoPatches:
         return random_crop_flip(self.images[i % len(self.images)], self.size, generator, self.flip)
 
 
-def export_photos(out: "Path", downscale: int = 2, overwrite: bool = False) -> dict[str, int]:
+def export_photos(out: str | os.PathLike, downscale: int = 2, overwrite: bool = False) -> dict[str, int]:
     """Write the bundled photos, area-downscaled, as PNGs into ``out/train`` and ``out/heldout`` (the same split as
     ``PhotoPatches``), to train an autoencoder on them through the image-folder path."""
     from pathlib import Path

@@ -30,8 +30,8 @@ def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: fl
     p.add_argument("--n", type=int, default=1, help="number of images (each written as soon as it is made)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images sampled together (default 1: one progress bar per image; more can be faster on a GPU)")
-    p.add_argument("--out", required=True, help="output folder; files are named 00000-<seed>.png, 00001-...")
-    p.add_argument("--force", action="store_true", help="allow overwriting existing files")
+    p.add_argument("--out", required=True, help="output folder; files are named 00000-<seed>.png, 00001-... with the "
+                   "next free numbers (existing files are never overwritten; several runs may share the folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no messages")
     lim = p.add_argument_group("limits (checked before any work)")
     lim.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",

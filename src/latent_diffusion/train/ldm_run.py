@@ -244,14 +244,23 @@ def write_sample_grid(model: LatentDiffusion, path: Path, *, prompts: tuple[str,
     return path
 
 
-def check_resume(cfg: LDMTrainConfig, resume: str) -> int:
-    """The step stored in ``resume``; a ConfigError naming the fields where its config differs from ``cfg``."""
+def read_resume(resume: str) -> dict[str, Any]:
+    """The resume checkpoint, read once through the allow-list reader (zip CRCs checked) before Lightning loads it."""
     from ..safe_load import read_pickle
 
     if not Path(resume).is_file():
         raise ConfigError(f"--resume {resume}: no such checkpoint file")
     ckpt = read_pickle(resume)
-    saved = ckpt.get("ldm_train_config") if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt, dict):
+        raise ConfigError(f"--resume {resume} is not a stage-2 (ldm) training checkpoint of this project")
+    return ckpt
+
+
+def check_resume(cfg: LDMTrainConfig, resume: str, ckpt: dict[str, Any] | None = None) -> int:
+    """The step stored in ``resume`` (``ckpt``: its content, if already read); a ConfigError naming the fields where
+    its config differs from ``cfg``."""
+    ckpt = read_resume(resume) if ckpt is None else ckpt
+    saved = ckpt.get("ldm_train_config")
     if saved is None:
         raise ConfigError(f"--resume {resume} is not a stage-2 (ldm) training checkpoint of this project")
     try:  # a field added to the config since the checkpoint was written reads as its default
@@ -275,12 +284,10 @@ def check_resume(cfg: LDMTrainConfig, resume: str) -> int:
     return int(ckpt["state_dict"]["batches_seen"]) // cfg.optim.accumulate
 
 
-def check_data_derived(module: LatentDiffusionModule, resume: str) -> None:
-    """The classes and vocabulary read from the data now must be the ones the checkpoint was trained with (a class
-    folder added since would renumber the labels)."""
-    from ..safe_load import read_pickle
-
-    saved = read_pickle(resume).get("ldm_data_derived")
+def check_data_derived(module: LatentDiffusionModule, resume: str, ckpt: dict[str, Any]) -> None:
+    """The classes and vocabulary read from the data now must be the ones the checkpoint (``ckpt``, read from
+    ``resume``) was trained with (a class folder added since would renumber the labels)."""
+    saved = ckpt.get("ldm_data_derived")
     now = module.data_derived()
     if saved is None or saved == now:
         return
@@ -324,7 +331,8 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     out_dir = Path(cfg.run.out_dir)
     if export is not None and Path(export).exists() and not force:
         raise ConfigError(f"export target {export} already exists; pass --force to replace it")
-    start = check_resume(cfg, resume) if resume is not None else 0
+    ckpt = read_resume(resume) if resume is not None else None
+    start = check_resume(cfg, resume, ckpt) if resume is not None else 0
     if resume is None and (out_dir / "log.jsonl").exists() and not force:
         raise ConfigError(f"{out_dir} already holds a training run; pass --resume {out_dir / CKPT} to continue it "
                           "or --force to start over")
@@ -342,7 +350,8 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
         torch.set_num_threads(cfg.run.num_threads)
     module = LatentDiffusionModule(cfg, resuming=resume is not None)
     if resume is not None:
-        check_data_derived(module, resume)
+        check_data_derived(module, resume, ckpt)
+        ckpt = None  # its memory back: Lightning reads the file itself
     module.log_sink, module.t0 = log, time.perf_counter()
     if resume is not None:
         module.last_good = (start, resume)
