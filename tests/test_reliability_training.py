@@ -64,11 +64,34 @@ class _Hostile:
         return (os.system, ("echo pwned",))
 
 
-def test_resume_with_a_forbidden_global_is_one_clear_error(tmp_path: Path) -> None:
-    """A --resume pickle asking for a forbidden global surfaced as torch's UnpicklingError traceback."""
-    bad = tmp_path / "last.ckpt"
+class _Unknown:  # a class no weights-only load accepts: our reader would make it an inert placeholder
+    pass
+
+
+def _autoencoder_cfg(out: Path):  # noqa: ANN202
+    from latent_diffusion.train.autoencoder_config import AutoencoderTrainConfig
+
+    return AutoencoderTrainConfig.from_dict({"run": {"out_dir": str(out), "max_steps": 2}})
+
+
+@pytest.mark.parametrize("payload, match", [
+    (_Hostile(), r"asks for `(os|posix)\.system`.*nothing from the file was executed"),
+    (_Unknown(), r"holds objects of test_reliability_training\._Unknown, classes a weights-only load does not"),
+])
+@pytest.mark.parametrize("stage", ["ldm", "autoencoder"])
+def test_resume_with_a_forbidden_or_unknown_global_is_one_clear_error(tmp_path: Path, payload, match, stage) -> None:
+    """A --resume pickle asking for a global that torch's weights-only load refuses surfaced as torch's
+    UnpicklingError traceback from inside Lightning; our reader now refuses it first, before anything is built."""
     import torch
 
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "hostile": _Hostile()}, bad, pickle_protocol=pickle.HIGHEST_PROTOCOL)
-    with pytest.raises(UnsafeCheckpointError, match=r"asks for `(os|posix)\.system`.*nothing from the file was executed"):
-        train_ldm(_cfg(tmp_path / "run", 2), resume=str(bad), echo=False, progress=False)
+    bad = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1), "batches_seen": torch.tensor(2)}, "x": payload}, bad,
+               pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(UnsafeCheckpointError, match=match):
+        if stage == "ldm":
+            train_ldm(_cfg(tmp_path / "run", 2), resume=str(bad), echo=False, progress=False)
+        else:
+            from latent_diffusion.train.autoencoder_run import train_autoencoder
+
+            train_autoencoder(_autoencoder_cfg(tmp_path / "run"), resume=str(bad), echo=False, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was touched

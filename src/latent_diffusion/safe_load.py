@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UnsafeCheckpointError
 from .fileio import OutputError, write_atomic
 from .plain_data import MAX_EXTRA_NODES_TOTAL, NotPlain, PlainData
 from .safe_pickle import InertObject, pickle_module
@@ -34,6 +34,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # real headers are a few hundred KB; a bigger length field is garbage
 _LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 _EXISTS = "{} already exists; refusing to overwrite it. Pass overwrite=True (--force on the command line) to replace it"
+
 
 def _preflight(path: str) -> int:
     """Clear errors for the usual broken downloads; returns the file size."""
@@ -77,23 +78,31 @@ def _check_safetensors(path: str, size: int) -> dict[str, str]:
     return metadata
 
 
-def read_pickle(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Any:
+def read_pickle(path: str | os.PathLike, *, device: str | torch.device = "cpu", weights_only: bool = False) -> Any:
     """The whole object in a pickle-based torch file, loaded through the allow-list (placeholders included). A zip
-    (torch's default format) has every member's CRC-32 checked first."""
+    (torch's default format) has every member's CRC-32 checked first. ``weights_only=True``: any class the allow-list
+    would load as a placeholder is refused instead, so a file that passes loads in ``torch.load(weights_only=True)``
+    too (a resume file Lightning reads after us)."""
     path = os.fspath(path)
     size = _preflight(path)
+    module = pickle_module(path, size)
     try:
         with open(path, "rb") as f:
             if f.read(4) == b"PK\x03\x04":
                 check_torch_zip(path, f)
             f.seek(0)
-            return torch.load(f, map_location=device, pickle_module=pickle_module(path, size), weights_only=False,
-                              mmap=False)
+            obj = torch.load(f, map_location=device, pickle_module=module, weights_only=False, mmap=False)
     except CheckpointError:
         raise
     except Exception as exc:  # torch/zip/pickle errors on corrupt or truncated files
         raise CheckpointError(f"could not read {path} as a torch checkpoint (corrupt, truncated or another format?): "
                               f"{type(exc).__name__}: {exc}") from exc
+    inert = sorted(module.Unpickler.placeholders)
+    if weights_only and inert:
+        raise UnsafeCheckpointError(f"refused to load {path}: it holds objects of {', '.join(inert[:5])}, classes a "
+                                    f"weights-only load does not accept (a checkpoint written by this project holds "
+                                    f"none); nothing from the file was executed")
+    return obj
 
 
 def verify_checkpoint_file(path: str | os.PathLike) -> None:
@@ -104,7 +113,7 @@ def verify_checkpoint_file(path: str | os.PathLike) -> None:
     if pathlib.Path(path).suffix.lower() in SAFETENSORS_SUFFIXES:
         read_state_dict(path)  # memory-mapped: validates the header and offsets, reads no data
     else:
-        read_pickle(path)
+        read_pickle(path, weights_only=True)
 
 
 def _split_checkpoint(path: str, obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from ..autoencoder_io import save_autoencoder
 from ..errors import ConfigError
 from ..fileio import sweep_stale_temps, temp_path
 from .autoencoder import AutoencoderModule
+from .fit import fit
 from .autoencoder_config import AutoencoderTrainConfig
 from .plots import plot_loss_curves, read_log, save_reconstruction_grid
 
@@ -88,7 +88,12 @@ def peek_batches_seen(path: str | os.PathLike) -> int:
     """The training step stored in one of our Lightning checkpoints (read through the safe unpickler)."""
     from ..safe_load import read_pickle
 
-    return int(read_pickle(path)["state_dict"]["batches_seen"])
+    ckpt = read_pickle(path, weights_only=True)
+    try:
+        return int(ckpt["state_dict"]["batches_seen"])
+    except (TypeError, KeyError, ValueError):
+        raise ConfigError(f"--resume {path} is not a stage-1 (autoencoder) training checkpoint of this project "
+                          "(no state_dict.batches_seen)") from None
 
 
 def prepare_out_dir(out_dir: Path, resume: str | None, force: bool) -> None:
@@ -111,6 +116,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: str | None = None,
         raise ConfigError(f"export target {export} already exists; pass --force to replace it")
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"--resume {resume}: no such checkpoint file")
+    start = peek_batches_seen(resume) if resume is not None else 0  # CRCs and allow-list checked before any work
     prepare_out_dir(out_dir, resume, force)
     cfg.to_yaml(out_dir / "config.yaml")
     if cfg.run.num_threads:
@@ -130,11 +136,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: str | None = None,
                         callbacks=[EpochArtifacts(out_dir)])
     t0 = time.perf_counter()
     if resume is not None:
-        log.truncate_after(peek_batches_seen(resume))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*")
-        trainer.fit(module, ckpt_path=resume, weights_only=True)  # read by our allow-list reader first
+        log.truncate_after(start)
+    fit(trainer, module, resume)  # the resume file was read through our allow-list reader first
     seconds = time.perf_counter() - t0
     metrics, xs, rec = module.evaluate_heldout()
     scale = module.latent_scale_factor()

@@ -31,6 +31,7 @@ from ..checkpoint import save_checkpoint
 from ..errors import ConfigError
 from ..fileio import sweep_stale_temps, temp_path
 from ..models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
+from .fit import fit
 from .ldm import LatentDiffusionModule
 from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, config_value, diff_configs
 
@@ -250,7 +251,7 @@ def read_resume(resume: str) -> dict[str, Any]:
 
     if not Path(resume).is_file():
         raise ConfigError(f"--resume {resume}: no such checkpoint file")
-    ckpt = read_pickle(resume)
+    ckpt = read_pickle(resume, weights_only=True)
     if not isinstance(ckpt, dict):
         raise ConfigError(f"--resume {resume} is not a stage-2 (ldm) training checkpoint of this project")
     return ckpt
@@ -358,10 +359,7 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     progress = sys.stdout.isatty() if progress is None else progress
     trainer = build_trainer(cfg, out_dir, progress, list(callbacks or []))
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*")
-        trainer.fit(module, ckpt_path=resume, weights_only=True)  # read by our allow-list reader first
+    fit(trainer, module, resume)  # the resume file was read through our allow-list reader first
     seconds = time.perf_counter() - t0
     steps = module.optimizer_steps(int(module.batches_seen))
     summary = {"task": cfg.task, "steps": steps, "train_seconds": round(seconds, 1),
