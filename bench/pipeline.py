@@ -68,11 +68,11 @@ def machine_info(src: Path) -> dict:
 def random_checkpoint(path: Path, seed: int = 0) -> Path:
     """SD 1.5-shaped weights: matrices/kernels N(0, 1/fan_in), norm gains 1 ± 0.02, biases N(0, 0.02²)."""
     from latent_diffusion.checkpoint import CONFIG_METADATA_KEY
-    from latent_diffusion.config import DiffusionConfig
     from latent_diffusion.models.ldm import LatentDiffusion
     from latent_diffusion.safe_load import save_safetensors_atomic
+    from latent_diffusion.yaml_compat import load_yaml_config
 
-    cfg = DiffusionConfig.from_yaml(YAML)
+    cfg = load_yaml_config(YAML)
     with torch.device("meta"):
         shapes = LatentDiffusion(cfg)
     g = torch.Generator().manual_seed(seed)

@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import save_file
 
 from latent_diffusion.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
-from latent_diffusion.config import DiffusionConfig, to_dict
+from latent_diffusion.config import to_dict
 from latent_diffusion.errors import CheckpointError, ConfigError, KeyMismatchError
 from latent_diffusion.infer import infer_config
 from latent_diffusion.models.ldm import LatentDiffusion
 from latent_diffusion.tiny import tiny_config, tiny_model
+from latent_diffusion.yaml_compat import load_yaml_config
 
 DATA = Path(__file__).parent / "data"
 FAMILIES = ["sd1", "sd2", "sd1-inpaint", "class", "uncond-vq"]
@@ -56,7 +57,7 @@ def test_family_and_sd_shapes_from_original_yamls() -> None:
     expected = {"v1-inference": (859_520_964, 83_653_863, 123_060_480, "eps"),
                 "v2-inference-v": (865_910_724, 83_653_863, 354_032_641, "v")}
     for name, (unet, vae, text, param) in expected.items():
-        cfg = DiffusionConfig.from_yaml(DATA / f"{name}.yaml")
+        cfg = load_yaml_config(DATA / f"{name}.yaml")
         with torch.device("meta"):
             model = LatentDiffusion(cfg)
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

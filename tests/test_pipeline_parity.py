@@ -43,6 +43,7 @@ from latent_diffusion.pipelines import Pipeline  # noqa: E402
 from latent_diffusion.tiny import tiny_model  # noqa: E402
 from parity_common import checkpoint_with_yaml, fp32_pipeline, no_network  # noqa: E402
 from latent_diffusion.tokenizer import clip_tokenize, get_tokenizer  # noqa: E402
+from latent_diffusion.yaml_compat import load_yaml_config
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
@@ -164,7 +165,7 @@ def assert_images_close(images: list, ref_images: list) -> None:
 
 def test_the_yaml_describes_the_checkpoint(checkpoint, ours: Pipeline) -> None:
     """Guards the oracle: the YAML diffusers reads is the tiny model (our reader agrees), tokens are equal."""
-    cfg = DiffusionConfig.from_yaml(checkpoint[1])
+    cfg = load_yaml_config(checkpoint[1])
     for part in ("unet", "autoencoder", "scale_factor", "linear_start", "linear_end", "timesteps", "parameterization"):
         assert getattr(cfg, part) == getattr(ours.cfg, part), part
     hf_ids = get_tokenizer()([PROMPT, NEGATIVE], padding="max_length", max_length=77, truncation=True,

@@ -10,6 +10,7 @@ import torch
 
 from latent_diffusion.config import UNetConfig, to_dict
 from latent_diffusion.models.unet import UNetModel
+from latent_diffusion.yaml_compat import load_yaml_config
 
 sfu = pytest.importorskip("diffusers.loaders.single_file_utils")
 from diffusers import UNet2DConditionModel  # noqa: E402
@@ -106,9 +107,7 @@ def test_sd15_full_size_unet_matches_diffusers() -> None:
     """The released SD 1.5 UNet shape (859.5 M parameters), random weights, one forward at 32×32 latents."""
     from pathlib import Path
 
-    from latent_diffusion.config import DiffusionConfig
-
-    cfg = DiffusionConfig.from_yaml(Path(__file__).parent / "data" / "v1-inference.yaml").unet
+    cfg = load_yaml_config(Path(__file__).parent / "data" / "v1-inference.yaml").unet
     torch.manual_seed(0)
     ours = UNetModel(cfg).eval()
     g = torch.Generator().manual_seed(0)

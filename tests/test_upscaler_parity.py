@@ -43,6 +43,7 @@ from latent_diffusion.errors import LDMError  # noqa: E402
 from latent_diffusion.pipelines import Pipeline  # noqa: E402
 from latent_diffusion.safe_load import read_state_dict  # noqa: E402
 from latent_diffusion.tiny import tiny_config, tiny_model  # noqa: E402
+from latent_diffusion.yaml_compat import load_yaml_config
 from parity_common import checkpoint_with_yaml, fp32_pipeline, no_network  # noqa: E402
 
 pytest.importorskip("diffusers")
@@ -161,7 +162,7 @@ def test_original_yaml_and_inference_describe_the_checkpoint(checkpoint, ours: P
     not in such files: FrozenOpenCLIPEmbedder means ViT-H); the file loads strictly, with the
     ``low_scale_model.*`` buffers, from its metadata, from the YAML plus the toy text tower, and from the weights."""
     expected = tiny_config("sd-x4-upscaler")
-    from_yaml = DiffusionConfig.from_yaml(checkpoint[1])
+    from_yaml = load_yaml_config(checkpoint[1])
     assert from_yaml.conditioner.kind == "open_clip" and from_yaml.conditioner.width == 1024
     assert dataclasses.replace(from_yaml, conditioner=expected.conditioner) == expected
     assert ours.cfg == expected and ours.kind == "text_upscale"

@@ -22,6 +22,7 @@ import torch
 
 from .config import DiffusionConfig, check_types
 from .errors import CheckpointError, ConfigError, KeyMismatchError
+from .yaml_compat import load_yaml_config
 from .infer import UNET, infer_config, matches_stored
 from .models.conditioners import FrozenCLIPEmbedder
 from .models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
@@ -82,7 +83,7 @@ def resolve_config(config: DiffusionConfig | dict | str | os.PathLike | None, sd
     elif isinstance(config, dict):
         cfg = DiffusionConfig.from_dict(config)
     elif config is not None:
-        cfg = DiffusionConfig.from_yaml(config)
+        cfg = load_yaml_config(config)
     elif CONFIG_METADATA_KEY in metadata:
         cfg = stored_config(metadata[CONFIG_METADATA_KEY], source)
     else:

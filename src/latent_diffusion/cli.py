@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .errors import LDMError
+from .commands import run
 from .eval.cli_commands import add_eval_commands
 from .bench.cli_commands import add_bench_commands
 from .data.cli_commands import add_data_commands
@@ -65,15 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_commands(sub)
     add_eval_commands(sub)
     return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run a parsed subcommand; an ``LDMError`` becomes one ``ldm: error: ...`` line and exit status 2."""
-    try:
-        return args.func(args)
-    except LDMError as e:
-        print(f"ldm: error: {e}", file=sys.stderr)
-        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -303,13 +303,6 @@ class DiffusionConfig:
     def from_json(cls, text: str) -> "DiffusionConfig":
         return cls.from_dict(json.loads(text))
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "DiffusionConfig":
-        """Read our own YAML layout or an original CompVis / SD inference YAML (``model.params...``)."""
-        from .yaml_compat import load_yaml_config
-
-        return load_yaml_config(path)
-
     def to_yaml(self, path: str | Path) -> None:
         import yaml
 

@@ -60,6 +60,7 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "stripes", "checker", "noise")
 NUM_CLASSES = len(SHAPES) * len(COLOURS)
 NUM_SEGMENT_CLASSES = NUM_CLASSES + 1
 MAX_OBJECTS = 3
+EVAL_SEED = 777  # held-out scenes for every evaluation and demo (generators train on seed 0)
 # the seven tasks this dataset supplies ground truth for (keys a training config may ask for)
 TASKS: tuple[str, ...] = ("unconditional", "class", "txt2img", "layout", "semantic", "superres", "inpaint")
 

@@ -17,12 +17,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..data.shapes import COLOUR_NAMES, ShapesWorld, ShapesWorldConfig
+from ..data.shapes import EVAL_SEED, COLOUR_NAMES, ShapesWorld, ShapesWorldConfig  # noqa: F401 - EVAL_SEED re-exported
 from ..errors import LDMError
 from .judge import DEFAULT_JUDGE_PATH, JudgeConfig, JudgeNet, save_judge
 
 JUDGE_DATA_SEED = 101  # the judge's own training scenes
-EVAL_SEED = 777  # held-out scenes for every evaluation (generators train on seed 0)
 
 
 @dataclass(frozen=True)

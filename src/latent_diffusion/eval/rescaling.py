@@ -19,7 +19,7 @@ from ..errors import LDMError
 
 def kept_models(run_dir: Path, every: int) -> list[tuple[int, Path]]:
     """(step, file) of the run's kept models whose step is a multiple of ``every``, in step order."""
-    from ..train.ldm_run import kept_models as all_kept
+    from ..runs import kept_models as all_kept
 
     found = all_kept(run_dir)
     chosen = [(s, p) for s, p in found if s % every == 0]

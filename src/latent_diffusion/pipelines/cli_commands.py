@@ -397,8 +397,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _example(i: int) -> dict:
     """Held-out ShapesWorld scene ``i`` (the evaluation seed, which no model trains on)."""
-    from ..data.shapes import ShapesWorld
-    from ..eval.judge_train import EVAL_SEED
+    from ..data.shapes import EVAL_SEED, ShapesWorld
 
     if i < 0:
         raise LDMError(f"--example must be >= 0, got {i}")

@@ -141,7 +141,7 @@ def run_demo(out: str | Path = "out/demo", *, prompts: tuple[str, ...] = DEMO_PR
 
 def _txt2img(pipe, target: Path, prompts: tuple[str, ...], n: int, steps: int, cfg_scale: float | None,
              sampler: str, seed: int, progress: bool, size: int) -> tuple[Path, list[Path], str]:
-    from ..train.grid import image_grid
+    from .grid import image_grid
     from .demo_tasks import task_cfg
 
     cfg = task_cfg("txt2img", pipe, cfg_scale)
@@ -166,7 +166,7 @@ def _grounded(pipe, target: Path, prompts: tuple[str, ...], n: int, steps: int, 
     --n N --steps STEPS --cfg C --sampler SAMPLER`` draws."""
     from .. import default_model
     from ..models.layout_planner import LayoutPlanner
-    from ..train.grid import image_grid
+    from .grid import image_grid
     from .demo_tasks import render_layout, task_cfg
     from .grounded import plan_layouts
 
@@ -190,7 +190,7 @@ def _grounded(pipe, target: Path, prompts: tuple[str, ...], n: int, steps: int, 
 
 def _task(task: str, pipe, target: Path, rows: int, n: int, steps: int, cfg_scale: float | None, sampler: str,
           seed: int, progress: bool, size: int) -> tuple[Path, list[Path], str]:
-    from ..train.grid import image_grid
+    from .grid import image_grid
     from .demo_tasks import task_rows
 
     r = task_rows(task, pipe, k=rows, n=n, steps=steps, sampler=sampler, seed=seed, cfg=cfg_scale,

@@ -55,8 +55,7 @@ class TaskRows:
 
 def held_out_scenes(k: int, size: int = SIZE) -> list[dict]:
     """The first ``k`` held-out ShapesWorld scenes (evaluation seed: no model trains on them), drawn at ``size``."""
-    from ..data.shapes import ShapesWorld
-    from ..eval.judge_train import EVAL_SEED
+    from ..data.shapes import EVAL_SEED, ShapesWorld
 
     world = ShapesWorld(size=size, seed=EVAL_SEED, length=k)
     return [world[i] for i in range(k)]

@@ -119,7 +119,7 @@ def data_flags(data: str | None, *, strict: bool = False, allow_missing_captions
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import run
+    from ..commands import run
 
     p = argparse.ArgumentParser(prog="ldm train ldm", description="stage 2: train a latent diffusion model")
     _add_arguments(p)

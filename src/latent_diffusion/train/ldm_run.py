@@ -30,6 +30,7 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..errors import ConfigError
 from ..fileio import sweep_stale_temps, temp_path
+from ..runs import KEPT, kept_model_path, kept_models  # noqa: F401 - kept_models re-exported
 from ..models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .fit import fit
 from .ldm import LatentDiffusionModule
@@ -37,7 +38,6 @@ from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, config_value, diff_co
 
 CKPT = "checkpoints/last.ckpt"
 EXPORT = "model.safetensors"
-KEPT = "models"  # run.keep_epoch_models: models/step-NNNNNN.safetensors
 SAMPLE_PROMPTS = ("a red circle above a blue square", "a green triangle left of a yellow star",
                   "a purple cross below an orange circle", "a cyan square right of a pink triangle")
 
@@ -134,20 +134,6 @@ def keep_model(src: Path, dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def kept_model_path(out_dir: Path, step: int) -> Path:
-    return out_dir / KEPT / f"step-{step:06d}.safetensors"
-
-
-def kept_models(out_dir: Path) -> list[tuple[int, Path]]:
-    """(step, file) of the models ``run.keep_epoch_models`` kept in ``out_dir``, in step order."""
-    found = []
-    for p in (out_dir / KEPT).glob("step-*.safetensors"):
-        step = p.name.removeprefix("step-").removesuffix(".safetensors")
-        if step.isdigit():
-            found.append((int(step), p))
-    return sorted(found)
-
-
 def drop_kept_models(out_dir: Path, after: int) -> None:
     """Remove the kept models of steps > ``after``: they belong to a run that is being started over (``after`` 0)
     or to the part of a run after the checkpoint it resumes from."""
@@ -234,7 +220,7 @@ def write_sample_grid(model: LatentDiffusion, path: Path, *, prompts: tuple[str,
                       n: int = 4, steps: int = 20, cfg_scale: float = 3.0, seed: int = 0) -> Path:
     """Rows = prompts, columns = seeds, sampled with the EMA weights (DDIM)."""
     from ..pipelines.pipeline import Pipeline
-    from .grid import image_grid
+    from ..pipelines.grid import image_grid
 
     pipe = Pipeline(inference_model(model))
     size = pipe.cfg.autoencoder.resolution if pipe.cfg.first_stage != "none" else 64
