@@ -9,6 +9,7 @@ import collections
 import pathlib
 import pickle
 import struct
+import sys
 import time
 import zipfile
 
@@ -33,8 +34,9 @@ class Reduce:
 
 
 def _torch_zip(path, data_pkl: bytes) -> None:
-    """A torch zip archive (its real members, CRCs included) whose data.pkl is ``data_pkl``."""
-    torch.save({}, path)
+    """A torch zip archive (its real members, CRCs included: storage record data/0 holds 4 float32s) whose data.pkl
+    is ``data_pkl``."""
+    torch.save({"w": torch.zeros(4)}, path)
     with zipfile.ZipFile(path) as z:
         members = {n: z.read(n) for n in z.namelist()}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
@@ -106,8 +108,8 @@ def test_verify_checkpoint_file(tmp_path):
 
 # --- 2. expansion bombs in the extras --------------------------------------------------------------------------------
 
-def _bomb(levels: int = 40) -> list:
-    x: list = []
+def _bomb(levels: int = 40, x: list | None = None) -> list:
+    x = [] if x is None else x
     for _ in range(levels):
         x = [x, x]  # 2**levels nodes when expanded; a few KB pickled (memoised)
     return x
@@ -341,3 +343,251 @@ def test_keys_that_take_ages_to_hash_are_refused(tmp_path, bomb, layout):
         read_pickle(path)
     assert time.perf_counter() - start < 1.0
     assert str(path) in str(err.value)
+
+
+# --- 5. memory bombs through torch's and numpy's sized classes, persistent ids, views and codecs --------------------
+# Each pickle below is hand-made (< 2 KB) and asks for 2 GiB or more: the old reader passed the call on, and torch or
+# numpy tried to allocate it (sizes of 2**33 elements fail fast there for want of memory, rather than allocating).
+
+_G = 1 << 33  # elements
+_BYTES_LIMIT = r"to make about \d+ bytes, past the limit of \d+ bytes"
+
+
+def _body(value) -> bytes:
+    """``value`` pickled without PROTO and STOP, to splice into a hand-made pickle (its memo entries are its own)."""
+    return pickle.dumps(value, protocol=2)[2:-1]
+
+
+def _call(module: str, name: str, *args: bytes) -> bytes:
+    """REDUCE ``module.name(*args)``, each argument already pickled (``_body``, ``_global``, ``_call``)."""
+    return _global(module, name) + b"(" + b"".join(args) + b"tR"
+
+
+def _refused(tmp_path, body: bytes, layout: str, expected: str, error=CheckpointError) -> str:
+    """Write ``body`` as a pickle in ``layout`` and check that loading it is refused quickly with ``expected``."""
+    path = tmp_path / ("m.ckpt" if layout == "zip" else "m.pt")
+    data = b"\x80\x02" + body + b"."
+    assert len(data) < 2_000
+    if layout == "legacy":
+        _legacy_file(path, data)
+    else:
+        _write(path, data, layout)
+    start = time.perf_counter()
+    with pytest.raises(error, match=expected) as err:
+        read_pickle(path)
+    assert time.perf_counter() - start < 0.5
+    assert str(path) in str(err.value)
+    return str(err.value)
+
+
+_TORCH_BOMBS = {
+    "UntypedStorage(2**33)": _call("torch.storage", "UntypedStorage", _body(_G)),
+    "TypedStorage(2**33)": _call("torch.storage", "TypedStorage", _body(_G)),  # float32, the default dtype
+    "FloatTensor(2**33)": _call("torch", "FloatTensor", _body(_G)),
+    "Tensor(2**31, 4)": _call("torch", "Tensor", _body(1 << 31), _body(4)),
+    "LongTensor(Size([2**16, 2**17]))": _call("torch", "LongTensor", _call("torch", "Size", _body((1 << 16, 1 << 17)))),
+    "BFloat16Tensor(nested shared lists)": _call("torch", "BFloat16Tensor", _body(_bomb(33, [0, 0]))),  # 2**34 zeros
+    "Tensor.__new__ (NEWOBJ)": _global("torch", "Tensor") + _body((_G,)) + b"\x81",
+    "FloatTensor (OBJ)": b"(" + _global("torch", "FloatTensor") + _body(_G) + b"o",
+    "UntypedStorage via copyreg.__newobj__": _call("copyreg", "__newobj__", _global("torch.storage", "UntypedStorage"),
+                                                   _body(_G)),
+    "FloatTensor via _rebuild_from_type_v2": _call("torch._tensor", "_rebuild_from_type_v2",
+                                                   _global("torch", "FloatTensor"), _global("torch", "Tensor"),
+                                                   _body((_G,)), b"}"),
+    "TypedStorage via copyreg._reconstructor": _call("copyreg", "_reconstructor",
+                                                     _global("torch.storage", "TypedStorage"),
+                                                     _global("torch.storage", "TypedStorage"), _body(_G)),
+}  # torch.FloatStorage & co. are inert StorageType objects in the allow-list: only TypedStorage makes typed storages
+
+
+_HOSTILE_TYPED_STORAGE = pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # the pickles' own calls
+
+
+@_HOSTILE_TYPED_STORAGE
+@pytest.mark.parametrize("layout", ["zip", "raw"])
+@pytest.mark.parametrize("case", list(_TORCH_BOMBS))
+def test_sized_torch_constructors_are_refused(tmp_path, case, layout):
+    message = _refused(tmp_path, _TORCH_BOMBS[case], layout, _BYTES_LIMIT)
+    assert "nothing was allocated" in message and "calls `" in message
+
+
+_NUMPY_BOMBS = {
+    "ndarray((2**33,))": _call("numpy", "ndarray", _body((_G,))),
+    "ndarray.__new__ (NEWOBJ)": _global("numpy", "ndarray") + _body(((_G,),)) + b"\x81",
+    "ndarray.__new__(shape=) (NEWOBJ_EX)": _global("numpy", "ndarray") + b")" + _body({"shape": (_G,)}) + b"\x92",
+    "_reconstruct (numpy 1 name)": _call("numpy.core.multiarray", "_reconstruct", _global("numpy", "ndarray"),
+                                         _body((_G,)), _body("f8")),
+    "_reconstruct (numpy 2 name)": _call("numpy._core.multiarray", "_reconstruct", _global("numpy", "ndarray"),
+                                         _body((_G,)), _body("f8")),
+    "scalar(dtype('V2147483647'))": _body(Reduce(np.core.multiarray.scalar if not hasattr(np, "_core")
+                                                 else np._core.multiarray.scalar, np.dtype("V2147483647"))),
+    "ndarray via copyreg._reconstructor": _call("copyreg", "_reconstructor", _global("numpy", "ndarray"),
+                                                _global("numpy", "ndarray"), _body((_G,))),
+    "ndarray via _rebuild_from_type_v2": _call("torch._tensor", "_rebuild_from_type_v2", _global("numpy", "ndarray"),
+                                               _global("numpy", "ndarray"), _body(((_G,),)), b"}"),
+}
+
+
+@pytest.mark.parametrize("layout", ["zip", "raw"])
+@pytest.mark.parametrize("case", list(_NUMPY_BOMBS))
+def test_sized_numpy_constructors_are_refused(tmp_path, case, layout):
+    assert "nothing was allocated" in _refused(tmp_path, _NUMPY_BOMBS[case], layout, _BYTES_LIMIT)
+
+
+_BAD_SIZES = {
+    "FloatTensor(-1)": (_call("torch", "FloatTensor", _body(-1)), r"with a negative size \(-1\)"),
+    "ndarray of 65 dimensions": (_call("numpy", "ndarray", _body((1,) * 65)),
+                                 r"with a shape of 65 dimensions \(the limit is 64\)"),
+    "Tensor(65 sizes)": (_call("torch", "Tensor", *[_body(1)] * 65), r"with 65 sizes \(the limit is 64\)"),
+}
+
+
+@pytest.mark.parametrize("layout", ["zip", "raw"])
+@pytest.mark.parametrize("case", list(_BAD_SIZES))
+def test_negative_sizes_and_too_many_dimensions_are_refused(tmp_path, case, layout):
+    body, expected = _BAD_SIZES[case]
+    assert "nothing was allocated" in _refused(tmp_path, body, layout, expected)
+
+
+def _legacy_file(path, data_pkl: bytes) -> None:
+    """A legacy (non-zip) torch file whose main pickle is ``data_pkl`` (torch's Unpickler subclass, persistent ids
+    ``('storage', type, key, location, numel, view)``)."""
+    header = (torch.serialization.MAGIC_NUMBER, torch.serialization.PROTOCOL_VERSION,
+              {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}})
+    path.write_bytes(b"".join(pickle.dumps(value, protocol=2) for value in header) + data_pkl
+                     + pickle.dumps(["0"], protocol=2))
+
+
+def _storage_id(numel: int, layout: str, storage_type: str = "FloatStorage") -> bytes:
+    """BINPERSID of storage "0" (in the zip layout, a real record of 4 float32s) said to hold ``numel`` elements."""
+    view = b"N" if layout == "legacy" else b""  # the legacy layout adds view metadata
+    return (b"(" + _str("storage") + _global("torch", storage_type) + _str("0") + _str("cpu") + _body(numel)
+            + view + b"tQ")
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_storage_sizes_in_persistent_ids_are_charged(tmp_path, layout):
+    """The storage a persistent id declares is charged (numel x element size) before torch allocates it: the legacy
+    reader allocates it outright (the zip reader first compares it with the record's size)."""
+    message = _refused(tmp_path, _storage_id(_G, layout), layout, r"asks torch for storage '0' \(8589934592 elements "
+                       r"of torch.float32\) to make about 34359738368 bytes, past the limit of \d+ bytes")
+    assert "nothing was allocated" in message
+    _refused(tmp_path, _storage_id(-4, layout), layout, r"storage '0' with a negative size \(-4\)")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_views_and_tied_weights_charge_their_storage_once(tmp_path, legacy):
+    """Guard: 150 views of one 1 MiB storage (150 MiB if each were charged) and a tied weight load as torch's own
+    ``weights_only`` loader reads them."""
+    base = torch.arange(1 << 18, dtype=torch.float32)
+    state = {**{f"v{i}": base[i:i + 1000] for i in range(150)}, "base": base, "tied": base,
+             "expanded": torch.arange(3.0).expand(1000, 3)}
+    path = tmp_path / "m.ckpt"
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    got, want = read_pickle(path), torch.load(path, weights_only=True)
+    assert got.keys() == want.keys() and got["tied"] is got["base"]
+    assert all(torch.equal(got[k], want[k]) and got[k].stride() == want[k].stride() for k in want)
+
+
+def _storage_of_4(layout: str, storage_type: str = "FloatStorage") -> bytes:
+    """4 elements a view can reach past: a legacy file's storage (resizable), or one TypedStorage makes (float32)."""
+    if layout == "legacy":
+        return _storage_id(4, layout, storage_type)
+    return _call("torch.storage", "TypedStorage", _body(4))
+
+
+_VIEW_BOMBS = {
+    "_rebuild_tensor_v2 past its storage": lambda layout: _call(
+        "torch._utils", "_rebuild_tensor_v2", _storage_of_4(layout), _body(0), _body((_G,)), _body((1,)),
+        _body(False), _call("collections", "OrderedDict")),
+    "Tensor BUILD (set_) past its storage": lambda layout: _call("torch", "Tensor") + b"(" + _storage_of_4(layout)
+                                                           + _body(0) + _body((_G,)) + _body((1,)) + b"tb",
+    "_rebuild_qtensor past its storage": lambda layout: _call(
+        "torch._utils", "_rebuild_qtensor", _storage_of_4(layout, "QInt8Storage"), _body(0), _body((_G,)),
+        _body((1,)), _global("torch", "per_tensor_affine") + _body(1.0) + _body(0) + b"\x87", _body(False),
+        _call("collections", "OrderedDict")),
+}
+
+
+@_HOSTILE_TYPED_STORAGE
+@pytest.mark.parametrize("case,layout", [(case, layout) for case in _VIEW_BOMBS for layout in ("zip", "raw", "legacy")
+                                         if layout == "legacy" or "qtensor" not in case])  # qint8: only a pid makes it
+def test_views_past_their_storage_are_refused(tmp_path, case, layout):
+    """A view past its storage's end makes ``Tensor.set_`` grow the storage: any storage of a legacy file, or one a
+    constructor made (a zip file's own storages cannot grow)."""
+    assert "nothing was allocated" in _refused(tmp_path, _VIEW_BOMBS[case](layout), layout, _BYTES_LIMIT)
+
+
+def _doubling_path(levels: int = 40):
+    path = "a"
+    for _ in range(levels):
+        path = Reduce(pathlib.PurePosixPath, path, path)  # shared: its text doubles at each level
+    return path
+
+
+_TEXT_BOMBS = {
+    "str(shared list)": (_body(Reduce(str, _bomb())), r"calls `builtins.str` on a list; only strings, bytes, "
+                                                      r"numbers and paths are allowed"),
+    "PurePosixPath(p, p) doubling": (_body(_doubling_path()), r"calls `pathlib.PurePosixPath` to make a path of "
+                                                              r"more than 65536 characters \(the limit\)"),
+}
+
+
+@pytest.mark.parametrize("layout", ["zip", "raw"])
+@pytest.mark.parametrize("case", list(_TEXT_BOMBS))
+def test_text_that_doubles_through_sharing_is_refused(tmp_path, case, layout):
+    body, expected = _TEXT_BOMBS[case]
+    assert "nothing was" in _refused(tmp_path, body, layout, expected)
+
+
+_CODEC_CALLS = {
+    "_codecs.encode": _call("_codecs", "encode", _body("x"), _body("hz")),
+    "bytes": _call("builtins", "bytes", _body("x"), _body("hz")),
+    "bytearray": _call("builtins", "bytearray", _body("x"), _body("hz")),
+    "str": _call("builtins", "str", _call("builtins", "bytes", _body([120])), _body("hz")),
+}
+
+
+@pytest.mark.parametrize("layout", ["zip", "raw"])
+@pytest.mark.parametrize("case", list(_CODEC_CALLS))
+def test_codecs_other_than_latin1_ascii_utf8_are_refused(tmp_path, case, layout):
+    """Any other codec name imports an ``encodings`` module (here ``encodings.hz``, with a C extension)."""
+    imported = "encodings.hz" in sys.modules
+    _refused(tmp_path, _CODEC_CALLS[case], layout, r"with the codec 'hz'; only ascii, iso-8859-1, latin-1, latin1, "
+             r"utf-8, utf8 are allowed \(others import an `encodings` module\); nothing was run", UnsafeCheckpointError)
+    assert imported or "encodings.hz" not in sys.modules
+    path = tmp_path / "ok.pt"
+    _write(path, b"\x80\x02" + _call("_codecs", "encode", _body("\xe9"), _body("UTF-8")) + b".", "zip")
+    assert read_pickle(path) == b"\xc3\xa9"
+
+
+def _mixed_state_dict(count: int = 400) -> dict:
+    g = torch.Generator().manual_seed(0)
+    dtypes = (torch.float16, torch.bfloat16, torch.int64, torch.bool)
+    state = {}
+    for i in range(count):
+        x = torch.randn(1 + i % 7, 1 + i % 5, generator=g) * 100
+        state[f"layer{i}.w"] = x > 0 if dtypes[i % 4] is torch.bool else x.to(dtypes[i % 4])
+    tagged = torch.ones(3)
+    tagged.tag = "ema"  # a tensor with attributes pickles through _rebuild_from_type_v2
+    return {**state, "tied": state["layer0.w"], "view": state["layer9.w"][1:, :2], "tagged": tagged,
+            "expanded": torch.arange(5.0).expand(4, 5), "param": torch.nn.Parameter(torch.full((2,), 0.5))}
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_freshly_saved_mixed_dtype_files_load_as_torch_does(tmp_path, legacy):
+    """Guard: 400 tensors (fp16, bf16, int64, bool), tied, a view, a stride-0 view, a tagged tensor and a Parameter
+    load as torch's own ``weights_only`` loader reads them; numpy arrays (big-endian, objects) still load too."""
+    path, extra = tmp_path / "m.ckpt", tmp_path / "np.ckpt"
+    torch.save(_mixed_state_dict(), path, _use_new_zipfile_serialization=not legacy)
+    got, want = read_pickle(path), torch.load(path, weights_only=True)
+    assert got.keys() == want.keys() and got["tied"] is got["layer0.w"] and got["tagged"].tag == "ema"
+    for key, value in want.items():
+        assert type(got[key]) is type(value) and got[key].dtype == value.dtype, key
+        assert got[key].stride() == value.stride() and torch.equal(got[key], value), key
+    arrays = {"be": np.arange(6, dtype=">f8").reshape(2, 3), "obj": np.array([1, "a", None], dtype=object)}
+    torch.save(arrays, extra, _use_new_zipfile_serialization=not legacy)
+    loaded = read_pickle(extra)
+    assert loaded["be"].dtype == pickle.loads(pickle.dumps(arrays["be"])).dtype  # numpy's own round trip
+    assert np.array_equal(loaded["be"], arrays["be"])
+    assert list(loaded["obj"]) == [1, "a", None]
