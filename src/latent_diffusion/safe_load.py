@@ -1,7 +1,7 @@
 """Read and write checkpoint files without running code from them.
 
 ``.safetensors`` layouts are validated before the library sees them. Pickle-based torch files have their zip members
-checked against their CRC-32s (``zip_crc.py``) and go through the allow-list unpickler (``safe_pickle.py``); their
+checked against their CRC-32s (``zip_crc.py``) and go through the allow-list unpickler (``safe_pickle/``); their
 extra entries are kept as plain data within budgets (``plain_data.py``). Writes are atomic (``fileio.py``).
 """
 
