@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latent_diffusion.diffusion import Denoiser, randn, sample
+from latent_diffusion.diffusion import Denoiser, SampleOptions, randn, sample
 from latent_diffusion.diffusion.guidance import cat_cond, combine, guided_model_fn, rescale
 from latent_diffusion.errors import ConfigError
 from latent_diffusion.tiny import tiny_model
@@ -46,16 +46,16 @@ class Counting:
 def test_scale_one_skips_the_unconditional_pass(sd1):
     model, cond, uncond = sd1
     counting, noise = Counting(model), randn((2, 4, 8, 8), torch.Generator().manual_seed(0))
-    out = sample("euler", counting, noise, 6, cond=cond, uncond=uncond, cfg_scale=1.0)
+    out = sample("euler", counting, noise, SampleOptions(steps=6, cfg_scale=1.0), cond=cond, uncond=uncond)
     assert counting.batches == [2] * 6
-    assert torch.equal(out, sample("euler", model, noise, 6, cond=cond))
+    assert torch.equal(out, sample("euler", model, noise, SampleOptions(steps=6), cond=cond))
 
 
 def test_guided_steps_run_one_batch_of_2b(sd1):
     model, cond, uncond = sd1
     counting = Counting(model)
-    sample("dpmpp_2m", counting, randn((2, 4, 8, 8), torch.Generator().manual_seed(0)), 6, cond=cond, uncond=uncond,
-           cfg_scale=7.5)
+    sample("dpmpp_2m", counting, randn((2, 4, 8, 8), torch.Generator().manual_seed(0)),
+           SampleOptions(steps=6, cfg_scale=7.5), cond=cond, uncond=uncond)
     assert counting.batches == [4] * 6
 
 
@@ -100,9 +100,10 @@ def test_bad_guidance_arguments(sd1):
     model, cond, _ = sd1
     noise = torch.zeros(2, 4, 8, 8)
     with pytest.raises(ConfigError, match="cfg_scale=7.5 needs an unconditional embedding"):
-        sample("ddim", model, noise, 4, cond=cond, cfg_scale=7.5)
+        sample("ddim", model, noise, SampleOptions(steps=4, cfg_scale=7.5), cond=cond)
     with pytest.raises(ConfigError, match="guidance_rescale must be in \\[0, 1\\]"):
-        sample("ddim", model, noise, 4, cond=cond, uncond=cond, cfg_scale=7.5, guidance_rescale=1.5)
+        sample("ddim", model, noise, SampleOptions(steps=4, cfg_scale=7.5, guidance_rescale=1.5), cond=cond,
+               uncond=cond)
 
 
 @pytest.mark.parametrize("family,cls,name", [("sd1", DDIMScheduler, "ddim"), ("sd2", EulerDiscreteScheduler, "euler")])
@@ -123,6 +124,6 @@ def test_guided_loop_matches_diffusers_pipeline_arithmetic(family, cls, name):
             out_uncond, out_text = model.apply_model(inp, t.expand(4).float(), torch.cat([uncond, cond])).chunk(2)
             out = rescale_noise_cfg(out_uncond + scale * (out_text - out_uncond), out_text, guidance_rescale=phi)
             latents = sched.step(out, t, latents).prev_sample
-    ours = sample(name, Denoiser(model), noise, steps, cond=cond, uncond=uncond, cfg_scale=scale,
-                  guidance_rescale=phi)
+    ours = sample(name, Denoiser(model), noise, SampleOptions(steps=steps, cfg_scale=scale, guidance_rescale=phi),
+                  cond=cond, uncond=uncond)
     assert (ours - latents).abs().max() <= 1e-4

@@ -12,8 +12,8 @@ schedule the YAML gives (scaled-linear β 0.00085 → 0.012, 1000 steps, ``steps
 with the scheduler class's own default ``timestep_spacing``, as SD's hub ``scheduler_config.json`` (which sets none)
 gives them. One convention difference: diffusers' legacy single-file loader writes ``timestep_spacing="leading"``
 into the scheduler config it builds, and ``Scheduler.from_config(pipe.scheduler.config)`` then carries "leading" over
-to Euler / Heun / DPM-Solver / UniPC, whose defaults (and ours) are "linspace". Pass ``spacing="leading"`` to
-``latent_diffusion.diffusion.sample`` to match that (tests/test_samplers.py checks it); see docs/sampling.md.
+to Euler / Heun / DPM-Solver / UniPC, whose defaults (and ours) are "linspace". Pass
+``SampleOptions(spacing="leading")`` to ``latent_diffusion.diffusion.sample`` to match that (tests/test_samplers.py checks it); see docs/sampling.md.
 
 Seeds: both sides get ``torch.Generator("cpu").manual_seed(s)`` (a list ``[s, s+1, ...]`` for batches). Ancestral and
 SDE samplers (euler_a, dpmpp_sde, ddpm) draw their per-step noise from that same generator, one ``(1, C, h, w)`` draw

@@ -7,16 +7,17 @@ Carlo standard errors of the data's after enough steps.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from latent_diffusion.diffusion import Denoiser, SAMPLERS, randn, sample, sampler_schedule, start_step_for_strength
-from latent_diffusion.diffusion import samplers_k as K
-from latent_diffusion.diffusion.schedules import (alphas_cumprod_from_betas, karras_sigmas, make_beta_schedule,
+from latent_diffusion.diffusion import Denoiser, SAMPLERS, SampleOptions, randn, sample, start_step_for_strength
+from latent_diffusion.diffusion.discretization import karras_sigmas, spaced_timesteps
+from latent_diffusion.diffusion.samplers_dpm import sample_dpmpp_2m, sample_unipc
+from latent_diffusion.diffusion.samplers_euler import sample_euler, sample_heun
+from latent_diffusion.diffusion.schedules import (alphas_cumprod_from_betas, make_beta_schedule,
                                                   sigmas_from_alphas_cumprod, t_to_sigma)
 from latent_diffusion.errors import ConfigError, NonFiniteError
 from latent_diffusion.tiny import tiny_model
@@ -70,6 +71,11 @@ def gens(seed: int, n: int = 2) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
 
+def oracle_gens(name: str, seed: int) -> list[torch.Generator] | None:
+    """Generators for diffusers' ``step`` where our sampler draws noise (its scheduler's ``step`` takes them)."""
+    return gens(seed) if SAMPLERS[name].noisy else None
+
+
 def oracle(name: str, model, steps: int, **config):
     """diffusers' scheduler for sampler ``name`` from SD's config (+ ``config``), timesteps set."""
     cls, extra = ORACLES[name]
@@ -80,9 +86,10 @@ def oracle(name: str, model, steps: int, **config):
 
 
 def run_diffusers(model, cond, sched, latents, generator=None, begin=0, variance_noise=None, **step_kwargs):
-    """diffusers' denoising loop (as its SD pipelines run it) with ``model.apply_model`` as the UNet."""
+    """diffusers' denoising loop (as its SD pipelines run it) with ``model.apply_model`` as the UNet; ``generator``
+    only for schedulers whose ``step`` takes one."""
     timesteps = sched.timesteps[begin * sched.order:]
-    if "generator" in inspect.signature(sched.step).parameters and generator is not None:
+    if generator is not None:
         step_kwargs["generator"] = generator
     for i, t in enumerate(timesteps):
         with torch.no_grad():
@@ -101,8 +108,8 @@ def test_matches_diffusers(tiny, name, steps):
         pytest.skip("diffusers' PNDM mixes raw v outputs across steps; ours (as CompVis) mixes ε")
     noise = randn((2, 4, 8, 8), gens(0))
     sched = oracle(name, model, steps)
-    ref = run_diffusers(model, cond, sched, noise * sched.init_noise_sigma, generator=gens(100))
-    ours = sample(name, model, noise, steps, cond=cond, generator=gens(100))
+    ref = run_diffusers(model, cond, sched, noise * sched.init_noise_sigma, generator=oracle_gens(name, 100))
+    ours = sample(name, model, noise, SampleOptions(steps=steps), cond=cond, generator=gens(100))
     assert (ours - ref).abs().max() <= TOL
 
 
@@ -117,7 +124,7 @@ def test_spacing_overrides_match_diffusers(name, spacing):
     sched = oracle(name, model, 10, **config)
     noise = randn((2, 4, 8, 8), gens(0))
     ref = run_diffusers(model, cond, sched, noise * sched.init_noise_sigma)
-    ours = sample(name, model, noise, 10, cond=cond, spacing=spacing)
+    ours = sample(name, model, noise, SampleOptions(steps=10, spacing=spacing), cond=cond)
     assert (ours - ref).abs().max() <= TOL
 
 
@@ -131,8 +138,9 @@ def test_img2img_truncated_schedule_matches_diffusers(tiny, name):
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(start * sched.order)
     x = sched.add_noise(init, noise, sched.timesteps[start * sched.order:][:1])
-    ref = run_diffusers(model, cond, sched, x, generator=gens(3), begin=start)
-    ours = sample(name, model, noise, steps, cond=cond, generator=gens(3), start_step=start, init_latents=init)
+    ref = run_diffusers(model, cond, sched, x, generator=oracle_gens(name, 3), begin=start)
+    ours = sample(name, model, noise, SampleOptions(steps=steps, start_step=start), cond=cond, init_latents=init,
+                  generator=gens(3))
     assert start == 5 and (ours - ref).abs().max() <= TOL
 
 
@@ -146,7 +154,8 @@ def test_injected_noise_matches_diffusers_variance_noise():
     for name, kw in [("ddim", {"eta": 1.0}), ("dpmpp_sde", {})]:  # both start from VP x_T = noise
         ref = run_diffusers(model, cond, oracle(name, model, steps), noise, variance_noise=draws, **kw)
         it = iter(draws)
-        ours = sample(name, model, noise, steps, cond=cond, noise_sampler=lambda *_: next(it), **kw)
+        ours = sample(name, model, noise, SampleOptions(steps=steps, **kw), cond=cond,
+                      noise_sampler=lambda *_: next(it))
         assert (ours - ref).abs().max() <= TOL, name
 
 
@@ -180,7 +189,7 @@ def test_moments_converge_to_the_data(name):
     noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
     errs = []
     for steps in (4, 100):
-        out = sample(name, MIXTURE, noise, steps, generator=torch.Generator().manual_seed(1))
+        out = sample(name, MIXTURE, noise, SampleOptions(steps=steps), generator=torch.Generator().manual_seed(1))
         errs.append((abs(out.mean().item() - DATA_MEAN), abs(out.var().item() - DATA_VAR)))
     (_, var_err_few), (mean_err, var_err) = errs
     assert mean_err < 0.03 and var_err < 0.05, errs  # MC s.e.: mean 0.008, var 0.012
@@ -193,17 +202,17 @@ def slope(steps: list[int], fn) -> float:
     x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * float(sig[-1])
     denoise = lambda x, s, c=None: exact_x0(x, s)  # noqa: E731
     grid = lambda n: karras_sigmas(n, float(sig[0]), float(sig[-1]))  # noqa: E731
-    ref = K.sample_dpmpp_2m(denoise, x_T, grid(1000))
+    ref = sample_dpmpp_2m(denoise, x_T, grid(1000))
     errs = [(fn(denoise, x_T, grid(n)) - ref).abs().mean().item() for n in steps]
     return float(np.polyfit(np.log(steps), np.log(errs), 1)[0])
 
 
 def test_order_of_accuracy():
     steps = [8, 16, 32, 64]
-    assert -1.3 < slope(steps, K.sample_euler) < -0.8
-    assert slope(steps, K.sample_dpmpp_2m) <= -1.5
-    assert slope(steps, K.sample_heun) <= -1.5
-    assert slope(steps, K.sample_unipc) <= -1.5
+    assert -1.3 < slope(steps, sample_euler) < -0.8
+    assert slope(steps, sample_dpmpp_2m) <= -1.5
+    assert slope(steps, sample_heun) <= -1.5
+    assert slope(steps, sample_unipc) <= -1.5
 
 
 # -- pure functions, per-sample noise, errors ---------------------------------------------------------------------
@@ -214,8 +223,8 @@ def test_inputs_are_not_mutated(name):
     noise, init = randn((2, 4, 8, 8), gens(0)), randn((2, 4, 8, 8), gens(5))
     copies = [t.clone() for t in (noise, init, cond, uncond)]
     seen = []
-    sample(name, model, noise, 5, cond=cond, uncond=uncond, cfg_scale=3.0, generator=gens(1), start_step=1,
-           init_latents=init, callback=lambda i, x, x0: seen.append(i))
+    sample(name, model, noise, SampleOptions(steps=5, cfg_scale=3.0, start_step=1), cond=cond, uncond=uncond,
+           init_latents=init, generator=gens(1), callback=lambda i, x, x0: seen.append(i))
     assert all(torch.equal(a, b) for a, b in zip(copies, (noise, init, cond, uncond)))
     assert seen == [0, 1, 2, 3]
 
@@ -226,35 +235,40 @@ def test_batch_invariance_with_per_sample_generators(name):
     prompts = ["a", "b", "c", "d"]
     cond = model.unet.get_learned_conditioning(prompts)
     g, kw = gens(seed, 4), ({} if name == "ddpm" else {"eta": 1.0})
-    batch = sample(name, model, randn((4, 4, 8, 8), g), 6, cond=cond, generator=g, **kw)
+    batch = sample(name, model, randn((4, 4, 8, 8), g), SampleOptions(steps=6, **kw), cond=cond, generator=g)
     for i in range(4):
         gi = torch.Generator().manual_seed(seed + i)
-        single = sample(name, model, randn((1, 4, 8, 8), gi), 6, cond=cond[i:i + 1], generator=gi, **kw)
+        single = sample(name, model, randn((1, 4, 8, 8), gi), SampleOptions(steps=6, **kw), cond=cond[i:i + 1],
+                        generator=gi)
         assert (batch[i:i + 1] - single).abs().max() <= 1e-5
 
 
 def test_unknown_sampler_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="unknown sampler 'lms'; accepted: ddpm, ddim, plms, euler, euler_a, heun, "
                                           "dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc"):
-        sample("lms", MIXTURE, torch.zeros(1, 1), 10)
+        sample("lms", MIXTURE, torch.zeros(1, 1), SampleOptions(steps=10))
 
 
-@pytest.mark.parametrize("steps", [0, 1001])
-def test_bad_step_counts(steps):
-    with pytest.raises(ConfigError, match=f"steps must be an integer in \\[1, 1000\\].*got {steps}"):
-        sample("euler", MIXTURE, torch.zeros(1, 1), steps)
+def test_bad_step_counts():
+    with pytest.raises(ConfigError, match="steps must be an integer in \\[1, 1000\\].*got 1001"):
+        sample("euler", MIXTURE, torch.zeros(1, 1), SampleOptions(steps=1001))  # past the model's 1000 timesteps
 
 
 def test_bad_options():
     x = torch.zeros(2, 1)
-    with pytest.raises(ConfigError, match="takes no eta"):
-        sample("euler", MIXTURE, x, 10, eta=0.5)
-    with pytest.raises(ConfigError, match="'karras' spacing needs a σ sampler"):
-        sample("ddim", MIXTURE, x, 10, spacing="karras")
+    ten = SampleOptions(steps=10)
+    with pytest.raises(ConfigError, match="sampler 'euler' takes no eta; samplers with eta: ddim, euler_a, dpmpp_sde"):
+        sample("euler", MIXTURE, x, SampleOptions(steps=10, eta=0.5))
+    with pytest.raises(ConfigError, match="sampler 'heun' draws no noise, so takes no s_noise; samplers with "
+                                          "s_noise: ddpm, ddim, euler_a, dpmpp_sde"):
+        sample("heun", MIXTURE, x, SampleOptions(steps=10, s_noise=1.003))
+    with pytest.raises(ConfigError, match="sampler 'ddim' runs on the ddim grid, whose spacings are leading, "
+                                          "trailing, linspace, uniform; got 'karras'"):
+        sample("ddim", MIXTURE, x, SampleOptions(steps=10, spacing="karras"))
     with pytest.raises(ConfigError, match="3 generators for a batch of 2"):
-        sample("euler_a", MIXTURE, x, 10, generator=gens(0, 3))
+        sample("euler_a", MIXTURE, x, ten, generator=gens(0, 3))
     with pytest.raises(ConfigError, match="start_step must be in \\[0, 9\\]"):
-        sample("ddim", MIXTURE, x, 10, start_step=10)
+        sample("ddim", MIXTURE, x, SampleOptions(steps=10, start_step=10))
     with pytest.raises(ConfigError, match="strength must be in \\(0, 1\\]"):
         start_step_for_strength(10, 1.5)
 
@@ -272,10 +286,43 @@ def test_nan_names_the_step(name):
     step = 2 if name in ("heun", "plms") else 3  # those two make two calls in their first step
     with pytest.raises(NonFiniteError,
                        match=f"{label}: NaN/Inf in the latents after step {step}/10 .*the UNet.s output was not"):
-        sample(name, MIXTURE.replace(model_fn=poisoned), torch.randn(2, 1), 10, generator=gens(0))
+        sample(name, MIXTURE.replace(model_fn=poisoned), torch.randn(2, 1), SampleOptions(steps=10), generator=gens(0))
 
 
 def test_ddim_with_eta_one_is_ddpm_in_distribution():
     noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
-    out = sample("ddim", MIXTURE, noise, 100, eta=1.0, generator=torch.Generator().manual_seed(1))
+    out = sample("ddim", MIXTURE, noise, SampleOptions(steps=100, eta=1.0), generator=torch.Generator().manual_seed(1))
     assert abs(out.var().item() - DATA_VAR) < 0.06
+
+
+def vp_reference(name: str, noise: torch.Tensor, draws: list[torch.Tensor], steps: int, eta: float = 0.0):
+    """DDIM (Song et al. eq. 12, final ᾱ_0) or DDPM (posterior mean + "fixed_small" std, final ᾱ = 1) written in VP
+    x_t = √ᾱ·x0 + √(1 - ᾱ)·ε at integer timesteps, float64, on the mixture's exact ε."""
+    ac, ts, x = SD_AC.double(), [int(t) for t in spaced_timesteps(steps, "leading")], noise
+    for i, t in enumerate(ts):
+        a = float(ac[t])
+        a_next = float(ac[ts[i + 1]]) if i + 1 < steps else (float(ac[0]) if name == "ddim" else 1.0)
+        eps = mixture_eps(x, torch.full((x.shape[0],), float(t)))
+        x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+        std = eta * math.sqrt((1 - a_next) / (1 - a) * (1 - a / a_next))
+        if name == "ddim":
+            x = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next - std**2) * eps + std * draws[i]
+        else:
+            beta = 1 - a / a_next
+            mean = math.sqrt(a_next) * beta / (1 - a) * x0 + math.sqrt(1 - beta) * (1 - a_next) / (1 - a) * x
+            x = mean + std * draws[i]
+    return x
+
+
+@pytest.mark.parametrize("name,eta", [("ddim", 0.0), ("ddim", 0.6), ("ddpm", 1.0)])
+def test_sigma_space_ddim_and_ddpm_are_the_vp_formulas(name, eta):
+    # float64 throughout; the denoiser rounds each σ to float32 before its timestep lookup (≈ 6e-8 relative), which
+    # bounds the agreement: measured ≤ 2e-8, tolerance 1e-7 (leaving out the final VE → VP scaling alone: 6e-4)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(64, 1, generator=g, dtype=torch.float64)
+    draws = [torch.randn(64, 1, generator=g, dtype=torch.float64) for _ in range(8)]
+    it = iter(draws)
+    denoiser = Denoiser(mixture_eps, alphas_cumprod=SD_AC.double(), parameterization="eps")
+    ours = sample(name, denoiser, noise, SampleOptions(steps=8, eta=None if name == "ddpm" else eta),
+                  noise_sampler=lambda *_: next(it))
+    assert (ours - vp_reference(name, noise, draws, 8, eta)).abs().max() <= 1e-7

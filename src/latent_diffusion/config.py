@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .diffusion.parameterization import PARAMETERIZATIONS
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -271,8 +272,9 @@ class DiffusionConfig:
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.parameterization not in ("eps", "x0", "v"):
-            raise ValueError(f"parameterization must be 'eps', 'x0' or 'v', got {self.parameterization!r}")
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got "
+                             f"{self.parameterization!r}")
         if self.first_stage not in ("kl", "vq", "none"):
             raise ValueError(f"first_stage must be 'kl', 'vq' or 'none' (pixel space), got {self.first_stage!r}")
         if self.conditioning_key not in (None, "crossattn", "concat", "hybrid", "adm", "hybrid-adm"):

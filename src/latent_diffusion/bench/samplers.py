@@ -11,13 +11,12 @@ the two sides draw different noise; they are listed for completeness and left ou
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable
 
 import torch
 
-from ..diffusion.samplers import SAMPLERS, randn, sample
+from ..diffusion.samplers import SAMPLERS, SampleOptions, randn, sample
 from ..tiny import tiny_model
 from .common import line_plot, markdown, require_diffusers
 
@@ -65,7 +64,7 @@ def run_diffusers(name: str, model: SmoothModel, cond: torch.Tensor, noise: torc
     sched = cls.from_config({**SD_SCHEDULE, **extra, "prediction_type": "epsilon"})
     sched.set_timesteps(steps)
     kwargs = {}
-    if "generator" in inspect.signature(sched.step).parameters:
+    if SAMPLERS[name].noisy:  # its diffusers scheduler's step takes a generator
         kwargs["generator"] = torch.Generator().manual_seed(seed)
     x = noise * sched.init_noise_sigma
     with torch.no_grad():
@@ -87,9 +86,9 @@ def run(*, quick: bool, log: Callable[[str], None] = print, **_) -> dict:
     with torch.no_grad():
         cond = model.ldm.get_learned_conditioning(["a red square", "two blue circles"])
     noise = randn((2, 4, 8, 8), [torch.Generator().manual_seed(s) for s in (0, 1)])
-    ref = sample("heun", model, noise, ref_steps, cond=cond)
+    ref = sample("heun", model, noise, SampleOptions(steps=ref_steps), cond=cond)
     # every one of the 1000 timesteps: offset 0 (SD's offset 1 would ask for t = 1000 at 1000 steps)
-    check = sample("ddim", model, noise, 2 * ref_steps, cond=cond, steps_offset=0)
+    check = sample("ddim", model, noise, SampleOptions(steps=2 * ref_steps, steps_offset=0), cond=cond)
     ref_check = rel_err(check, ref)
     log(f"  samplers: reference heun×{ref_steps}; 1000-step ddim differs by {ref_check:.1e} (relative RMS)")
     results = []
@@ -98,7 +97,7 @@ def run(*, quick: bool, log: Callable[[str], None] = print, **_) -> dict:
             steps = steps_for(name, nfe)
             gens = [torch.Generator().manual_seed(100 + i) for i in range(2)]
             model.calls = 0
-            ours = sample(name, model, noise, steps, cond=cond, generator=gens)
+            ours = sample(name, model, noise, SampleOptions(steps=steps), cond=cond, generator=gens)
             ours_nfe = model.calls
             model.calls = 0
             theirs = run_diffusers(name, model, cond, noise, steps, seed=100)

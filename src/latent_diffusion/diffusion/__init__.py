@@ -1,10 +1,11 @@
-"""Diffusion: schedules, parameterisations, the σ-space denoiser wrapper, guidance and samplers."""
+"""Diffusion: schedules, discretisation, parameterisations, the σ-space denoiser, guidance, samplers, training loss."""
 
 from .denoiser import Denoiser
 from .guidance import guided_model_fn
-from .samplers import (SAMPLERS, SamplerSpec, get_sampler, initial_latents, sample, sampler_schedule,
-                       start_step_for_strength)
+from .loss import DenoisingLoss
+from .options import SampleOptions
+from .samplers import SAMPLERS, SamplerSpec, get_sampler, sample, start_step_for_strength
 from .samplers_base import randn
 
-__all__ = ["Denoiser", "guided_model_fn", "SAMPLERS", "SamplerSpec", "get_sampler", "initial_latents", "sample",
-           "sampler_schedule", "start_step_for_strength", "randn"]
+__all__ = ["Denoiser", "DenoisingLoss", "guided_model_fn", "SAMPLERS", "SamplerSpec", "SampleOptions", "get_sampler",
+           "sample", "start_step_for_strength", "randn"]

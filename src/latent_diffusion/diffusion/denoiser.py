@@ -1,9 +1,9 @@
-"""``Denoiser``: a discrete-time VP model (ε, x0 or v output) seen two ways.
+"""``Denoiser``: a discrete-time VP model (ε, x0 or v output) seen as ``D(x, σ, cond) -> x0`` with x = x0 + σ·ε
+(k-diffusion ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``), the one view every sampler uses.
 
-- VE / σ view (k-diffusion ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``): ``D(x, σ, cond) -> x0`` with
-  x = x0 + σ·ε. The model sees x/√(σ² + 1) at the (fractional, or nearest if ``quantize``) timestep whose σ it is,
-  found by linear interpolation in log σ over the training schedule.
-- VP / timestep view for DDIM, PLMS, DDPM: ``predict(x_t, t, cond) -> (ε, x0)`` at an integer timestep t.
+The model sees x/√(σ² + 1) (VP input) at the timestep whose σ it is: fractional, by linear interpolation in log σ
+over the training schedule, or the nearest integer one if ``quantize`` (discrete-time samplers; ``discretization``
+says which).
 
 ``model_fn(x, t, cond)`` returns the raw model output; ``x`` (B, ...), ``t`` (B,) float32 on x's device.
 """
@@ -76,14 +76,3 @@ class Denoiser:
         x_in = x * _per_sample(alpha, x)
         out = self.model_fn(x_in, t.to(x.device, torch.float32), cond)
         return P.to_x0(out, x_in, _per_sample(alpha, x), _per_sample(sigma_vp, x), self.parameterization)
-
-    def predict(self, x_t: torch.Tensor, t: int | torch.Tensor, cond: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ε, x0) from VP ``x_t`` at integer timestep ``t`` (an int, or a (B,) tensor)."""
-        tb = torch.as_tensor(t).detach().to("cpu", torch.long).flatten().expand(x_t.shape[0])
-        alpha, sigma = P.alpha_sigma_from_alphas_cumprod(self.alphas_cumprod[tb])
-        out = self.model_fn(x_t, tb.to(x_t.device, torch.float32), cond)
-        return P.to_eps_and_x0(out, x_t, _per_sample(alpha, x_t), _per_sample(sigma, x_t), self.parameterization)
-
-    def eps(self, x_t: torch.Tensor, t: int | torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """ε-prediction view at integer timestep ``t`` (VP input)."""
-        return self.predict(x_t, t, cond)[0]

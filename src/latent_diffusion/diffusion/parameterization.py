@@ -48,6 +48,18 @@ def v_target(x0: torch.Tensor, eps: torch.Tensor, alpha, sigma) -> torch.Tensor:
     return alpha * eps - sigma * x0
 
 
+def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha, sigma, parameterization: str) -> torch.Tensor:
+    """What a model in ``parameterization`` should output at x_t = α·x0 + σ·ε: ε, x0 or v (VP)."""
+    if parameterization == "eps":
+        return eps
+    if parameterization == "x0":
+        return x0
+    if parameterization == "v":
+        return v_target(x0, eps, alpha, sigma)
+    check_parameterization(parameterization)
+    raise AssertionError  # unreachable
+
+
 def check_parameterization(parameterization: str) -> None:
     if parameterization not in PARAMETERIZATIONS:
         raise ConfigError(f"unknown parameterization {parameterization!r}; accepted: {', '.join(PARAMETERIZATIONS)}")

@@ -1,14 +1,17 @@
-"""What every sampler shares: per-sample noise, the noise-sampler hook, the per-step finite check and callback."""
+"""What every sampler shares: the call types, per-sample noise, the noise-sampler hook, the per-step finite check
+and callback."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 
 from ..errors import ConfigError, NonFiniteError
 
+DenoiserFn = Callable[[torch.Tensor, float, Any], torch.Tensor]  # D(x, σ, cond) -> x0, x (B, ...) VE
+Sigmas = Union[torch.Tensor, Sequence[float]]  # descending σ levels, (n + 1,)
 Generator = Union[torch.Generator, Sequence[torch.Generator], None]
 NoiseSampler = Callable[[float, float], torch.Tensor]  # (level, next_level) -> noise shaped like x
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step, x after the step, x0 prediction)

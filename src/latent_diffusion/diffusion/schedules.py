@@ -1,5 +1,5 @@
-"""Noise schedules: β_t for t = 0..T-1 and the quantities derived from them; inference timestep spacing
-(leading / trailing / linspace, as diffusers lays them out), Karras σ grids, and the discrete timestep <-> σ map.
+"""Noise schedules: β_t for t = 0..T-1, the quantities derived from them, and the discrete timestep <-> σ map.
+Which timesteps or σ a sampler visits is ``discretization``'s business.
 
 Names follow CompVis ``make_beta_schedule``: "linear" there is SD's *scaled-linear* (linear in √β).
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -69,8 +68,8 @@ def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Lin et al. 2023, Algorithm 1 (as diffusers): shift and scale √ᾱ so that ᾱ_{T-1} = 0 and ᾱ_0 is kept.
 
-    The last σ becomes infinite: use it with v-prediction models and "trailing" spacing; the σ-space samplers need a
-    finite σ_max (clamp ᾱ_{T-1} to e.g. 2⁻²⁴ before taking σ, as diffusers' Euler does).
+    The last σ becomes infinite: use it with v-prediction models and "trailing" spacing; the samplers (all in σ space)
+    need a finite σ_max (clamp ᾱ_{T-1} to e.g. 2⁻²⁴ before taking σ, as diffusers' Euler does).
     """
     sqrt_ac = torch.cumprod(1.0 - betas, dim=0).sqrt()
     first, last = sqrt_ac[0].clone(), sqrt_ac[-1].clone()
@@ -83,54 +82,6 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """VE noise level σ_t = √((1 - ᾱ_t) / ᾱ_t) of the VP schedule (x_VE = x_VP / √ᾱ = x0 + σ ε)."""
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-
-
-# -- timestep spacing ----------------------------------------------------------------------------------------------
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-
-
-def check_steps(steps: int, num_train_timesteps: int = 1000) -> None:
-    """Raise ``ConfigError`` unless 1 ≤ steps ≤ num_train_timesteps."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_train_timesteps:
-        raise ConfigError(f"steps must be an integer in [1, {num_train_timesteps}] (the model's training timesteps), "
-                          f"got {steps!r}")
-
-
-def spaced_timesteps(steps: int, spacing: str = "leading", *, num_train_timesteps: int = 1000, steps_offset: int = 1,
-                     integer: bool = True, drop_last: bool = False) -> torch.Tensor:
-    """``steps`` descending timesteps in [0, T-1], float64, exactly as diffusers' ``set_timesteps`` lays them out.
-
-    - ``leading``: 0, T//n, 2T//n, ... plus ``steps_offset`` (SD: 1) — DDIM / PNDM / DDPM default;
-    - ``trailing``: round(T - i·T/n) - 1, always starts at T-1;
-    - ``linspace``: linspace(0, T-1, n); ``integer=False`` keeps the fractional values (Euler / Heun grid).
-    ``drop_last``: lay out ``steps + 1`` points and drop the smallest — the final σ = 0 takes its place (diffusers'
-    DPM-Solver / UniPC grid; no effect on ``trailing``).
-    """
-    check_steps(steps, num_train_timesteps)
-    T, n = num_train_timesteps, steps + int(drop_last)
-    if spacing == "leading":
-        t = (np.arange(n) * (T // n)).round()[::-1] + steps_offset
-    elif spacing == "trailing":
-        t, n = np.round(T - np.arange(steps) * (T / steps)) - 1, steps
-    elif spacing == "linspace":
-        t = np.linspace(0, T - 1, n, dtype=np.float64 if integer else np.float32)[::-1]
-        t = t.round() if integer else t
-    else:
-        raise ConfigError(f"unknown timestep spacing {spacing!r}; accepted: {', '.join(TIMESTEP_SPACINGS)}")
-    t = torch.from_numpy(np.ascontiguousarray(t[:steps], dtype=np.float64))
-    if t.max() > T - 1 or t.min() < 0:
-        raise ConfigError(f"{spacing!r} spacing with {steps} steps and steps_offset={steps_offset} gives timestep "
-                          f"{int(t.max())} outside [0, {T - 1}]; use fewer steps or spacing 'trailing'")
-    if len(t.unique()) != steps:
-        raise ConfigError(f"{spacing!r} spacing with {steps} steps repeats a timestep; use fewer steps")
-    return t
-
-
-def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. 2022 σ grid, ``steps`` values from σ_max down to σ_min then a final 0; float64, (steps + 1,)."""
-    ramp = torch.from_numpy(np.linspace(0, 1, steps))
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return torch.cat([(hi + ramp * (lo - hi)) ** rho, ramp.new_zeros(1)])
 
 
 # -- discrete timestep <-> continuous sigma (k-diffusion DiscreteSchedule) ------------------------------------------

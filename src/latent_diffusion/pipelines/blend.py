@@ -38,11 +38,7 @@ def masked_denoiser(model: Any, original: torch.Tensor, keep: torch.Tensor) -> D
         k = _rows(keep, x.shape[0]).to(x.dtype)
         x0 = k * _rows(original, x.shape[0]).to(x.dtype) + (1 - k) * x0
         eps = P.x0_to_eps(x0, x, a, s)
-        if param == "eps":
-            return eps
-        if param == "x0":
-            return x0
-        return P.v_target(x0, eps, a, s)
+        return P.training_target(x0, eps, a, s, param)  # what the model would have output for this x0
 
     return Denoiser(model_fn, alphas_cumprod=model.alphas_cumprod, parameterization=param)
 

@@ -1,8 +1,8 @@
 """Stage 2: the LatentDiffusion LightningModule (the paper's and SD's training loop on an existing engine).
 
 Frozen first stage (KL / VQ autoencoder, or pixel space), ``scale_factor`` = 1/σ̂ of the first global batch's latents
-unless given (a ``scale_factor`` buffer, so it is in every checkpoint); ε / x0 / v objectives through
-``diffusion.parameterization``; optional min-SNR weighting and offset noise; condition dropout to the null condition
+unless given (a ``scale_factor`` buffer, so it is in every checkpoint); ε / x0 / v objectives and min-SNR weighting
+through ``diffusion.loss``; optional offset noise; condition dropout to the null condition
 (empty caption, the last class, an empty layout, zeros) for classifier-free guidance; an EMA of the UNet
 (``model_ema.*``, CompVis ``LitEma``) updated after every optimiser step.
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .first_stage import load_first_stage_into
-from ..diffusion.parameterization import alpha_sigma_from_alphas_cumprod, v_target
+from ..diffusion.loss import DenoisingLoss, snr_weight  # noqa: F401  (snr_weight: part of this module's API)
 from ..errors import ConfigError, LDMError
 from ..models.conditioners import null_class
 from ..models.ldm import LatentDiffusion
@@ -76,15 +76,6 @@ def build_training_model(cfg: LDMTrainConfig, *, load_init: bool = True, items=N
     if not cfg.diffusion.ema_warmup:
         model.model_ema.num_updates.fill_(-1)
     return model
-
-
-def snr_weight(alpha: torch.Tensor, sigma: torch.Tensor, gamma: float | None, parameterization: str) -> torch.Tensor:
-    """Min-SNR-γ loss weight per sample (1 when ``gamma`` is None), for a loss on the given output."""
-    if gamma is None:
-        return torch.ones_like(alpha)
-    snr = (alpha / sigma) ** 2
-    clipped = snr.clamp(max=gamma)
-    return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[parameterization]
 
 
 class LatentDiffusionModule(L.LightningModule):
@@ -273,13 +264,8 @@ class LatentDiffusionModule(L.LightningModule):
         if d.offset_noise:
             noise = noise + d.offset_noise * torch.randn(b, z.shape[1], 1, 1, generator=g)
         t, noise = t.to(z.device), noise.to(z)
-        alpha, sigma = alpha_sigma_from_alphas_cumprod(self.model.alphas_cumprod[t].view(b, 1, 1, 1))
-        x_t = alpha * z + sigma * noise
-        out = self.model.apply_model(x_t, t, cond).float()
-        p = self.model.parameterization
-        target = {"eps": noise, "x0": z, "v": v_target(z, noise, alpha, sigma)}[p]
-        mse = (out - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
-        loss = (snr_weight(alpha, sigma, d.min_snr_gamma, p).flatten() * mse).mean()
+        loss_fn = DenoisingLoss(self.model.parameterization, d.min_snr_gamma)
+        loss = loss_fn(self.model.apply_model, z, noise, t, cond, self.model.alphas_cumprod)
         if not torch.isfinite(loss):
             where = (f"the last good checkpoint is {self.last_good[1]} (step {self.last_good[0]})"
                      if self.last_good else "no checkpoint was written before it")

@@ -1,77 +1,19 @@
-"""σ-space samplers (k-diffusion style): x = x0 + σ·ε, a denoiser ``D(x, σ, cond) -> x0`` and a descending σ list
-ending (usually) at 0. Each takes x at ``sigmas[0]`` and returns x at ``sigmas[-1]``; none mutates its inputs.
+"""Exponential-integrator samplers in σ space: DPM-Solver++(2M), its SDE variant, and UniPC (k-diffusion style).
 
-Common keyword arguments: ``cond`` (passed to the denoiser), ``generator`` (one, a list of one per sample, or None)
-and ``noise_sampler(σ, σ_next) -> noise`` (overrides the generator) for the stochastic ones, ``callback(step, x, x0)``
-after every step.
+x = x0 + σ·ε (VE), a denoiser ``D(x, σ, cond) -> x0`` and a descending σ list ending at 0; the solvers step in
+λ = -log σ on the data prediction D. Each takes x at ``sigmas[0]`` and returns x at ``sigmas[-1]``; none mutates its
+inputs. Keyword arguments as ``samplers_euler``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from .samplers_base import (Callback, Generator, NoiseSampler, as_floats, default_noise_sampler, finish_step,
-                            log_snr_time)
-
-DenoiserFn = Callable[[torch.Tensor, float, Any], torch.Tensor]
-Sigmas = torch.Tensor | Sequence[float]
-
-
-def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
-    """(σ_down, σ_up): deterministic step to σ_down, then noise of std σ_up brings the level to σ_next."""
-    if not eta or sigma_next == 0:
-        return sigma_next, 0.0
-    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    return math.sqrt(sigma_next**2 - up**2), up
-
-
-def sample_euler(denoiser: DenoiserFn, x: torch.Tensor, sigmas: Sigmas, *, cond: Any = None,
-                 callback: Callback | None = None) -> torch.Tensor:
-    """Euler on the probability-flow ODE dx/dσ = (x - D(x, σ)) / σ (Karras et al. 2022, Alg. 1 without churn)."""
-    s = as_floats(sigmas)
-    for i in range(len(s) - 1):
-        denoised = denoiser(x, s[i], cond)
-        x = x + (x - denoised) / s[i] * (s[i + 1] - s[i])
-        finish_step("euler", i, len(s) - 1, f"σ={s[i + 1]:.4g}", x, denoised, callback)
-    return x
-
-
-def sample_euler_ancestral(denoiser: DenoiserFn, x: torch.Tensor, sigmas: Sigmas, *, cond: Any = None,
-                           eta: float = 1.0, s_noise: float = 1.0, generator: Generator = None,
-                           noise_sampler: NoiseSampler | None = None, callback: Callback | None = None
-                           ) -> torch.Tensor:
-    """Euler to σ_down then fresh noise of std σ_up (k-diffusion ``sample_euler_ancestral``)."""
-    s = as_floats(sigmas)
-    noise_sampler = noise_sampler or default_noise_sampler(x, generator)
-    for i in range(len(s) - 1):
-        denoised = denoiser(x, s[i], cond)
-        down, up = ancestral_step(s[i], s[i + 1], eta)
-        x = x + (x - denoised) / s[i] * (down - s[i])
-        if s[i + 1] > 0:
-            x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
-        finish_step("euler_a", i, len(s) - 1, f"σ={s[i + 1]:.4g}", x, denoised, callback)
-    return x
-
-
-def sample_heun(denoiser: DenoiserFn, x: torch.Tensor, sigmas: Sigmas, *, cond: Any = None,
-                callback: Callback | None = None) -> torch.Tensor:
-    """Heun's second-order method (Karras et al. 2022, Alg. 1); the last step to σ = 0 is Euler. 2n - 1 calls."""
-    s = as_floats(sigmas)
-    for i in range(len(s) - 1):
-        denoised = denoiser(x, s[i], cond)
-        d = (x - denoised) / s[i]
-        dt = s[i + 1] - s[i]
-        if s[i + 1] == 0:
-            x = x + d * dt
-        else:
-            x_2 = x + d * dt
-            d_2 = (x_2 - denoiser(x_2, s[i + 1], cond)) / s[i + 1]
-            x = x + (d + d_2) / 2 * dt
-        finish_step("heun", i, len(s) - 1, f"σ={s[i + 1]:.4g}", x, denoised, callback)
-    return x
+from .samplers_base import (Callback, DenoiserFn, Generator, NoiseSampler, Sigmas, as_floats,
+                            default_noise_sampler, finish_step, log_snr_time)
 
 
 def sample_dpmpp_2m(denoiser: DenoiserFn, x: torch.Tensor, sigmas: Sigmas, *, cond: Any = None,
