@@ -1,5 +1,5 @@
 """fp32 GEMM kernels on this CPU, on the SD1.5 UNet's Linear shapes: MKL (``F.linear``, torch's default) against
-oneDNN (``torch.ops.mkldnn._linear_pointwise``, what ``models/linear.py`` calls for fp32 inference), with and
+oneDNN (``torch.ops.mkldnn._linear_pointwise``, what ``accel/linear.py`` calls for fp32 inference), with and
 without a fused GELU. Prints the CPU and a Markdown table of GFLOP/s (median of N interleaved calls after warm-up;
 rounds that other processes disturbed are rerun).
 
@@ -15,8 +15,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from latent_diffusion.accel import linear
 from latent_diffusion.bench import common
-from latent_diffusion.models import linear
 
 # (rows, in, out): batch-2 tokens of the 64², 32², 16² levels (to_q/k/v/out, GEGLU halves, ff out) and the
 # GEMM-lowered 3×3 convs at 16² and 8² (rows = 2·H·W, in = 9·C)

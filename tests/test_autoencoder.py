@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from latent_diffusion.accel import accelerate
 from latent_diffusion.config import AutoencoderConfig, VQConfig, to_dict
 from latent_diffusion.models.autoencoder import AutoencoderKL, DiagonalGaussian
 from latent_diffusion.models.vq import VQModel
@@ -114,13 +115,14 @@ def test_vq_straight_through_and_commitment() -> None:
 
 @pytest.mark.parametrize("kind", ["kl", "vq"])
 def test_cpu_inference_layout_matches_training_layout(kind: str) -> None:
-    """Inference on CPU runs the encoder and decoder in channels_last (conv.cpu_inference_format), training in NCHW;
+    """Inference on CPU runs the encoder and decoder in channels_last (accel.memory_format), training in NCHW;
     both give the same numbers to fp32 rounding (max abs ≤ 2e-5 at |output| ~ 1), the outputs are ordinary contiguous
     tensors, and the conv weights switch layout back and forth with the mode."""
     common = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4, resolution=16,
                   attn_resolutions=(8,))  # AttnBlocks at 8×8: the NHWC token view is exercised too
     model = (AutoencoderKL(AutoencoderConfig(**common)) if kind == "kl"
              else VQModel(VQConfig(**common, n_embed=16, double_z=False)))
+    accelerate(model)
     randomize(model)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))

@@ -57,12 +57,13 @@ def test_ours_and_diffusers_side_by_side(report) -> None:
 
 def test_bf16_rows_follow_the_hardware_unless_asked(monkeypatch) -> None:
     """Auto: bf16 rows where the CPU has native bf16, and in --quick; --bf16 / --no-bf16 decide outright."""
+    from latent_diffusion.accel import cpu
     from latent_diffusion.bench import common, unet
 
-    monkeypatch.setattr(common, "cpu_flags", lambda: ("an AVX2 CPU", {"avx2", "fma"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: ("an AVX2 CPU", {"avx2", "fma"}))
     assert common.bench_precisions(None) == ("fp32",) and common.bench_precisions(None, quick=True) == ("fp32", "bf16")
     assert common.bench_precisions(True) == ("fp32", "bf16") and common.bench_precisions(False, quick=True) == ("fp32",)
-    monkeypatch.setattr(common, "cpu_flags", lambda: ("a Zen4", {"avx2", "avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: ("a Zen4", {"avx2", "avx512f", "avx512_bf16"}))
     assert common.bench_precisions(None) == ("fp32", "bf16")
     assert [m.name for m in unet.select_modes(precisions=("fp32",))] == ["fp32"]
     assert [m.name for m in unet.select_modes(precisions=("fp32",), only=["bf16"])] == ["bf16"]  # named: runs
@@ -161,8 +162,8 @@ def test_cached_casts_mode_calls_without_gradients_and_with_the_cast_cache() -> 
     bf16 autocast, and our lowered convs' cast cache; the plain bf16 mode runs each call under inference_mode."""
     import torch
 
+    from latent_diffusion.accel import gemm_conv as conv
     from latent_diffusion.bench import unet
-    from latent_diffusion.models import conv
 
     def state(mode: unet.Mode) -> tuple:
         with mode.outer(), mode.per_call():
@@ -218,7 +219,7 @@ def test_stored_weights_mode_times_ours_as_a_bf16_pipeline_holds_it(monkeypatch:
     """"bf16 stored weights" runs a copy of our UNet with bf16 GEMM weights: the same output as bf16 autocast over
     the fp32 weights (so the same error against diffusers, to the bit), the shared model left in fp32."""
     from latent_diffusion.bench import common, unet
-    from latent_diffusion.models.gemm_storage import gemm_parameters
+    from latent_diffusion.accel.gemm_storage import gemm_parameters
 
     monkeypatch.setattr(common, "RERUN_DISTURBED", False)
     stored = []

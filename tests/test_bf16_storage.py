@@ -1,25 +1,28 @@
-"""bf16 storage of the UNet's GEMM weights (models/gemm_storage.py; load_checkpoint's unet_gemm_dtype;
+"""bf16 storage of the UNet's GEMM weights (accel/gemm_storage.py; load_checkpoint's unet_dtypes;
 Pipeline.from_checkpoint with precision bf16): bit-identical to bf16 autocast over fp32 weights, half the UNet's
 GEMM-weight memory, converted as a .safetensors file is read, only for weights the pipeline loaded itself, and read
 back from the file — never over weights changed in memory — on a switch to fp32."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
 from latent_diffusion import checkpoint
+from latent_diffusion.accel import Precision, accelerate
+from latent_diffusion.accel import precision as precision_rule
+from latent_diffusion.accel.gemm_storage import gemm_dtypes, gemm_parameters, store_gemm_weights
 from latent_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from latent_diffusion.errors import ConfigError, LDMError
-from latent_diffusion.models.gemm_storage import gemm_parameters, store_gemm_weights
 from latent_diffusion.pipelines import Pipeline
-from latent_diffusion.pipelines import fastpaths
 from latent_diffusion.safe_load import read_state_dict
 from latent_diffusion.tiny import tiny_model
 
 KW = dict(steps=3, height=32, width=32, output="latent", seed=5, sampler="dpmpp_2m")
+BF16_GEMMS = functools.partial(gemm_dtypes, dtype=torch.bfloat16)  # load_checkpoint's unet_dtypes for bf16 storage
 
 
 def unet_inputs(model, size: int, seed: int = 0) -> dict:
@@ -36,8 +39,8 @@ def unet_inputs(model, size: int, seed: int = 0) -> dict:
 @pytest.mark.parametrize("family,size", [("sd1", 16), ("sd2", 24), ("class", 16)])
 def test_stored_bf16_weights_give_the_autocast_numbers_exactly(family: str, size: int) -> None:
     """Exact (torch.equal): autocast casts each fp32 weight to bf16 with the same rounding the storage used. 16²:
-    every conv lowered to a GEMM (models/conv.py); 24²: the first level's convs on oneDNN's own conv kernel."""
-    unet = tiny_model(family).model.diffusion_model
+    every conv lowered to a GEMM (accel/gemm_conv.py); 24²: the first level's convs on oneDNN's own conv kernel."""
+    unet = accelerate(tiny_model(family).model.diffusion_model)
     kw = unet_inputs(tiny_model(family), size)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         reference = unet(**kw)
@@ -67,22 +70,24 @@ def test_load_checkpoint_stores_the_unet_gemm_weights_as_it_reads(sd1_file: Path
     expected = load_checkpoint(sd1_file)
     names = store_gemm_weights(expected.model.diffusion_model, torch.bfloat16)
     gemm_keys = {"model.diffusion_model." + n for n in names}
-    assert checkpoint._unet_gemm_cast(sd1_file, None, None, torch.bfloat16) == dict.fromkeys(gemm_keys, torch.bfloat16)
+    assert checkpoint._unet_cast(sd1_file, None, None, BF16_GEMMS) == dict.fromkeys(gemm_keys, torch.bfloat16)
     raw, _ = read_state_dict(sd1_file, mmap=False, cast=dict.fromkeys(gemm_keys, torch.bfloat16))
     assert {k for k, v in raw.items() if v.dtype == torch.bfloat16} == gemm_keys
     ckpt = tmp_path / "tiny-sd1.ckpt"
     torch.save({"state_dict": {k: v.float() for k, v in raw.items()}}, ckpt)  # bf16 values, exact in fp32
     after: dict[str, int] = {}
 
-    def spy(module: torch.nn.Module, dtype: torch.dtype) -> list[str]:
-        done = store_gemm_weights(module, dtype)
+    real = checkpoint._keep_dtypes
+
+    def spy(module: torch.nn.Module, dtypes: dict[str, torch.dtype]) -> list[str]:
+        done = real(module, dtypes)
         after[suffix] = len(done)
         return done
 
-    monkeypatch.setattr(checkpoint, "store_gemm_weights", spy)
+    monkeypatch.setattr(checkpoint, "_keep_dtypes", spy)
     for path in (sd1_file, ckpt):
         suffix = path.suffix
-        model = load_checkpoint(path, unet_gemm_dtype=torch.bfloat16)
+        model = load_checkpoint(path, unet_dtypes=BF16_GEMMS)
         got, want = model.state_dict(), expected.state_dict()
         assert got.keys() == want.keys()
         for k in want:
@@ -90,21 +95,21 @@ def test_load_checkpoint_stores_the_unet_gemm_weights_as_it_reads(sd1_file: Path
         assert {k for k, v in got.items() if v.dtype == torch.bfloat16} == gemm_keys
     assert after == {".safetensors": 0, ".ckpt": len(gemm_keys)}
     with pytest.raises(ConfigError, match="needs dtype=torch.float32"):
-        load_checkpoint(sd1_file, dtype=torch.float16, unet_gemm_dtype=torch.bfloat16)
+        load_checkpoint(sd1_file, dtype=torch.float16, unet_dtypes=BF16_GEMMS)
 
 
-def gemm_dtypes(pipe: Pipeline) -> set[torch.dtype]:
+def unet_gemm_dtypes(pipe: Pipeline) -> set[torch.dtype]:
     return {p.dtype for p in gemm_parameters(pipe.model.model.diffusion_model).values()}
 
 
 @pytest.mark.parametrize("fast", [{}, {"deepcache": 2}, {"attention_slice": 16}])
 def test_a_loaded_bf16_pipeline_stores_bf16_and_samples_as_autocast_does(sd1_file: Path, fast: dict) -> None:
     reference = Pipeline(tiny_model("sd1"), precision="bf16", **fast)  # in-memory model: autocast over fp32
-    assert gemm_dtypes(reference) == {torch.float32}  # a model the caller built is never converted
+    assert unet_gemm_dtypes(reference) == {torch.float32}  # a model the caller built is never converted
     expected = reference.txt2img("a red square", **KW)
 
     pipe = Pipeline.from_checkpoint(sd1_file, precision="bf16", **fast)
-    assert pipe.fast.precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}
+    assert pipe.precision.name == "bf16" and unet_gemm_dtypes(pipe) == {torch.bfloat16}
     assert pipe._device_dtype()[1] == torch.float32  # noise, conditioning and latents stay fp32
     out = pipe.txt2img("a red square", **KW)
     assert out.dtype == torch.float32 and torch.equal(out, expected)
@@ -114,9 +119,9 @@ def test_a_stored_model_outside_its_pipeline_runs_bf16_or_says_why_not(sd1_file:
     """A stored model handed to a Pipeline of its own: "auto" keeps bf16 (the only way it runs); "fp32" cannot
     read the file back (the pipeline did not load it) and says so; save_checkpoint warns it writes rounded weights."""
     expected = Pipeline(tiny_model("sd1"), precision="bf16").txt2img("a red square", **KW)
-    model = load_checkpoint(sd1_file, unet_gemm_dtype=torch.bfloat16)
+    model = load_checkpoint(sd1_file, unet_dtypes=BF16_GEMMS)
     pipe = Pipeline(model)
-    assert pipe.fast.precision == "bf16" and torch.equal(pipe.txt2img("a red square", **KW), expected)
+    assert pipe.precision.name == "bf16" and torch.equal(pipe.txt2img("a red square", **KW), expected)
     with pytest.raises(LDMError, match="runs under bf16 autocast only; use precision='bf16'"):
         pipe.set_fast_paths("fp32")
     with pytest.warns(UserWarning, match="stored in torch.bfloat16"):
@@ -126,26 +131,26 @@ def test_a_stored_model_outside_its_pipeline_runs_bf16_or_says_why_not(sd1_file:
 def test_reduced_weights_with_bf16_autocast_still_load(sd1_file: Path) -> None:
     """--dtype bf16 --precision bf16: the whole model in bf16 (no storage split), autocast on top, as before."""
     pipe = Pipeline.from_checkpoint(sd1_file, dtype=torch.bfloat16, precision="bf16")
-    assert pipe.fast.precision == "bf16" and pipe._device_dtype()[1] == torch.bfloat16
+    assert pipe.precision.name == "bf16" and pipe._device_dtype()[1] == torch.bfloat16
     out = pipe.txt2img("a red square", **dict(KW, steps=1))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
 def test_switching_to_fp32_reads_the_weights_back_from_the_file(sd1_file: Path) -> None:
     fp32 = Pipeline.from_checkpoint(sd1_file, precision="fp32")
-    assert gemm_dtypes(fp32) == {torch.float32}
+    assert unet_gemm_dtypes(fp32) == {torch.float32}
     expected = fp32.txt2img("a red square", **KW)
 
     pipe = Pipeline.from_checkpoint(sd1_file, precision="bf16")
     unet = pipe.model.model.diffusion_model
     params = dict(unet.named_parameters())
     pipe.set_fast_paths("fp32")
-    assert gemm_dtypes(pipe) == {torch.float32} and dict(unet.named_parameters()) == params  # same Parameters
+    assert unet_gemm_dtypes(pipe) == {torch.float32} and dict(unet.named_parameters()) == params  # same Parameters
     for name, p in fp32.model.model.diffusion_model.named_parameters():
         assert torch.equal(params[name], p), name
     assert torch.equal(pipe.txt2img("a red square", **KW), expected)
     pipe.set_fast_paths("bf16")  # and back: autocast over the fp32 weights (storing happens at load only)
-    assert gemm_dtypes(pipe) == {torch.float32} and pipe.fast.precision == "bf16"
+    assert unet_gemm_dtypes(pipe) == {torch.float32} and pipe.precision.name == "bf16"
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +173,7 @@ def test_a_pipeline_keeps_no_ema_copy(ema_file: Path) -> None:
     bf16 storage its GEMM averages are converted as read (their cast keys are the file's)."""
     assert load_checkpoint(ema_file).model_ema is not None  # load_checkpoint itself keeps everything
     header, _ = read_state_dict(ema_file)  # memory-mapped: the keys
-    cast = checkpoint._unet_gemm_cast(ema_file, None, None, torch.bfloat16, ema=True)
+    cast = checkpoint._unet_cast(ema_file, None, None, BF16_GEMMS, ema=True)
     ema_keys = [k for k in cast if k.startswith("model_ema.")]
     assert ema_keys and len(ema_keys) * 2 == len(cast) and set(cast) <= set(header)
     raw, _ = read_state_dict(ema_file, mmap=False, skip=("model_ema.",))
@@ -186,7 +191,7 @@ def test_a_pipeline_keeps_no_ema_copy(ema_file: Path) -> None:
 def test_switching_an_ema_pipeline_to_fp32_reads_the_ema_weights(ema_file: Path) -> None:
     want = unet_params(load_checkpoint(ema_file, use_ema=True))
     pipe = Pipeline.from_checkpoint(ema_file, use_ema=True, precision="bf16")
-    assert gemm_dtypes(pipe) == {torch.bfloat16}
+    assert unet_gemm_dtypes(pipe) == {torch.bfloat16}
     pipe.set_fast_paths("fp32")
     for name, p in unet_params(pipe.model).items():
         assert p.dtype == torch.float32 and torch.equal(p, want[name]), name
@@ -201,19 +206,19 @@ def test_weights_changed_in_memory_are_not_replaced_by_the_file(sd1_file: Path) 
     edited = weight.clone()
     with pytest.raises(LDMError, match=r"cannot switch to fp32.*out\.2\.weight.*precision='fp32'"):
         pipe.set_fast_paths("fp32")
-    assert pipe.fast.precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}  # nothing changed
+    assert pipe.precision.name == "bf16" and unet_gemm_dtypes(pipe) == {torch.bfloat16}  # nothing changed
     assert torch.equal(weight, edited)
 
 
 def test_auto_stores_bf16_only_where_it_resolves_to_bf16(sd1_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: False)
-    assert gemm_dtypes(Pipeline.from_checkpoint(sd1_file)) == {torch.float32}
-    assert gemm_dtypes(Pipeline.from_checkpoint(sd1_file, dtype=torch.bfloat16)) == {torch.bfloat16}  # --dtype
-    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision_rule, "cpu_has_native_bf16", lambda: False)
+    assert unet_gemm_dtypes(Pipeline.from_checkpoint(sd1_file)) == {torch.float32}
+    assert unet_gemm_dtypes(Pipeline.from_checkpoint(sd1_file, dtype=torch.bfloat16)) == {torch.bfloat16}  # --dtype
+    monkeypatch.setattr(precision_rule, "cpu_has_native_bf16", lambda: True)
     pipe = Pipeline.from_checkpoint(sd1_file)
-    assert pipe.fast.precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}
-    assert pipe.set_fast_paths("auto").precision == "bf16" and gemm_dtypes(pipe) == {torch.bfloat16}
-    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: False)
-    assert pipe.set_fast_paths("auto").precision == "bf16"  # a stored UNet stays bf16 under "auto"
+    assert pipe.precision == Precision("bf16", stored_bf16=True) and unet_gemm_dtypes(pipe) == {torch.bfloat16}
+    assert pipe.set_fast_paths("auto").precision.name == "bf16" and unet_gemm_dtypes(pipe) == {torch.bfloat16}
+    monkeypatch.setattr(precision_rule, "cpu_has_native_bf16", lambda: False)
+    assert pipe.set_fast_paths("auto").precision.name == "bf16"  # a stored UNet stays bf16 under "auto"
     reduced = Pipeline.from_checkpoint(sd1_file, dtype=torch.bfloat16)  # weights loaded in bf16: no autocast
-    assert reduced.fast.precision == "fp32"
+    assert reduced.precision == Precision("fp32")

@@ -7,14 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from latent_diffusion.accel import accelerate
+from latent_diffusion.accel import precision
+from latent_diffusion.accel.deepcache import DeepCacheUNet
+from latent_diffusion.accel.tiling import Tiling, TiledAutoencoderKL, set_vae_tiling, tile_spans, tiled_apply
 from latent_diffusion.config import AutoencoderConfig
 from latent_diffusion.errors import ConfigError, LDMError
 from latent_diffusion.models.attention import set_attention_slice
 from latent_diffusion.models.autoencoder import AutoencoderKL
-from latent_diffusion.models.deepcache import DeepCacheUNet
-from latent_diffusion.models.tiling import Tiling, tile_spans, tiled_apply
 from latent_diffusion.pipelines import Pipeline
-from latent_diffusion.pipelines import fastpaths
 from latent_diffusion.tiny import tiny_model
 
 KW = dict(steps=4, height=32, width=32, output="latent", seed=3)
@@ -24,7 +25,7 @@ KW = dict(steps=4, height=32, width=32, output="latent", seed=3)
 def vae() -> AutoencoderKL:
     torch.manual_seed(0)
     cfg = AutoencoderConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, embed_dim=4, resolution=64)
-    return AutoencoderKL(cfg).eval()
+    return accelerate(AutoencoderKL(cfg).eval())  # as a pipeline runs it
 
 
 def smooth_latents(size: int, seed: int = 3) -> torch.Tensor:
@@ -63,11 +64,11 @@ def test_tiled_decode_agrees_away_from_seams(vae: AutoencoderKL) -> None:
     z = smooth_latents(32)
     with torch.no_grad():
         full = vae.decode(z)
-        vae.enable_tiling(32, 8)  # a single tile: untouched path
+        set_vae_tiling(vae, Tiling(32, 8))  # a single tile: untouched path
         assert torch.equal(vae.decode(z), full)
-        vae.enable_tiling(16, 6)
+        set_vae_tiling(vae, Tiling(16, 6))
         tiled = vae.decode(z)
-        vae.disable_tiling()
+        set_vae_tiling(vae, None)
     diff = (tiled - full).abs()[0].mean(0)  # (128, 128)
     cover = torch.zeros(128, 128)
     for y0, y1 in tile_spans(32, 16, 6):
@@ -81,9 +82,9 @@ def test_tiled_encode_matches_in_shape_and_roughly_in_value(vae: AutoencoderKL) 
     x = torch.tanh(smooth_latents(128)[:, :3])
     with torch.no_grad():
         plain = vae.encode(x).mean
-        vae.enable_tiling(16, 6)  # 64-pixel image tiles, 24 shared
+        set_vae_tiling(vae, Tiling(16, 6))  # 64-pixel image tiles, 24 shared
         tiled = vae.encode(x).mean
-        vae.disable_tiling()
+        set_vae_tiling(vae, None)
     assert tiled.shape == plain.shape == (1, 4, 32, 32)
     assert (tiled - plain).abs().mean() < 0.4 * plain.std()  # GroupNorm statistics per tile, as for decode
 
@@ -99,9 +100,21 @@ def test_slicing_is_exact(vae: AutoencoderKL) -> None:
 
 
 @pytest.mark.parametrize("tile,overlap", [(1, 0), (8, 8), (8, -1), (8.0, 2)])
-def test_bad_tiling_is_a_clear_error(vae: AutoencoderKL, tile, overlap) -> None:
+def test_bad_tiling_is_a_clear_error(tile, overlap) -> None:
     with pytest.raises(ConfigError, match="tile|overlap"):
-        vae.enable_tiling(tile, overlap)
+        Tiling(tile, overlap)
+
+
+def test_pipeline_vae_tiling_swaps_the_first_stage_and_refuses_a_vq_one() -> None:
+    pipe = Pipeline(tiny_model("sd1"), precision="fp32")
+    pipe.enable_vae_tiling(16, 4)
+    first_stage = pipe.model.first_stage_model
+    assert isinstance(first_stage, TiledAutoencoderKL) and first_stage.tiling == Tiling(16, 4)
+    assert pipe.fast.vae_tiling == Tiling(16, 4)
+    pipe.set_fast_paths("fp32")  # the options say all: no tiling
+    assert type(first_stage) is AutoencoderKL and not hasattr(first_stage, "tiling")
+    with pytest.raises(LDMError, match="KL-autoencoder first stage; this model has VQModel"):
+        Pipeline(tiny_model("uncond-vq"), precision="fp32", vae_tiling=True)
 
 
 # -- attention slicing ----------------------------------------------------------------------------------------
@@ -121,15 +134,15 @@ def test_attention_slicing_agrees() -> None:
 
 # -- precision --------------------------------------------------------------------------------------------------
 def test_precision_rule(monkeypatch) -> None:
-    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: True)
-    assert fastpaths.resolve_precision("auto", "cpu", torch.float32) == "bf16"
-    assert fastpaths.resolve_precision("fp32", "cpu", torch.float32) == "fp32"
-    assert fastpaths.resolve_precision("auto", "cpu", torch.bfloat16) == "fp32"  # weights already reduced
-    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: False)
-    assert fastpaths.resolve_precision("auto", "cpu", torch.float32) == "fp32"  # never fp16 on a CPU
-    assert fastpaths.resolve_precision("bf16", "cpu", torch.float32) == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.resolve_precision("auto", "cpu", torch.float32) == "bf16"
+    assert precision.resolve_precision("fp32", "cpu", torch.float32) == "fp32"
+    assert precision.resolve_precision("auto", "cpu", torch.bfloat16) == "fp32"  # weights already reduced
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.resolve_precision("auto", "cpu", torch.float32) == "fp32"  # never fp16 on a CPU
+    assert precision.resolve_precision("bf16", "cpu", torch.float32) == "bf16"
     with pytest.raises(ConfigError, match="fp16"):
-        fastpaths.resolve_precision("fp16", "cpu", torch.float32)
+        precision.resolve_precision("fp16", "cpu", torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +220,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch
 
     from latent_diffusion.checkpoint import save_checkpoint
 
-    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="no native bf16.*emulated.*precision='fp32'"):
         Pipeline(tiny_model("sd1"), precision="bf16")
     path = save_checkpoint(tiny_model("sd1"), tmp_path / "sd1.safetensors")
@@ -218,10 +231,38 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch
             pipe.set_fast_paths("bf16" if "precision" in kw else "auto", deepcache=2)  # no switch: no warning
         emulated = [w for w in caught if "no native bf16" in str(w.message)]
         assert len(emulated) == 1 and emulated[0].filename == __file__, (kw, emulated)
-    monkeypatch.setattr(fastpaths, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Pipeline(tiny_model("sd1"), precision="bf16")
         Pipeline(tiny_model("sd1"), precision="fp32")
+
+
+def test_a_load_resolves_and_applies_the_fast_paths_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """from_checkpoint resolves the precision once and applies every fast path (vae tiling included) in one
+    ``set_fast_paths``, as the CLI loads."""
+    from latent_diffusion.accel import Precision
+    from latent_diffusion.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tiny_model("sd1"), tmp_path / "sd1.safetensors")
+    calls = {"resolve": 0, "set_fast_paths": 0}
+    resolve, set_fast_paths = Precision.resolve.__func__, Pipeline.set_fast_paths
+
+    def counted_resolve(cls, *a, **k):  # noqa: ANN001, ANN202
+        calls["resolve"] += 1
+        return resolve(cls, *a, **k)
+
+    def counted_set(self, *a, **k):  # noqa: ANN001, ANN202
+        calls["set_fast_paths"] += 1
+        return set_fast_paths(self, *a, **k)
+
+    monkeypatch.setattr(Precision, "resolve", classmethod(counted_resolve))
+    monkeypatch.setattr(Pipeline, "set_fast_paths", counted_set)
+    pipe = Pipeline.from_checkpoint(path, precision="auto", deepcache=2, attention_slice=8, vae_tiling=True)
+    assert calls == {"resolve": 1, "set_fast_paths": 1}
+    assert pipe.fast.deepcache == 2 and pipe.fast.attention_slice == 8 and pipe.fast.vae_tiling == Tiling()
+    assert isinstance(pipe.model.first_stage_model, TiledAutoencoderKL)
+    with pytest.raises(LDMError, match="deepcache"):
+        Pipeline.from_checkpoint(path, deepcache=0)  # refused before the file is read

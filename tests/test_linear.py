@@ -1,4 +1,4 @@
-"""models/linear.py: the oneDNN Linear of fp32 CPU inference gives F.linear's numbers (≤ 1e-5 on outputs of
+"""accel/linear.py: the oneDNN Linear of fp32 CPU inference gives F.linear's numbers (≤ 1e-5 on outputs of
 magnitude ~3; measured 5e-6), is taken only where no gradient is wanted, and leaves training to F.linear."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from latent_diffusion.accel import accelerate
+from latent_diffusion.accel import linear as lin
+from latent_diffusion.accel.gemm_conv import conv2d_as_gemm
 from latent_diffusion.bench.unet import TINY_UNET
-from latent_diffusion.models import linear as lin
-from latent_diffusion.models.attention import GEGLU
-from latent_diffusion.models.conv import conv2d_as_gemm
 from latent_diffusion.models.unet import UNetModel
 
 needs_onednn = pytest.mark.skipif(not lin.AVAILABLE, reason="this torch has no oneDNN")
@@ -76,7 +76,7 @@ def test_onednn_path_only_without_gradients_in_fp32_on_cpu():
 def test_linear_layer_trains_like_nn_linear():
     """With grad on, ``Linear`` is F.linear: same output and gradients as ``nn.Linear`` (exact)."""
     torch.manual_seed(0)
-    ours, ref = lin.Linear(6, 5), torch.nn.Linear(6, 5)
+    ours, ref = lin.OneDNNLinear(6, 5), torch.nn.Linear(6, 5)
     ref.load_state_dict(ours.state_dict())
     assert list(ours.state_dict()) == ["weight", "bias"]
     x = torch.randn(3, 6)
@@ -90,7 +90,7 @@ def test_linear_layer_trains_like_nn_linear():
 @needs_onednn
 def test_geglu_and_gemm_lowered_conv_on_onednn_match_plain_path():
     torch.manual_seed(0)
-    geglu = GEGLU(16, 24)
+    geglu = lin.OneDNNGEGLU(16, 24)
     x = torch.randn(2, 9, 16)
     img = torch.randn(2, 12, 8, 8).contiguous(memory_format=torch.channels_last)
     w = torch.randn(20, 12, 3, 3) / 10
@@ -110,7 +110,7 @@ def test_unet_output_same_with_and_without_onednn_linear(monkeypatch):
     taken = []
     original = lin._takes_onednn
     monkeypatch.setattr(lin, "_takes_onednn", lambda *a: taken.append(original(*a)) or taken[-1])
-    unet = UNetModel(TINY_UNET).eval()
+    unet = accelerate(UNetModel(TINY_UNET).eval())
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in unet.parameters():
@@ -128,7 +128,7 @@ def test_unet_output_same_with_and_without_onednn_linear(monkeypatch):
 def test_frozen_weights_with_an_input_that_wants_grad_stay_on_f_linear():
     """Weights frozen, input requiring grad (e.g. guidance by gradient): F.linear, gradients as ``nn.Linear``'s."""
     torch.manual_seed(0)
-    ours, ref = lin.Linear(6, 5).requires_grad_(False), torch.nn.Linear(6, 5).requires_grad_(False)
+    ours, ref = lin.OneDNNLinear(6, 5).requires_grad_(False), torch.nn.Linear(6, 5).requires_grad_(False)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(3, 6, requires_grad=True)
     assert not lin._takes_onednn(x, ours.weight, ours.bias)
@@ -142,7 +142,7 @@ def test_flop_count_sees_onednn_linears():
     """``ldm bench`` counts a oneDNN linear like the mm it replaces: same FLOPs per UNet call either way."""
     from latent_diffusion.bench.common import count_flops
 
-    unet = UNetModel(TINY_UNET).eval()
+    unet = accelerate(UNetModel(TINY_UNET).eval())
     x, ctx, t = torch.randn(2, 4, 8, 8), torch.randn(2, 7, 32), torch.tensor([1.0, 2.0])
     with torch.inference_mode():
         fast = count_flops(lambda: unet(x, t, context=ctx))

@@ -1,4 +1,5 @@
-"""The UNet's inference fast paths (in-place residual adds, split GEGLU) change nothing under autograd.
+"""The UNet's inference fast paths (in-place residual adds, split GEGLU; accel's channels_last, GEMM-lowered convs
+and oneDNN Linears) change nothing under autograd.
 
 Training runs with grad enabled, sampling without; both paths must give the same numbers (≤ 1e-6, fp32) and the
 gradients must be those of the plain formulas (≤ 1e-5).
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from latent_diffusion.accel import accelerate
 from latent_diffusion.config import UNetConfig
 from latent_diffusion.models.attention import GEGLU
 from latent_diffusion.models.unet import UNetModel
@@ -50,7 +52,7 @@ def test_unet_same_output_with_and_without_grad_and_backward_runs():
     """Training (grad on, train mode) runs NCHW through oneDNN; inference runs NHWC with the GEMM lowering: the two
     layouts sum in different orders, so they agree to fp32 rounding (measured 5e-6 on outputs of magnitude ~2)."""
     for name in ("sd1", "sd2"):
-        unet = UNetModel(CONFIGS[name])
+        unet = accelerate(UNetModel(CONFIGS[name]))
         randomize(unet)
         g = torch.Generator().manual_seed(1)
         x = torch.randn(2, 4, 16, 16, generator=g)
@@ -71,7 +73,7 @@ def test_unet_same_output_with_and_without_grad_and_backward_runs():
 def test_layout_switch_inside_inference_mode_leaves_trainable_weights():
     """The first forward (which switches conv weights to channels_last) may run under inference_mode, as sampling
     does; training afterwards must still work."""
-    unet = UNetModel(CONFIGS["sd1"])
+    unet = accelerate(UNetModel(CONFIGS["sd1"]))
     randomize(unet)
     x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([5.0]), torch.randn(1, 3, 24)
     with torch.inference_mode():
@@ -85,10 +87,10 @@ def test_gemm_lowered_conv_casts_its_weight_once_inside_cache_weight_casts():
     """Under bf16 autocast a GEMM-lowered conv re-casts its weight view on every call, except inside
     ``cache_weight_casts`` (entered by the sampling loop): one cast per weight, redone when the weight changes in
     place, dropped at the end of the block; the outputs are those of the uncached path, bit for bit."""
-    from latent_diffusion.models import conv as conv_mod
+    from latent_diffusion.accel import gemm_conv as conv_mod
 
     torch.manual_seed(0)
-    conv = conv_mod.Conv2d(8, 6, 3, padding=1)
+    conv = conv_mod.GemmConv2d(8, 6, 3, padding=1)
     x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
     assert conv._lower_to_gemm(x)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 
 from .config import DiffusionConfig, check_types
+from .diffusion.parameterization import PARAMETERIZATIONS
 from .errors import CheckpointError, ConfigError, KeyMismatchError
 from .yaml_compat import load_yaml_config
 from .infer import UNET, infer_config, matches_stored
@@ -28,7 +29,6 @@ from .models.conditioners import FrozenCLIPEmbedder
 from .models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .models.low_scale import LOW_SCALE_BUFFERS
 from .models.ema import shadow_name
-from .models.gemm_storage import gemm_parameters, store_gemm_weights, stored_dtype
 from .models.unet import UNetModel
 from .safe_load import SAFETENSORS_SUFFIXES, read_state_dict, save_safetensors_atomic
 
@@ -89,8 +89,9 @@ def resolve_config(config: DiffusionConfig | dict | str | os.PathLike | None, sd
     else:
         cfg = infer_config(sd)
     if parameterization is not None:
-        if parameterization not in ("eps", "x0", "v"):
-            raise ConfigError(f"parameterization must be 'eps', 'x0' or 'v', got {parameterization!r}")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ConfigError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got "
+                              f"{parameterization!r}")
         cfg = dataclasses.replace(cfg, parameterization=parameterization)  # never mutate the caller's config
     return cfg
 
@@ -216,24 +217,26 @@ def _settle_scale_factor(model: LatentDiffusion) -> None:
 
 def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | str | os.PathLike | None = None, *,
                     use_ema: bool = False, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                    parameterization: str | None = None, unet_gemm_dtype: torch.dtype | None = None,
+                    parameterization: str | None = None,
+                    unet_dtypes: Callable[[torch.nn.Module], dict[str, torch.dtype]] | None = None,
                     keep_ema: bool = True) -> LatentDiffusion:
     """Build and strictly load a ``LatentDiffusion`` from a checkpoint file.
 
     ``use_ema=True`` swaps the ``model_ema.*`` weights into the UNet (an error if the file has none).
     ``dtype`` casts the UNet, first stage and conditioner (schedule buffers stay float32; an fp16 / bf16 file's
     rounded schedule and ``scale_factor``, when they are the config's, become the config's exact float32 values).
-    ``unet_gemm_dtype`` (with ``dtype`` float32): the UNet's Linear / Conv weights and biases are stored in this
-    dtype, for sampling under autocast to it (``models/gemm_storage.py``); from a .safetensors file each is
-    converted as it is read, so the file's fp32 copies are never all held at once.
+    ``unet_dtypes`` (with ``dtype`` float32): given the UNet (built on the meta device), {parameter name: dtype}
+    for the parameters to keep in another dtype — e.g. the Linear / Conv weights in bf16 for sampling under bf16
+    autocast (``accel.gemm_storage.gemm_dtypes``); from a .safetensors file each is converted as it is read, so the
+    file's fp32 copies are never all held at once.
     ``keep_ema=False`` (for sampling): the file's ``model_ema.*`` weights, a second UNet, are not kept — not read
     at all without ``use_ema`` (from a .safetensors file), dropped once copied into the UNet with it.
     """
-    if unet_gemm_dtype is not None and dtype != torch.float32:
-        raise ConfigError(f"unet_gemm_dtype stores the GEMM weights of an fp32 UNet run under autocast; it needs "
+    if unet_dtypes is not None and dtype != torch.float32:
+        raise ConfigError(f"unet_dtypes stores some weights of an fp32 UNet in another dtype; it needs "
                           f"dtype=torch.float32, got dtype={dtype}")
-    cast = (_unet_gemm_cast(path, config, parameterization, unet_gemm_dtype, ema=use_ema and not keep_ema)
-            if unet_gemm_dtype is not None else None)
+    cast = (_unet_cast(path, config, parameterization, unet_dtypes, ema=use_ema and not keep_ema)
+            if unet_dtypes is not None else None)
     skip = ("model_ema.",) if not (keep_ema or use_ema) else ()
     sd, extras = read_state_dict(path, mmap=False, cast=cast, skip=skip)  # the model uses every tensor read
     source, origin = os.fspath(path), config_origin(config, extras)
@@ -267,24 +270,37 @@ def load_checkpoint(path: str | os.PathLike, config: DiffusionConfig | dict | st
     for part in (model.model, model.first_stage_model, model.cond_stage_model):
         if part is None:
             continue
-        if part is model.model and unet_gemm_dtype is not None:
-            keep = {id(p) for p in gemm_parameters(part.diffusion_model).values()}
+        if part is model.model and unet_dtypes is not None:
+            kept = unet_dtypes(part.diffusion_model)
+            keep = {id(p) for n, p in part.diffusion_model.named_parameters() if n in kept}
             with torch.no_grad():
                 for t in [*part.parameters(), *part.buffers()]:
                     if t.is_floating_point() and t.dtype != dtype and id(t) not in keep:
                         t.data = t.data.to(dtype)
-            store_gemm_weights(part.diffusion_model, unet_gemm_dtype)  # what the read did not (.ckpt files)
+            _keep_dtypes(part.diffusion_model, kept)  # what the read did not (.ckpt files)
         else:
             part.to(dtype=dtype)
     return model.to(device).eval()
 
 
-def _unet_gemm_cast(path: str | os.PathLike, config: DiffusionConfig | dict | str | os.PathLike | None,
-                    parameterization: str | None, dtype: torch.dtype, *, ema: bool = False,
-                    ) -> dict[str, torch.dtype] | None:
-    """{file key: ``dtype``} for the UNet's GEMM weights and biases of a .safetensors file (and, with ``ema``, their
-    ``model_ema.*`` averages, which are copied into them and dropped), from its header and config (memory-mapped,
-    no tensor read); None for other files (converted after loading)."""
+def _keep_dtypes(unet: torch.nn.Module, dtypes: dict[str, torch.dtype]) -> list[str]:
+    """``unet``'s parameters named in ``dtypes`` converted to their dtype in place (the same Parameters); returns
+    the names converted."""
+    done = []
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if name in dtypes and p.dtype != dtypes[name]:
+                p.data = p.data.to(dtypes[name])
+                done.append(name)
+    return done
+
+
+def _unet_cast(path: str | os.PathLike, config: DiffusionConfig | dict | str | os.PathLike | None,
+               parameterization: str | None, unet_dtypes: Callable[[torch.nn.Module], dict[str, torch.dtype]], *,
+               ema: bool = False) -> dict[str, torch.dtype] | None:
+    """{file key: dtype} of ``unet_dtypes`` for a .safetensors file (and, with ``ema``, for the ``model_ema.*``
+    averages, which are copied into them and dropped), from its header and config (memory-mapped, no tensor read);
+    None for other files (converted after loading)."""
     if Path(path).suffix.lower() not in SAFETENSORS_SUFFIXES:
         return None
     lazy, extras = read_state_dict(path, mmap=True)
@@ -293,8 +309,8 @@ def _unet_gemm_cast(path: str | os.PathLike, config: DiffusionConfig | dict | st
     n_tensors = len(lazy)
     del lazy
     unet = build_on_meta(lambda: UNetModel(cfg.unet), n_tensors, source, origin)
-    names = list(gemm_parameters(unet))
-    return {unet_file_key(name, e): dtype for name in names for e in ((False, True) if ema else (False,))}
+    return {unet_file_key(name, e): dtype for name, dtype in unet_dtypes(unet).items()
+            for e in ((False, True) if ema else (False,))}
 
 
 def unet_file_key(name: str, ema: bool = False) -> str:
@@ -306,11 +322,13 @@ def unet_file_key(name: str, ema: bool = False) -> str:
 def save_checkpoint(model: LatentDiffusion, path: str | os.PathLike, *, overwrite: bool = False,
                     metadata: dict[str, str] | None = None) -> Path:
     """Write ``model.state_dict()`` (CompVis keys) as ``.safetensors``, atomically, with the config in metadata.
-    A UNet whose GEMM weights are stored in bf16 for autocast is written as it is, with a warning."""
+    A UNet whose GEMM weights are stored in bf16 for autocast (weights of mixed dtypes) is written as it is, with a
+    warning."""
     if Path(path).suffix != ".safetensors":
         raise CheckpointError(f"save_checkpoint writes .safetensors only, got {os.fspath(path)}")
-    stored = stored_dtype(model.model.diffusion_model)
-    if stored is not None:
+    dtypes = {p.dtype for p in model.model.diffusion_model.parameters() if p.is_floating_point()}
+    if len(dtypes) > 1:
+        stored = min(dtypes, key=lambda d: torch.finfo(d).bits)
         warnings.warn(f"the UNet's Linear / Conv weights are stored in {stored} (a pipeline loaded for bf16 "
                       f"autocast), so {os.fspath(path)} gets them rounded to {stored}; load the checkpoint with "
                       "precision='fp32' to save fp32 weights", stacklevel=2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-GEMM_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d)  # and our subclasses (models/linear.py, models/conv.py)
+GEMM_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d)  # and their fast-path subclasses (linear.py, gemm_conv.py)
 
 
 def gemm_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -23,6 +23,12 @@ def gemm_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
             for name, p in m.named_parameters(recurse=False):
                 out[f"{prefix}.{name}" if prefix else name] = p
     return out
+
+
+def gemm_dtypes(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """{name: ``dtype``} for ``module``'s GEMM weights and biases: what ``load_checkpoint(unet_dtypes=...)`` keeps
+    in ``dtype`` as it reads the UNet (``functools.partial(gemm_dtypes, dtype=torch.bfloat16)``)."""
+    return dict.fromkeys(gemm_parameters(module), dtype)
 
 
 def store_gemm_weights(module: nn.Module, dtype: torch.dtype) -> list[str]:

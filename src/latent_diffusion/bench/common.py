@@ -19,8 +19,9 @@ from typing import Callable, Iterator
 import torch
 from torch.utils import flop_counter
 
+from ..accel import linear
+from ..accel.cpu import cpu_flags, native_bf16
 from ..errors import LDMError
-from ..models import linear
 
 SCHEMA = "ldm-bench/1"
 RERUN_DISTURBED = True  # interleaved_times reruns rounds disturbed by other processes (off in --quick)
@@ -36,15 +37,6 @@ def require_diffusers():  # noqa: ANN201 - the module
                        "install the extra: pip install 'latent-diffusion[bench]'") from e
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
     return diffusers
-
-
-def cpu_flags() -> tuple[str, set[str]]:
-    """(CPU model name, its /proc/cpuinfo flags); ("", empty) where unreadable."""
-    cpu: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for key, _, value in (line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines()):
-            cpu.setdefault(key.strip(), value.strip())
-    return cpu.get("model name", platform.processor()), set(cpu.get("flags", "").split())
 
 
 def machine_info(device: str = "cpu") -> dict:
@@ -81,13 +73,6 @@ def peak_rates(peak: dict[str, float]) -> str:
                      for k in ("fp32", "bf16", "fp16") if k in peak)
 
 
-def native_bf16(device: str | torch.device = "cpu") -> bool:
-    """bf16 GEMMs in hardware: AVX-512 BF16 or AMX-BF16 on a CPU (from /proc/cpuinfo), bf16 support on CUDA."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()[1])
-
-
 def bench_precisions(bf16: bool | None, device: str | torch.device = "cpu", quick: bool = False) -> tuple[str, ...]:
     """The precisions the cases time: fp32, and bf16 autocast when ``bf16`` is True or, for None (auto), where the
     device has native bf16 or in ``quick`` mode (tiny shapes: the bf16 code paths stay exercised everywhere).
@@ -112,7 +97,7 @@ def synchronized(fn: Callable[[], object], device: str | torch.device) -> Callab
 def gemm_peak(n: int = 2048, repeats: int = 10, device: str = "cpu", bf16: bool = True) -> dict[str, float]:
     """Measured GFLOP/s of an n³ matmul, fp32 and (``bf16``) bf16 (best of ``repeats`` after one warm-up). On the
     CPU: the better of ``torch.mm`` (MKL for fp32 on x86) and oneDNN's matmul, which our fp32 inference Linear
-    layers call on AVX-512 CPUs (``models/linear.py``) and which beat MKL by ~1.4× on an AMD EPYC; also keyed
+    layers call on AVX-512 CPUs (``accel/linear.py``) and which beat MKL by ~1.4× on an AMD EPYC; also keyed
     ``{dtype}_mm`` and ``{dtype}_onednn`` (0.0 where this torch has no oneDNN). A CPU without native bf16 times
     its emulated bf16 on a matmul of at most 512³, 3 calls (2048³ there is ~40 s a call). On a CUDA device:
     ``torch.mm`` (cuBLAS; fp32 without TF32, torch's default) for fp32, bf16 and fp16."""
@@ -173,7 +158,7 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call. CPU SDPA and oneDNN's linear (``models/linear.py``) dispatch to ops the stock counter
+    """FLOPs of one call. CPU SDPA and oneDNN's linear (``accel/linear.py``) dispatch to ops the stock counter
     lacks; they are counted like the other SDPAs and like ``mm``."""
     custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
               lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v)}

@@ -15,17 +15,18 @@ from typing import Callable
 
 import torch
 
-from ..diffusion.samplers import randn, sample
-from ..models.ldm import DiffusionWrapper
-from ..pipelines.fastpaths import FastPaths, sampling_context
+from ..accel import AccelOptions, Precision, sampling_context
+from ..diffusion.samplers import SampleOptions, randn, sample
 from ..diffusion.schedules import ddpm_buffers, make_beta_schedule
+from ..models.ldm import DiffusionWrapper
 from .common import markdown, median
 from .unet import SD15_UNET, TINY_UNET, seeded_unet
 
-CONFIGS = [("fp32", FastPaths("fp32")), ("bf16", FastPaths("bf16")),
-           ("fp32 + deepcache 3", FastPaths("fp32", deepcache=3)),
-           ("bf16 + deepcache 3", FastPaths("bf16", deepcache=3)),
-           ("bf16 + attention slice 1024", FastPaths("bf16", attention_slice=1024))]
+FP32, BF16 = Precision("fp32"), Precision("bf16")
+CONFIGS = [("fp32", AccelOptions(FP32)), ("bf16", AccelOptions(BF16)),
+           ("fp32 + deepcache 3", AccelOptions(FP32, deepcache=3)),
+           ("bf16 + deepcache 3", AccelOptions(BF16, deepcache=3)),
+           ("bf16 + attention slice 1024", AccelOptions(BF16, attention_slice=1024))]
 
 
 class UNetOnly(torch.nn.Module):
@@ -51,16 +52,16 @@ def run(*, quick: bool, log: Callable[[str], None] = print, precisions: tuple[st
     cond, uncond = torch.randn(1, 77, cfg.context_dim, generator=g), torch.randn(1, 77, cfg.context_dim, generator=g)
     noise = randn((1, 4, size, size), [torch.Generator().manual_seed(0)])
     results, plain = [], None
-    for name, fast in [(name, fast) for name, fast in CONFIGS if fast.precision in precisions]:
+    for name, fast in [(name, fast) for name, fast in CONFIGS if fast.precision.name in precisions]:
         marks: list[float] = []
         t0 = time.perf_counter()
         with sampling_context(model, fast, noise.device):
-            z = sample("dpmpp_2m", model, noise, steps, cond=cond, uncond=uncond, cfg_scale=7.5,
+            z = sample("dpmpp_2m", model, noise, SampleOptions(steps=steps, cfg_scale=7.5), cond=cond, uncond=uncond,
                        callback=lambda i, x, x0: marks.append(time.perf_counter())).float()
         per_step = [b - a for a, b in zip([t0] + marks[:-1], marks)]
         plain = z if plain is None else plain
         s = median(per_step[1:]) if len(per_step) > 1 else per_step[0]
-        results.append({"case": name, "precision": fast.precision, "deepcache": fast.deepcache,
+        results.append({"case": name, "precision": fast.precision.name, "deepcache": fast.deepcache,
                         "attention_slice": fast.attention_slice, "s_per_step": s, "total_s": sum(per_step),
                         "steps_s": per_step,
                         "rel_diff_vs_fp32": ((z - plain).pow(2).mean().sqrt() / plain.pow(2).mean().sqrt()).item()})

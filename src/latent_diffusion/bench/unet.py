@@ -19,12 +19,12 @@ from typing import Callable
 
 import torch
 
+from ..accel import accelerate, compiled
+from ..accel.gemm_conv import cache_weight_casts
+from ..accel.gemm_storage import store_gemm_weights
 from ..config import UNetConfig, to_dict
 from ..errors import ConfigError
-from ..models.conv import cache_weight_casts
-from ..models.gemm_storage import store_gemm_weights
 from ..models.unet import UNetModel
-from ..pipelines.fastpaths import compiled
 from .common import count_flops, interleaved_times, markdown, median, require_diffusers, synchronized
 
 # The SD1.5 UNet (v1-inference.yaml's unet_config); tests check it against the YAML.
@@ -44,7 +44,7 @@ class Mode:
     autocast's cast cache (and ours for the lowered convs) turns each fp32 weight into bf16 once, not on every call
     (inference_mode turns that cache off); ``compiled``: both models through ``torch.compile`` (compiled during the
     warm-up call); ``stored_weights``: ours with its GEMM weights stored in ``amp``'s dtype, as a pipeline loaded
-    for bf16 holds them (``models/gemm_storage.py``; bit-identical to autocast over fp32 weights), on a copy."""
+    for bf16 holds them (``accel/gemm_storage.py``; bit-identical to autocast over fp32 weights), on a copy."""
 
     name: str
     amp: str | None = None
@@ -96,14 +96,15 @@ COMPILED_MODES = [Mode("bf16 compiled", amp="bf16", compiled=True)]
 
 
 def seeded_unet(cfg: UNetConfig = SD15_UNET, seed: int = 0) -> UNetModel:
-    """UNet with seeded default init; the zero-initialised output convs get re-initialised too (zeros would make
-    whole branches vanish and hide both cost-free shortcuts and numerical differences)."""
+    """UNet with seeded default init, with the fast paths a pipeline applies (``accel.accelerate``); the
+    zero-initialised output convs get re-initialised too (zeros would make whole branches vanish and hide both
+    cost-free shortcuts and numerical differences)."""
     torch.manual_seed(seed)
     model = UNetModel(cfg).eval()
     for m in model.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and not m.weight.any():
             m.reset_parameters()
-    return model
+    return accelerate(model)
 
 
 def diffusers_twin(ours: UNetModel) -> torch.nn.Module:

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from ..accel import Tiling, accelerate, set_vae_tiling
 from ..config import AutoencoderConfig, to_dict
 from ..models.autoencoder import AutoencoderKL
 from .common import interleaved_times, markdown, median, peak_rss_growth, require_diffusers
@@ -25,7 +26,7 @@ TINY_VAE = AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels
 
 def seeded_vae(cfg: AutoencoderConfig, seed: int = 0) -> AutoencoderKL:
     torch.manual_seed(seed)
-    return AutoencoderKL(cfg).eval()
+    return accelerate(AutoencoderKL(cfg).eval())  # as a pipeline runs it
 
 
 def diffusers_twin(ours: AutoencoderKL) -> torch.nn.Module:
@@ -51,10 +52,10 @@ def _trim() -> None:
 
 def set_tiling(ours: AutoencoderKL, ref, tile: int | None, overlap: int) -> None:
     if tile is None:
-        ours.disable_tiling()
+        set_vae_tiling(ours, None)
         ref.disable_tiling()
         return
-    ours.enable_tiling(tile, overlap)
+    set_vae_tiling(ours, Tiling(tile, overlap))
     ref.enable_tiling()
     ref.tile_latent_min_size = tile
     ref.tile_sample_min_size = tile * ours.downsample_factor
@@ -119,10 +120,7 @@ def _large_decode(ours: AutoencoderKL, size: int, tile: int, overlap: int, log: 
     z = torch.randn(1, ours.cfg.z_channels, size, size, generator=torch.Generator().manual_seed(2))
     rows = []
     for tiled in (False, True):
-        if tiled:
-            ours.enable_tiling(tile, overlap)
-        else:
-            ours.disable_tiling()
+        set_vae_tiling(ours, Tiling(tile, overlap) if tiled else None)
         _trim()
         import time
 
@@ -133,7 +131,7 @@ def _large_decode(ours: AutoencoderKL, size: int, tile: int, overlap: int, log: 
         rows.append({"case": f"{size * ours.downsample_factor}² fp32 {'tiled' if tiled else 'untiled'} (ours)",
                      "tiled": tiled, "seconds": seconds, "peak_bytes": probe["peak_bytes"]})
         log(f"  vae {rows[-1]['case']}: {seconds:.1f}s peak {_gib(probe['peak_bytes'])} GiB")
-    ours.disable_tiling()
+    set_vae_tiling(ours, None)
     return rows
 
 

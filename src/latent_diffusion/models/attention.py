@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import Conv2d
-from .linear import Linear, linear
 from .resnet import normalization
 
 
@@ -73,10 +71,10 @@ class CrossAttention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.to_q = Linear(query_dim, inner, bias=False)
-        self.to_k = Linear(context_dim or query_dim, inner, bias=False)
-        self.to_v = Linear(context_dim or query_dim, inner, bias=False)
-        self.to_out = nn.Sequential(Linear(inner, query_dim), nn.Dropout(dropout))
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
         self.slice_size: int | None = None  # attention slicing: queries per SDPA call (set_attention_slice)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,14 +112,18 @@ class GEGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two half-width GEMMs on row slices of ``proj`` (contiguous views) instead of one GEMM and a chunk:
         # the same FLOPs, but ``gate`` and ``value`` come out contiguous, so GELU and the product run on dense
-        # memory (a chunk of the last dim is strided, which made GELU and mul twice as slow on CPU). On the oneDNN
-        # path (fp32 CPU inference, AVX-512) the gate's GEMM applies GELU as it writes (a product post-op measured
-        # no gain).
+        # memory (a chunk of the last dim is strided, which made GELU and mul twice as slow on CPU).
         w_value, w_gate = self.proj.weight.chunk(2, dim=0)
         b_value, b_gate = self.proj.bias.chunk(2, dim=0)
-        gate = linear(x, w_gate, b_gate, gelu=True)  # (..., dim_out)
-        value = linear(x, w_value, b_value)
+        gate = self._gemm(x, w_gate, b_gate, gelu=True)  # (..., dim_out)
+        value = self._gemm(x, w_value, b_value)
         return gate.mul_(value) if _inference(gate) else value * gate
+
+    @staticmethod
+    def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+        """``F.linear``, then exact GELU if ``gelu`` (accel's oneDNN GEGLU fuses the two)."""
+        out = F.linear(x, weight, bias)
+        return F.gelu(out) if gelu else out
 
 
 class FeedForward(nn.Module):
@@ -130,8 +132,8 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4, glu: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         inner = dim * mult
-        project_in = GEGLU(dim, inner) if glu else nn.Sequential(Linear(dim, inner), nn.GELU())
-        self.net = nn.Sequential(project_in, nn.Dropout(dropout), Linear(inner, dim))
+        project_in = GEGLU(dim, inner) if glu else nn.Sequential(nn.Linear(dim, inner), nn.GELU())
+        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -168,7 +170,7 @@ class SpatialTransformer(nn.Module):
             raise ValueError(f"spatial_pos_embed needs a transformer width divisible by 4, got {inner}")
         self.use_linear, self.pos_embed = use_linear, pos_embed
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
-        proj = (lambda i, o: Linear(i, o)) if use_linear else (lambda i, o: Conv2d(i, o, 1))
+        proj = nn.Linear if use_linear else (lambda i, o: nn.Conv2d(i, o, 1))
         self.proj_in = proj(in_channels, inner)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, disable_self_attn) for _ in range(depth)

@@ -12,8 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AutoencoderConfig
-from .conv import cpu_inference_format
-from .tiling import Tiling, tiled_apply
 
 
 def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - the CompVis name
@@ -130,14 +128,13 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmt = cpu_inference_format(self, x, self.conv_in.weight)  # NHWC for CPU inference (conv.py)
-        h = self.conv_in(x.contiguous(memory_format=fmt))
+        h = self.conv_in(x)
         for level in self.down:
             h = level.run(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -167,13 +164,12 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        fmt = cpu_inference_format(self, z, self.conv_in.weight)  # NHWC for CPU inference (conv.py)
-        h = self.mid(self.conv_in(z.contiguous(memory_format=fmt)))
+        h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level.run(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class DiagonalGaussian:
@@ -210,20 +206,11 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(cfg)
         self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
-        self.tiling: Tiling | None = None  # enable_tiling(): overlapping tiles for large images
         self.slicing = False  # enable_slicing(): one image of a batch at a time
 
     @property
     def downsample_factor(self) -> int:
         return self.cfg.downsample_factor
-
-    def enable_tiling(self, tile: int = 32, overlap: int = 8) -> None:
-        """Encode / decode maps larger than ``tile`` latent pixels in overlapping, blended tiles (models/tiling.py):
-        peak memory follows the tile, not the image. ``tile=None`` via ``disable_tiling`` turns it off."""
-        self.tiling = Tiling(tile, overlap)
-
-    def disable_tiling(self) -> None:
-        self.tiling = None
 
     def enable_slicing(self, enabled: bool = True) -> None:
         """Run a batch through the encoder / decoder one image at a time (same result, less peak memory)."""
@@ -234,16 +221,12 @@ class AutoencoderKL(nn.Module):
             return torch.cat([fn(x[i:i + 1]) for i in range(x.shape[0])])
         return fn(x)
 
+    # _moments / _decode: one slice's maps, (B, 3, H, W) -> (B, 2·embed_dim, H/f, W/f) and back; accel's
+    # TiledAutoencoderKL runs them tile by tile
     def _moments(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.downsample_factor
-        if self.tiling is not None and max(x.shape[-2:]) > self.tiling.tile * f:
-            return tiled_apply(lambda t: self.quant_conv(self.encoder(t)), x, self.tiling, step=f, scale=1 / f)
         return self.quant_conv(self.encoder(x))
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.tiling is not None and max(z.shape[-2:]) > self.tiling.tile:
-            return tiled_apply(lambda t: self.decoder(self.post_quant_conv(t)), z, self.tiling, step=1,
-                               scale=self.downsample_factor)
         return self.decoder(self.post_quant_conv(z))
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:

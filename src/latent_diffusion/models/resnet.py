@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import Conv2d
-
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding, ``[cos | sin]`` order as CompVis (diffusers: flip_sin_to_cos=True, shift 0).
@@ -55,7 +53,7 @@ class Downsample(nn.Module):
         super().__init__()
         out_channels = out_channels or channels
         if use_conv:
-            self.op: nn.Module = Conv2d(channels, out_channels, 3, stride=2, padding=1)
+            self.op: nn.Module = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1)
         else:
             if out_channels != channels:
                 raise ValueError("Downsample without conv cannot change the channel count")
@@ -72,7 +70,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.use_conv = use_conv
         if use_conv:
-            self.conv = Conv2d(channels, out_channels or channels, 3, padding=1)
+            self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -96,7 +94,8 @@ class ResBlock(nn.Module):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -109,14 +108,14 @@ class ResBlock(nn.Module):
             normalization(out_channels),
             nn.SiLU(),
             nn.Dropout(p=dropout),
-            Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         nn.init.zeros_(self.out_layers[3].weight)
         nn.init.zeros_(self.out_layers[3].bias)
         if out_channels == channels:
             self.skip_connection: nn.Module = nn.Identity()
         else:
-            self.skip_connection = Conv2d(channels, out_channels, 3 if use_conv else 1, padding=1 if use_conv else 0)
+            self.skip_connection = nn.Conv2d(channels, out_channels, 3 if use_conv else 1, padding=1 if use_conv else 0)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W), emb: (B, E)

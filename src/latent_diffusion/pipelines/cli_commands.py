@@ -175,9 +175,10 @@ def _pipeline(args: argparse.Namespace, task: str = "txt2img"):  # -> Pipeline
     limits.check_images(args.n, "--n")
     _prepare_output(args, getattr(args, "prompt", None) or "", getattr(args, "negative_prompt", None) or "")
     pipe = Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
-                                    device=args.device, use_ema=args.ema, precision=args.precision)
+                                    device=args.device, use_ema=args.ema, precision=args.precision,
+                                    deepcache=args.deepcache, attention_slice=args.attention_slice,
+                                    compile=args.compile, vae_tiling=args.vae_tiling)
     pipe.limits = limits
-    _fast_paths(pipe, args)
     return pipe
 
 
@@ -189,18 +190,6 @@ def _seed_arg(text: str) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"{seed} is outside 0 .. 2**64-1 ({MAX_SEED})")
     return seed
-
-
-def _fast_paths(pipe: Any, args: argparse.Namespace) -> None:
-    """--precision, --deepcache, --attention-slice, --compile, --vae-tiling."""
-    pipe.set_fast_paths(args.precision, deepcache=args.deepcache, attention_slice=args.attention_slice,
-                        compile=args.compile)
-    if args.vae_tiling:
-        first_stage = pipe.model.first_stage_model
-        if not hasattr(first_stage, "enable_tiling"):
-            raise LDMError("--vae-tiling needs a KL-autoencoder first stage; this model has "
-                           f"{type(first_stage).__name__ if first_stage is not None else 'none'}")
-        first_stage.enable_tiling()
 
 
 def _progress(args: argparse.Namespace) -> bool:

@@ -10,6 +10,8 @@ CLI does), and the prompt is encoded once per call whatever the split.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -19,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..accel import AccelOptions, Precision, Tiling, accelerate, sampling_context, warn_if_emulated
+from ..accel.gemm_storage import base_dtype, gemm_dtypes, gemm_parameters, stored_dtype
 from ..checkpoint import family as family_name
 from ..checkpoint import load_checkpoint
-from ..diffusion.samplers import get_sampler, randn, sample, start_step_for_strength
+from ..diffusion.samplers import SampleOptions, get_sampler, randn, sample, start_step_for_strength
 from ..errors import LDMError, NonFiniteError
 from ..models.conditioners import TEXT_KINDS, null_class, num_class_labels
-from ..models.gemm_storage import base_dtype, gemm_parameters, stored_dtype
 from .blend import final_blend, masked_denoiser
-from .fastpaths import FastPaths, resolve_precision, sampling_context, warn_if_emulated
 from .images import check_size, load_image, load_mask, open_image, pil_to_tensor, tensor_to_pil
 from .limits import Limits, check_seed
 from .structured import LayoutLike, load_semantic_map, null_layout, pad_layout, parse_layout, semantic_concat
@@ -44,54 +46,66 @@ def generators(seed: int, n: int) -> list[torch.Generator]:
 
 
 
-def _check_fast_paths(deepcache: Any, attention_slice: Any) -> None:
-    if deepcache is not None and (isinstance(deepcache, bool) or not isinstance(deepcache, int) or deepcache < 1):
-        raise LDMError(f"deepcache must be an integer >= 1 (the reuse interval; 1 = off) or None, got {deepcache!r}")
-    if attention_slice is not None and (isinstance(attention_slice, bool) or not isinstance(attention_slice, int)
-                                        or attention_slice < 1):
-        raise LDMError(f"attention_slice must be a positive integer or None, got {attention_slice!r}")
-
-
 def _check_strength(strength: Any, task: str, meaning: str = "") -> None:
     """A denoising strength in (0, 1] (the tasks that must run at least one step), else a clear error."""
     if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
         raise LDMError(f"{task} strength must be in (0, 1]{meaning}, got {strength!r}")
 
 class Pipeline:
-    def __init__(self, model: Any, *, checkpoint_path: str | os.PathLike | None = None, precision: str = "auto",
-                 **fast: Any) -> None:
+    def __init__(self, model: Any, *, checkpoint_path: str | os.PathLike | None = None,
+                 precision: str | Precision = "auto", **fast: Any) -> None:
         self.model = model
         self.cfg = model.cfg
         self.checkpoint_path = checkpoint_path
         self._hash: str | None = None
         self._load_args: dict[str, Any] | None = None  # from_checkpoint's: the file can give the fp32 UNet back
         self.limits = Limits()  # the most pixels per image and images per call (checked before any work)
+        self.fast: AccelOptions | None = None
         self.set_fast_paths(precision, **fast)
 
-    def set_fast_paths(self, precision: str = "auto", *, deepcache: int | None = None, deepcache_branch: int = 0,
-                       attention_slice: int | None = None, compile: bool = False) -> FastPaths:
-        """How sampling runs (fastpaths.py, docs/performance.md). ``precision``: "auto" (bf16 autocast for the UNet
-        where the CPU / GPU has native bf16 and the weights are fp32, else fp32), "fp32" or "bf16"; ``deepcache``:
-        reuse the UNet's deep features on ``deepcache - 1`` of every ``deepcache`` calls (None: off);
-        ``attention_slice``: queries per attention call (None: all); ``compile``: ``torch.compile`` the UNet.
+    @property
+    def precision(self) -> Precision:
+        return self.fast.precision
+
+    def set_fast_paths(self, precision: str | Precision = "auto", *, deepcache: int | None = None,
+                       deepcache_branch: int = 0, attention_slice: int | None = None, compile: bool = False,
+                       vae_tiling: bool | Tiling | None = None) -> AccelOptions:
+        """How the model runs (``accel``, docs/performance.md), applied with ``accel.accelerate``. ``precision``:
+        "auto" (bf16 autocast for the UNet where the CPU / GPU has native bf16 and the weights are fp32, else fp32),
+        "fp32", "bf16", or a ``Precision`` already resolved; ``deepcache``: reuse the UNet's deep features on
+        ``deepcache - 1`` of every ``deepcache`` calls (None: off); ``attention_slice``: queries per attention call
+        (None: all); ``compile``: ``torch.compile`` the UNet; ``vae_tiling``: True or a ``Tiling``: encode / decode
+        large images in overlapping tiles (a KL first stage only). The GEMM-lowered convs, oneDNN Linears and
+        channels_last are always on (each where it applies).
 
         ``from_checkpoint`` with a precision that resolves to bf16 stores the UNet's Linear / Conv weights in bf16
-        (``models/gemm_storage.py``): the same numbers as autocast, half the UNet's memory. Such a UNet runs bf16
+        (``accel/gemm_storage.py``): the same numbers as autocast, half the UNet's memory. Such a UNet runs bf16
         ("auto" keeps it so). "fp32" reads its fp32 weights back from the checkpoint file, after checking that the
         stored ones still match the file — weights changed in memory are never replaced: that, or a model not
         loaded by ``from_checkpoint``, is an error. Switching to bf16 later runs autocast over the fp32 weights."""
-        _check_fast_paths(deepcache, attention_slice)
         device, dtype = self._device_dtype()
         stored = stored_dtype(self.model.model.diffusion_model) == torch.bfloat16
-        resolved = "bf16" if stored and precision == "auto" else resolve_precision(precision, device, dtype)
-        if stored and resolved == "fp32":
+        if not isinstance(precision, Precision):
+            precision = (Precision("bf16", stored_bf16=True) if stored and precision == "auto"
+                         else Precision.resolve(precision, device, dtype))
+        options = AccelOptions.with_model_paths(precision, deepcache=deepcache, deepcache_branch=deepcache_branch,
+                                                attention_slice=attention_slice, compile=compile, vae_tiling=vae_tiling)
+        if stored and not precision.autocast:
             self._restore_fp32_unet()
-        bf16_gemms = resolved == "bf16" or dtype == torch.bfloat16
-        was = getattr(self, "fast", None)
-        if bf16_gemms and not (was is not None and (was.precision == "bf16" or dtype == torch.bfloat16)):
+        bf16_gemms = precision.autocast or dtype == torch.bfloat16
+        was = self.fast
+        if bf16_gemms and not (was is not None and (was.precision.autocast or dtype == torch.bfloat16)):
             warn_if_emulated(device)  # once per switch to bf16, not on every call
-        self.fast = FastPaths(resolved, deepcache, deepcache_branch, attention_slice, compile)
-        return self.fast
+        accelerate(self.model, options)
+        self.fast = options
+        return options
+
+    def enable_vae_tiling(self, tile: int = 32, overlap: int = 8) -> None:
+        """Encode / decode images larger than ``tile`` latent pixels in overlapping, blended tiles (``accel.Tiling``):
+        peak memory follows the tile, not the image. A KL first stage only (else an error)."""
+        options = dataclasses.replace(self.fast, vae_tiling=Tiling(tile, overlap))
+        accelerate(self.model, options)
+        self.fast = options
 
     def _restore_fp32_unet(self) -> None:
         """From bf16 storage back to fp32: the UNet's GEMM weights read from the checkpoint file (one tensor at a
@@ -101,7 +115,7 @@ class Pipeline:
 
         if self._load_args is None or self.checkpoint_path is None:
             raise LDMError("cannot switch to fp32: this model's UNet stores its Linear / Conv weights in bf16 "
-                           "(load_checkpoint(unet_gemm_dtype=...) or a bf16 pipeline's model), so it runs under bf16 "
+                           "(load_checkpoint(unet_dtypes=...) or a bf16 pipeline's model), so it runs under bf16 "
                            "autocast only; use precision='bf16', or load the checkpoint again for fp32")
         path = os.fspath(self.checkpoint_path)
         stored = {n: p for n, p in gemm_parameters(self.model.model.diffusion_model).items()
@@ -129,22 +143,22 @@ class Pipeline:
                         dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", use_ema: bool = False,
                         parameterization: str | None = None, precision: str = "auto", **fast: Any) -> Pipeline:
         """``path=None``: the embedded ShapesWorld text-to-image model (64×64; see ``default_model``).
-        ``precision`` and ``fast``: as ``set_fast_paths``; bf16 with fp32 ``dtype`` loads the UNet's GEMM weights
-        into bf16 storage as the file is read. A file's ``model_ema.*`` weights are not kept (``use_ema`` copies
-        them into the UNet first)."""
-        _check_fast_paths(fast.get("deepcache"), fast.get("attention_slice"))
+        ``precision`` and ``fast``: as ``set_fast_paths``, resolved once here; bf16 with fp32 ``dtype`` loads the UNet's
+        GEMM weights into bf16 storage as the file is read. A file's ``model_ema.*`` weights are not kept
+        (``use_ema`` copies them into the UNet first)."""
+        resolved = Precision.resolve(precision, device, dtype, store=True)
+        AccelOptions.with_model_paths(resolved, **fast)  # bad options refused before the file is read
         if path is None:
             from ..default_model import default_model_path
 
             path = default_model_path()
         load_args = {"config": config, "use_ema": use_ema, "dtype": dtype, "device": device,
                      "parameterization": parameterization}
-        bf16 = resolve_precision(precision, device, dtype) == "bf16" and dtype == torch.float32
-        model = load_checkpoint(path, **load_args, unet_gemm_dtype=torch.bfloat16 if bf16 else None,
+        unet_dtypes = functools.partial(gemm_dtypes, dtype=torch.bfloat16) if resolved.stored_bf16 else None
+        model = load_checkpoint(path, **load_args, unet_dtypes=unet_dtypes,
                                 keep_ema=False)  # sampling never needs the EMA copy once use_ema has applied it
-        pipe = cls(model, checkpoint_path=path, precision="bf16" if bf16 else "fp32")  # fast paths set below
+        pipe = cls(model, checkpoint_path=path, precision=resolved, **fast)
         pipe._load_args = load_args
-        pipe.set_fast_paths(precision, **fast)
         return pipe
 
     # -- model facts -------------------------------------------------------------------------------
@@ -319,10 +333,11 @@ class Pipeline:
         for start in range(0, n, size):
             rows = slice(start, min(start + size, n))
             with sampling_context(self.model, self.fast, noise.device):  # autocast, DeepCache, ... per run
-                z = sample(sampler, model, noise[rows], steps, cond=_take(cond, rows, n),
-                           uncond=_take(uncond, rows, n), cfg_scale=cfg_scale, guidance_rescale=guidance_rescale,
-                           generator=gens[rows], callback=callback, progress=_bar_label(progress, rows, n),
-                           start_step=start_step, init_latents=_take(init_latents, rows, n))
+                opts = SampleOptions(steps=steps, cfg_scale=cfg_scale, guidance_rescale=guidance_rescale,
+                                     start_step=start_step, progress=_bar_label(progress, rows, n))
+                z = sample(sampler, model, noise[rows], opts, cond=_take(cond, rows, n),
+                           uncond=_take(uncond, rows, n), init_latents=_take(init_latents, rows, n),
+                           generator=gens[rows], callback=callback)
             out.append(z.to(noise.dtype))  # bf16 autocast may hand back bf16 latents
         return out[0] if len(out) == 1 else torch.cat(out)
 

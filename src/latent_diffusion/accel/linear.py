@@ -1,27 +1,19 @@
-"""``Linear`` that runs on oneDNN for fp32 inference on CPU (keys and numerics of ``nn.Linear``), optionally with
-GELU fused into the GEMM.
+"""fp32 Linear layers on oneDNN for CPU inference, with GELU optionally fused into the GEMM.
 
-torch's fp32 ``F.linear`` on CPU goes to MKL. On an AMD EPYC (Zen4) oneDNN's matmul
-(``torch.ops.mkldnn._linear_pointwise``, the kernel Inductor emits for CPU linears) ran the SD UNet's GEMM shapes —
-(8192, 320) → 1280, (2048, 640) → 2560, (512, 11520) → 1280, ... — 1.15–1.8× faster than MKL, at the rate oneDNN's
-convolutions reach on that machine (``bench/linear_kernels.py`` prints the table for the machine at hand). The
-Linear layers and the GEMM-lowered small convolutions are ~40 % of a 64² UNet call; this took our fp32 call from
-0.99 to ≈ 0.80 of diffusers' time (docs/performance.md). Taken by default on x86-64 CPUs with AVX-512 only
-(``PREFERRED``): on an AVX2-only AMD EPYC (Zen3-class) MKL was the faster one on every UNet shape (oneDNN at
-0.76–0.98× its GFLOP/s, the fused GELU slower still) and 0–6 % faster per UNet call (four A/B medians); on Arm,
-oneDNN without ACL can lose to the BLAS torch uses. Only while ``torch.backends.mkldnn.enabled``. oneDNN also
-applies GELU as the GEMM writes its output (a "post-op"), which saves a pass over the (tokens, 4·C) GEGLU gate.
+torch's fp32 ``F.linear`` on CPU calls MKL; oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``) is faster on
+the UNet's token GEMMs on AVX-512 CPUs and slower on AVX2-only ones, so it is the default only where
+``cpu.prefers_onednn`` says so (``PREFERRED``), and only while ``torch.backends.mkldnn.enabled``. It can also apply
+GELU as the GEMM writes its output (a "post-op"), saving a pass over the GEGLU gate.
 
 The op has no autograd formula, so it is taken only when no gradient is wanted (sampling, evaluation); training,
-bf16 autocast (where torch already calls oneDNN) and other devices use ``F.linear``. Forward-mode AD (dual
-tensors) is not covered either: nothing here uses it. ``onednn_linear(False)`` / ``(True)`` turns the path off /
-on in the calling thread, e.g. to compare against the plain path.
+bf16 autocast (where torch calls oneDNN itself) and other devices use ``F.linear``, as do dual tensors
+(forward-mode AD, which nothing here uses). ``onednn_linear(False)`` / ``(True)`` turns the path off / on in the
+calling thread, e.g. to compare against the plain path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import platform
 import threading
 from typing import Iterator
 
@@ -29,18 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-AVAILABLE = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-             and platform.machine().lower() in ("x86_64", "amd64"))
+from ..models.attention import GEGLU
+from .cpu import ONEDNN_LINEAR_AVAILABLE, prefers_onednn
 
-
-def prefers_onednn(capability: str | None = None) -> bool:
-    """Whether oneDNN's fp32 matmul is the default over MKL's: on AVX-512 CPUs (``torch.backends.cpu``'s
-    capability "AVX512", as on the EPYC Zen4 where it won; assumed, not measured, for AVX-512 Xeons), not on
-    AVX2-only ones (where MKL won)."""
-    cap = torch.backends.cpu.get_cpu_capability() if capability is None else capability
-    return cap.upper().startswith("AVX512")
-
-
+AVAILABLE = ONEDNN_LINEAR_AVAILABLE
 PREFERRED = AVAILABLE and prefers_onednn()
 _local = threading.local()  # .enabled: this thread's onednn_linear setting (PREFERRED when unset)
 
@@ -83,8 +67,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.gelu(out) if gelu else out
 
 
-class Linear(nn.Linear):
+class OneDNNLinear(nn.Linear):
     """``nn.Linear`` (same parameters and state-dict keys) on oneDNN for fp32 CPU inference."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+class OneDNNGEGLU(GEGLU):
+    """``GEGLU`` whose two half-width GEMMs go through ``linear``: the gate's with GELU fused on oneDNN."""
+
+    @staticmethod
+    def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+        return linear(x, weight, bias, gelu=gelu)

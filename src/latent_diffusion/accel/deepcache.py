@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .resnet import timestep_embedding
-from .unet import UNetModel
+from ..models.resnet import timestep_embedding
+from ..models.unet import UNetModel
+from .memory_format import input_format
 
 
 class DeepCacheUNet(nn.Module):
@@ -58,7 +59,7 @@ class DeepCacheUNet(nn.Module):
         emb = unet.time_embed(timestep_embedding(t, unet.cfg.model_channels).to(unet.time_embed[0].weight.dtype))
         if y is not None:
             emb = emb + unet.label_emb(y)
-        h, skips = x.contiguous(memory_format=unet._memory_format(x)), []
+        h, skips = x.contiguous(memory_format=input_format(unet, x)), []
         for block in unet.input_blocks[:b + 1]:
             h = block(h, emb, context)
             skips.append(h)

@@ -1,12 +1,12 @@
-"""Tiled application of a first-stage encoder or decoder, for images larger than memory allows in one piece.
+"""Tiled encoding and decoding of a KL autoencoder, for images larger than memory allows in one piece.
 
 The map is cut into overlapping tiles (at most ``tile`` on a side, the last of a row or column cut short) on a grid
 laid out in latent pixels (so encoder tiles start on multiples of the downsampling factor and land exactly on latent
 pixels). Every tile is run on its own; outputs are blended with weights that ramp linearly across the overlaps shared
 with a neighbour (1 elsewhere, also at the image border) and normalised by the summed weights, so each output pixel
-is a convex mix of the tiles that cover it and no seam is a hard edge. The result differs from the untiled one because GroupNorm statistics and the mid-block
-attention see one tile, not the whole image: the difference is largest at the seams and small away from them
-(measured in tests/test_fastpaths.py and ``ldm bench vae``).
+is a convex mix of the tiles that cover it and no seam is a hard edge. The result differs from the untiled one
+because GroupNorm statistics and the mid-block attention see one tile, not the whole image: the difference is largest
+at the seams and small away from them (measured in tests/test_fastpaths.py and ``ldm bench vae``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
+from ..models.autoencoder import AutoencoderKL
 
 
 @dataclass(frozen=True)
@@ -99,3 +101,38 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, gri
             out[:, :, rows, cols] += piece * wt
             weight[:, :, rows, cols] += wt
     return out / weight
+
+
+class TiledAutoencoderKL(AutoencoderKL):
+    """``AutoencoderKL`` (same parameters and keys) that encodes / decodes maps larger than ``tiling.tile`` latent
+    pixels in overlapping, blended tiles: peak memory follows the tile, not the image. Set by ``set_vae_tiling``."""
+
+    tiling: Tiling
+
+    def _moments(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.downsample_factor
+        if max(x.shape[-2:]) > self.tiling.tile * f:
+            return tiled_apply(super()._moments, x, self.tiling, step=f, scale=1 / f)
+        return super()._moments(x)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if max(z.shape[-2:]) > self.tiling.tile:
+            return tiled_apply(super()._decode, z, self.tiling, step=1, scale=self.downsample_factor)
+        return super()._decode(z)
+
+
+def set_vae_tiling(model: nn.Module, tiling: Tiling | None) -> int:
+    """Tile every KL autoencoder in ``model`` (``model`` itself included) with ``tiling``, or stop tiling (None), in
+    place; returns how many autoencoders were set."""
+    count = 0
+    for m in model.modules():
+        if type(m) is AutoencoderKL and tiling is not None:
+            m.__class__ = TiledAutoencoderKL
+        if isinstance(m, TiledAutoencoderKL):
+            if tiling is None:
+                m.__class__ = AutoencoderKL
+                del m.tiling
+            else:
+                m.tiling = tiling
+        count += isinstance(m, AutoencoderKL)
+    return count

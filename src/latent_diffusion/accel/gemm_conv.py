@@ -1,11 +1,10 @@
-"""``Conv2d`` that lowers small convolutions to one GEMM on CPU (keys and numerics of ``nn.Conv2d``).
+"""Small convolutions lowered to one GEMM on CPU, with a cast cache for sampling under autocast.
 
-oneDNN's direct convolution is efficient on large feature maps but not on the UNet's deepest levels: on an AMX
-Xeon a 3×3 1280→1280 conv on a batch-2 8×8 map ran at ~120 GFLOP/s in fp32 (under a third of the GEMM peak) and
-barely faster in bf16. Lowered to a GEMM — the 3×3 neighbourhoods of an NHWC map side by side, (B·H·W, 9·C), times
-the channels_last weight viewed as (O, 9·C), both views free — the same conv ran at ~270 GFLOP/s in fp32 and
-~500 in bf16 (weight cast included). The lowering is taken for input maps of at most ``GEMM_MAX_PIXELS`` pixels
-(1×1, 3×3 and strided convs alike), on CPU, for NHWC input; everything else is ``nn.Conv2d``'s own path.
+oneDNN's direct convolution is efficient on large feature maps but not on the UNet's deepest levels. Lowered to a
+GEMM — the k×k neighbourhoods of an NHWC map side by side, (B·H·W, k·k·C), times the channels_last weight viewed
+as (O, k·k·C), both views free — such a conv runs at several times the rate. The lowering is taken for input maps
+of at most ``GEMM_MAX_PIXELS`` pixels (1×1, 3×3 and strided convs alike), on CPU, for NHWC input; everything else
+is ``nn.Conv2d``'s own path. The numbers are in docs/performance.md ("Fast paths").
 """
 
 from __future__ import annotations
@@ -29,9 +28,9 @@ _local = threading.local()  # .casts: id(weight) -> (weight, version, data_ptr, 
 def cache_weight_casts() -> Iterator[None]:
     """Within the block (in this thread), a GEMM-lowered conv under autocast casts its weight to the autocast dtype
     once and reuses the copy, as autocast's own cache does for the weights its ops take directly: the lowered conv
-    hands the GEMM an (O, k·k·C) view of the weight, which autocast does not cache, so a sampling loop re-cast
-    ~475M SD UNet weights at every step. The copies are dropped when the outermost block ends. A parameter changed
-    in place through autograd-visible ops (its version counter moves) or given new storage is cast again; writes
+    hands the GEMM an (O, k·k·C) view of the weight, which autocast does not cache, so a sampling loop would re-cast
+    every conv weight at every step. The copies are dropped when the outermost block ends. A parameter changed in
+    place through autograd-visible ops (its version counter moves) or given new storage is cast again; writes
     through ``.data`` are not seen, so do not edit weights that way inside the block. Meant for sampling (no
     gradients): where a weight wants a gradient, is not a leaf, or is an inference tensor, nothing is cached; nor
     under ``torch.compile``."""
@@ -85,27 +84,8 @@ def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out.view(b, h_out, w_out, o).permute(0, 3, 1, 2)  # (B, O, H', W'), channels_last memory
 
 
-def cpu_inference_format(module: nn.Module, x: torch.Tensor, probe: torch.Tensor) -> torch.memory_format:
-    """The memory format ``module`` (a UNet, an autoencoder's encoder or decoder) should run ``x`` in, with its conv
-    weights switched to it: channels_last on CPU for inference, where oneDNN convolves NHWC without reordering
-    activations to and from its blocked layout; NCHW in training (``module.training`` with grad enabled), where the
-    NHWC convolution backward made a step ~2.7× slower (``ldm bench train``); as it comes elsewhere (CUDA GroupNorm
-    wants NCHW). ``probe`` is one conv weight of ``module``: if it is not in the chosen format, every ``nn.Conv2d``
-    weight is switched in place (the same Parameters, so optimisers and state-dict keys are untouched; saving makes
-    them contiguous), which also catches a layout change after loading."""
-    if x.device.type != "cpu" or x.ndim != 4:
-        return torch.contiguous_format
-    fmt = torch.contiguous_format if module.training and torch.is_grad_enabled() else torch.channels_last
-    if not probe.is_contiguous(memory_format=fmt):
-        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: training may follow sampling
-            for m in module.modules():
-                if isinstance(m, nn.Conv2d):
-                    m.weight.data = m.weight.data.contiguous(memory_format=fmt)
-    return fmt
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state-dict keys) with the GEMM lowering for small maps on CPU."""
+class GemmConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict keys) with the GEMM lowering for small NHWC maps on CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._lower_to_gemm(x):
