@@ -3,7 +3,7 @@
     PYTHONPATH=src python bench/pipeline.py [--steps 4] [--repeats 2] [--dtypes fp32,bf16] [--out bench/results]
                                             [--src DIR] [--ckpt PATH]
 
-One random-weight checkpoint (the shape of tests/data/v1-inference.yaml: 860 M UNet, 84 M VAE, 123 M CLIP ViT-L/14
+One random-weight checkpoint (the shape of tests/fixtures/v1-inference.yaml: 860 M UNet, 84 M VAE, 123 M CLIP ViT-L/14
 text encoder; fan-in scaled so activations stay O(1)) is written once; each side loads that same file itself — ours
 with ``Pipeline.from_checkpoint``, diffusers with ``from_single_file`` + the original YAML, which copies the weights
 through its own CompVis converters (the text encoder is a transformers ``CLIPTextModel`` holding the file's weights:

@@ -16,7 +16,7 @@ from latent_diffusion.models.ldm import LatentDiffusion
 from latent_diffusion.tiny import tiny_config, tiny_model
 from latent_diffusion.yaml_compat import load_yaml_config
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 FAMILIES = ["sd1", "sd2", "sd1-inpaint", "class", "uncond-vq"]
 POS_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 

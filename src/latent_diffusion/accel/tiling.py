@@ -6,7 +6,7 @@ pixels). Every tile is run on its own; outputs are blended with weights that ram
 with a neighbour (1 elsewhere, also at the image border) and normalised by the summed weights, so each output pixel
 is a convex mix of the tiles that cover it and no seam is a hard edge. The result differs from the untiled one
 because GroupNorm statistics and the mid-block attention see one tile, not the whole image: the difference is largest
-at the seams and small away from them (measured in tests/test_fastpaths.py and ``ldm bench vae``).
+at the seams and small away from them (measured in tests/accel/test_fastpaths.py and ``ldm bench vae``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ FAST = dict(n=1, steps=2, rows=2, size=32, progress=False, echo=False)
 PAD, SCALE, LABEL_W = 2, 2, 170  # demo grid: cells drawn at twice their size, 2-px gaps, 170-px label column
 
 
-def _superres() -> LatentDiffusion:  # concat model with a 3-channel (RGB) condition, as tests/test_pipeline.py
+def _superres() -> LatentDiffusion:  # concat model with a 3-channel (RGB) condition, as tests/pipelines/test_pipeline.py
     base = tiny_config("uncond-vq")
     cfg = dataclasses.replace(base, conditioning_key="concat",
                               unet=dataclasses.replace(base.unet, in_channels=base.unet.out_channels + 3))

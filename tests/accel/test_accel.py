@@ -20,7 +20,7 @@ from latent_diffusion.models.autoencoder import AutoencoderKL
 from latent_diffusion.models.ldm import LatentDiffusion
 from latent_diffusion.tiny import tiny_config, tiny_model
 
-MODELS = Path(__file__).resolve().parents[1] / "src" / "latent_diffusion" / "models"
+MODELS = Path(__file__).resolve().parents[2] / "src" / "latent_diffusion" / "models"
 TORCH_LAYERS = {"Conv1d", "Conv2d", "Conv3d", "Linear", "LazyLinear", "Bilinear"}
 FAST = (GemmConv2d, OneDNNLinear, OneDNNGEGLU, ChannelsLastUNet, ChannelsLastEncoder, ChannelsLastDecoder,
         TiledAutoencoderKL)

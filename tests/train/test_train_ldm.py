@@ -10,7 +10,6 @@ from ldm_tiny_config import tiny
 from safetensors.torch import load_file
 
 from latent_diffusion.checkpoint import load_checkpoint
-from latent_diffusion.errors import ConfigError
 from latent_diffusion.train.ldm import LatentDiffusionModule, snr_weight
 from latent_diffusion.train.ldm_config import LDMTrainConfig
 from latent_diffusion.train.ldm_data import StepWindow
@@ -196,7 +195,7 @@ def test_cli_overrides_reach_the_run(tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*.yaml")))

@@ -2,7 +2,7 @@
 diffusers' ``StableDiffusionImg2ImgPipeline`` / ``StableDiffusionInpaintPipeline``, for SD 1.x (ε) and SD 2.x
 (v-prediction) tiny random checkpoints.
 
-Loading (as tests/test_pipeline_parity.py): each side reads the same tiny ``.safetensors`` file itself — ours through
+Loading (as tests/pipelines/test_pipeline_parity.py): each side reads the same tiny ``.safetensors`` file itself — ours through
 ``Pipeline.from_checkpoint`` (config from the file's metadata), diffusers through ``from_single_file`` with an
 original-style (CompVis) YAML written here, offline (``local_files_only``, ``HF_HUB_OFFLINE``, sockets blocked), so
 its UNet and VAE come from diffusers' own CompVis converters. Cases:
@@ -14,12 +14,12 @@ its UNet and VAE come from diffusers' own CompVis converters. Cases:
   512-inpainting model is ε; both parameterisations go through the same code otherwise).
 
 Text: diffusers gets ``prompt_embeds`` / ``negative_prompt_embeds`` from our text encoder (``text_encoder=None``): the
-encoders' own parity is tests/test_text_encoders.py and the SD 1.x tokenizer path is covered by
-tests/test_pipeline_parity.py, so here only the image paths are compared.
+encoders' own parity is tests/models/test_text_encoders.py and the SD 1.x tokenizer path is covered by
+tests/pipelines/test_pipeline_parity.py, so here only the image paths are compared.
 
 Schedulers: built from the model's own schedule (scaled-linear, ``steps_offset=1``, ``set_alpha_to_one=False``,
 ``prediction_type`` from the YAML's ``parameterization``; diffusers' legacy loader would guess "epsilon" for a toy SD 2
-model, whose shapes it cannot recognise), with the spacing of tests/test_pipeline_parity.py.
+model, whose shapes it cannot recognise), with the spacing of tests/pipelines/test_pipeline_parity.py.
 
 Same inputs by construction — the documented convention differences (docs/sampling.md, "img2img and inpainting"):
 
@@ -37,7 +37,7 @@ Same inputs by construction — the documented convention differences (docs/samp
 
 Tolerances (fp32): final latents within 1e-4 max abs while max|ref| ≤ 5, and within 2e-5 relative to max|ref| beyond
 (``1e-4 · max(1, max|ref| / 5)``); decoded uint8 images at most 1 level apart on ≥ 99.9 % of the values. The relative
-part is for ``sd1-inpaint`` only: its start from pure noise is txt2img's situation (tests/test_pipeline_parity.py,
+part is for ``sd1-inpaint`` only: its start from pure noise is txt2img's situation (tests/pipelines/test_pipeline_parity.py,
 which bounds 1e-4 *relative*): a random ε-model does not denoise, its latents end at |z| ≈ 20-50, and the float32
 rounding differences of the two UNets (amplified by CFG and 1/√ᾱ_T) grow with them: measured 1.2e-4 to 3.5e-4 abs,
 6.4e-6 to 6.9e-6 relative. Run in float64 on both sides the same cases differ by 0.8e-5 to 2.7e-5 (the rest: diffusers'
@@ -65,9 +65,16 @@ from latent_diffusion.pipelines.images import load_mask, pil_to_tensor  # noqa: 
 from latent_diffusion.tiny import tiny_config, tiny_model  # noqa: E402
 from parity_common import checkpoint_with_yaml, fp32_pipeline, no_network  # noqa: E402
 
-pytest.importorskip("diffusers")
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,  # noqa: E402
-                       StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
+from oracle import diffusers, needs_oracle  # noqa: E402 - diffusers is None without the oracle
+if diffusers is not None:  # the oracle's classes
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,  # noqa: E402
+                           StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
+else:
+    DDIMScheduler = None
+    DPMSolverMultistepScheduler = None
+    EulerDiscreteScheduler = None
+    StableDiffusionImg2ImgPipeline = None
+    StableDiffusionInpaintPipeline = None
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]
@@ -78,7 +85,7 @@ PROMPT, NEGATIVE = "a red circle above a blue square", "blurry, low quality"
 CASE = dict(steps=5, cfg=7.5, seed=4321, strength=0.6)
 HEIGHT, WIDTH = 32, 48  # latents (4, 16, 24): catches an H/W swap
 BOX = (14, 6, 38, 22)  # (x0, y0, x1, y1) repainted: even, so latent pixels are wholly in or out
-SCHEDULERS = {  # our sampler -> diffusers scheduler (as tests/test_pipeline_parity.py)
+SCHEDULERS = {  # our sampler -> diffusers scheduler (as tests/pipelines/test_pipeline_parity.py)
     "ddim": (DDIMScheduler, {"timestep_spacing": "leading"}),
     "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,
                                                "timestep_spacing": "linspace", "final_sigmas_type": "zero"}),
@@ -229,6 +236,7 @@ def assert_close(ours: Pipeline, pipe, z: torch.Tensor, ref: torch.Tensor, what:
 
 
 # -- the oracle's inputs ---------------------------------------------------------------------------
+@needs_oracle
 @pytest.mark.parametrize("family", IMG2IMG + INPAINT)
 def test_checkpoint_loads_as_the_model(pipelines, family: str) -> None:
     """Guards the oracle: our loader gives the model that was saved; diffusers built the matching UNet."""
@@ -241,6 +249,7 @@ def test_checkpoint_loads_as_the_model(pipelines, family: str) -> None:
     assert pipe.vae.config.scaling_factor == cfg.scale_factor
 
 
+@needs_oracle
 @pytest.mark.parametrize("family", ["sd1-inpaint", "sd2-inpaint"])
 def test_encodings_agree(pipelines, family: str) -> None:
     """What diffusers is handed (our latents) is what it would compute with the posterior mode instead of a
@@ -262,6 +271,7 @@ def test_encodings_agree(pipelines, family: str) -> None:
 
 
 # -- parity ----------------------------------------------------------------------------------------
+@needs_oracle
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 @pytest.mark.parametrize("family", IMG2IMG)
 def test_img2img_matches_diffusers(pipelines, family: str, name: str) -> None:
@@ -270,6 +280,7 @@ def test_img2img_matches_diffusers(pipelines, family: str, name: str) -> None:
     assert_close(ours, pipe, z, ref, f"{family} img2img {name}")
 
 
+@needs_oracle
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 @pytest.mark.parametrize("family", INPAINT)
 def test_inpaint_9_channel_matches_diffusers(pipelines, family: str, name: str) -> None:
@@ -278,6 +289,7 @@ def test_inpaint_9_channel_matches_diffusers(pipelines, family: str, name: str) 
     assert_close(ours, pipe, z, ref, f"{family} inpaint {name}")
 
 
+@needs_oracle
 def test_img2img_image_i_of_n_is_diffusers_with_seed_plus_i(pipelines) -> None:
     ours, pipe, _ = pipelines("sd1")
     z = ours.img2img(init_image(), PROMPT, NEGATIVE, strength=CASE["strength"], steps=CASE["steps"],

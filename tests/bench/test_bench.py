@@ -10,7 +10,7 @@ import torch
 from latent_diffusion.cli import main
 from latent_diffusion.yaml_compat import load_yaml_config
 
-pytest.importorskip("diffusers")
+from oracle import needs_oracle
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 CASES = ["unet", "vae", "samplers", "train", "fastpaths", "pipeline"]
@@ -23,6 +23,7 @@ def report(tmp_path_factory):
     return out, json.loads((out / "bench-results.json").read_text())
 
 
+@needs_oracle
 def test_top_level_schema(report) -> None:
     out, r = report
     assert r["schema"] == "ldm-bench/1" and r["quick"] is True
@@ -36,6 +37,7 @@ def test_top_level_schema(report) -> None:
     assert (out / "bench-results.md").read_text().startswith("# ldm bench")
 
 
+@needs_oracle
 def test_ours_and_diffusers_side_by_side(report) -> None:
     cases = report[1]["cases"]
     for r in cases["unet"]["results"]:
@@ -69,6 +71,7 @@ def test_bf16_rows_follow_the_hardware_unless_asked(monkeypatch) -> None:
     assert [m.name for m in unet.select_modes(precisions=("fp32",), only=["bf16"])] == ["bf16"]  # named: runs
 
 
+@needs_oracle
 def test_no_bf16_leaves_out_the_bf16_rows_and_peak(tmp_path) -> None:
     assert main(["bench", "unet", "train", "--quick", "--no-bf16", "--no-plots", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "bench-results.json").read_text())
@@ -91,6 +94,7 @@ def test_emulated_bf16_peak_is_timed_on_a_small_matmul(monkeypatch) -> None:
     assert common.peak_rates({"fp32": 150.2, "bf16": 0.4321}) == "fp32 150, bf16 0.43"
 
 
+@needs_oracle
 def test_vae_latent_size_option(tmp_path) -> None:
     assert main(["bench", "vae", "--quick", "--vae-latent", "8", "--no-plots", "--out", str(tmp_path)]) == 0
     section = json.loads((tmp_path / "bench-results.json").read_text())["cases"]["vae"]
@@ -109,7 +113,7 @@ def test_sd15_unet_shape_is_the_yaml_one() -> None:
 
     from latent_diffusion.bench.unet import SD15_UNET
 
-    assert load_yaml_config(Path(__file__).parent / "data" / "v1-inference.yaml").unet == SD15_UNET
+    assert load_yaml_config(Path(__file__).parents[1] / "fixtures" / "v1-inference.yaml").unet == SD15_UNET
 
 
 def test_device_option_errors_are_clear(tmp_path, capsys, monkeypatch) -> None:
@@ -142,6 +146,7 @@ def test_unet_modes_and_table_with_gpu_memory() -> None:
     assert "peak GiB" not in unet.table([{k: v for k, v in row.items() if k != "peak_memory_gib"}])
 
 
+@needs_oracle
 def test_unet_case_runs_the_gpu_modes_on_the_cpu(monkeypatch) -> None:
     """The GPU mode list (fp16 included) through the whole unet case, on the CPU and the tiny UNet: what a CUDA run
     does apart from synchronising and reading GPU memory."""
@@ -182,6 +187,7 @@ def test_cached_casts_mode_calls_without_gradients_and_with_the_cast_cache() -> 
     assert not out.requires_grad
 
 
+@needs_oracle
 def test_unet_mode_filter(monkeypatch, capsys) -> None:
     """``only`` runs the named modes and names the accepted ones when a name is wrong, before any model is built;
     the bench/unet.py wrapper checks --modes and --sizes before it times anything."""
@@ -204,7 +210,7 @@ def test_unet_mode_filter(monkeypatch, capsys) -> None:
     with pytest.raises(ConfigError, match="'bf16 cached casts'"):
         unet.run(quick=True, peak={}, only=["bf16 cached casts"], log=lambda _: None)  # an extra mode, no extras
 
-    spec = importlib.util.spec_from_file_location("bench_unet_script", Path(__file__).parents[1] / "bench" / "unet.py")
+    spec = importlib.util.spec_from_file_location("bench_unet_script", Path(__file__).parents[2] / "bench" / "unet.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     monkeypatch.setattr(common, "gemm_peak", no_models)
@@ -215,6 +221,7 @@ def test_unet_mode_filter(monkeypatch, capsys) -> None:
         assert message in capsys.readouterr().err
 
 
+@needs_oracle
 def test_stored_weights_mode_times_ours_as_a_bf16_pipeline_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """"bf16 stored weights" runs a copy of our UNet with bf16 GEMM weights: the same output as bf16 autocast over
     the fp32 weights (so the same error against diffusers, to the bit), the shared model left in fp32."""

@@ -107,7 +107,7 @@ def test_sd15_full_size_unet_matches_diffusers() -> None:
     """The released SD 1.5 UNet shape (859.5 M parameters), random weights, one forward at 32×32 latents."""
     from pathlib import Path
 
-    cfg = load_yaml_config(Path(__file__).parent / "data" / "v1-inference.yaml").unet
+    cfg = load_yaml_config(Path(__file__).parents[1] / "fixtures" / "v1-inference.yaml").unet
     torch.manual_seed(0)
     ours = UNetModel(cfg).eval()
     g = torch.Generator().manual_seed(0)
