@@ -27,7 +27,7 @@ from .safe_pickle import InertObject, pickle_module
 from .zip_crc import check_torch_zip
 
 __all__ = ["InertObject", "read_state_dict", "read_pickle", "verify_checkpoint_file", "save_safetensors_atomic",
-           "file_fingerprint"]
+           "file_fingerprint", "file_sha256"]
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -272,8 +272,8 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.Pat
         raise CheckpointError(f"cannot write {path}: {found.group(1) if found else exc}") from None
 
 
-def file_fingerprint(path: str | os.PathLike) -> str:
-    """First 10 hex digits of the file's sha256 (the short "Model hash" A1111 shows); read in 1 MiB chunks."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's sha256 as 64 hex digits, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -281,4 +281,9 @@ def file_fingerprint(path: str | os.PathLike) -> str:
                 digest.update(chunk)
     except OSError as exc:
         raise CheckpointError(f"cannot hash {os.fspath(path)}: {exc.strerror or exc}") from exc
-    return digest.hexdigest()[:10]
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """First 10 hex digits of the file's sha256 (the short "Model hash" A1111 shows)."""
+    return file_sha256(path)[:10]

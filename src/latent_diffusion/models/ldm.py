@@ -105,15 +105,24 @@ class LatentDiffusion(nn.Module):
     def encode_first_stage(self, x: torch.Tensor, *, sample: bool = False,
                            generator: torch.Generator | None = None) -> torch.Tensor:
         """Image (B, 3, H, W) in [-1, 1] → scaled latents (B, C, H/f, W/f) for the diffusion model."""
+        return self.first_stage_latents(x, sample=sample, generator=generator) * self.scale_factor
+
+    def first_stage_latents(self, x: torch.Tensor, *, sample: bool = False,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Image (B, 3, H, W) → unscaled latents: a KL posterior's mean, or a sample of it with ``sample`` (noise drawn
+        in float32 from ``generator``, then cast to the latents' dtype); a VQ model's pre-quantisation latents (its
+        decoder quantises); the image itself without a first stage."""
         fs = self.first_stage_model
         if fs is None:
-            z = x
-        elif isinstance(fs, VQModel):
-            z = fs.encode(x)  # pre-quantisation latents; the decoder quantises
-        else:
-            posterior = fs.encode(x)
-            z = posterior.sample(generator) if sample else posterior.mode()
-        return z * self.scale_factor
+            return x
+        if isinstance(fs, VQModel):
+            return fs.encode(x)
+        posterior = fs.encode(x)
+        if not sample:
+            return posterior.mode()
+        device = generator.device if generator is not None else posterior.mean.device
+        noise = torch.randn(posterior.mean.shape, generator=generator, device=device)
+        return posterior.mean + posterior.std * noise.to(posterior.mean)
 
     @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:

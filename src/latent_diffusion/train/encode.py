@@ -49,7 +49,7 @@ def encode_dataset(first_stage: str | os.PathLike, data: str | os.PathLike, out:
     from ..data.latents import FORMAT, INDEX
     from ..data.sources import FolderSource
     from ..data.transforms import TransformConfig
-    from .ldm import file_sha256
+    from ..safe_load import file_sha256
 
     from ..data.latents import is_latent_folder
 

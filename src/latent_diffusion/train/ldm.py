@@ -27,6 +27,7 @@ from ..diffusion.loss import DenoisingLoss, snr_weight  # noqa: F401  (snr_weigh
 from ..errors import ConfigError, LDMError
 from ..models.conditioners import null_class
 from ..models.ldm import LatentDiffusion
+from ..safe_load import file_sha256
 from .ldm_config import LDMTrainConfig, check_scale_factor, segment_classes
 from ..data.seeds import seed_of
 from .ldm_data import StepWindow, TaskSource, build_items, latent_cache_file
@@ -163,16 +164,7 @@ class LatentDiffusionModule(L.LightningModule):
     @torch.no_grad()
     def _raw_latents(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """Images (B, 3, H, W) → unscaled latents (posterior mean, or a sample when ``g`` is given)."""
-        fs = self.model.first_stage_model
-        x = x.to(self.device)
-        if fs is None:
-            return x
-        if hasattr(fs, "quantize"):
-            return fs.encode(x)
-        post = fs.encode(x)
-        if g is None:
-            return post.mode()
-        return post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(post.mean)
+        return self.model.first_stage_latents(x.to(self.device), sample=g is not None, generator=g)
 
     def latents(self, batch: dict, g: torch.Generator) -> torch.Tensor:
         if "latent_mean" in batch:  # pre-encoded posterior (ldm data encode)
@@ -324,11 +316,3 @@ class LatentDiffusionModule(L.LightningModule):
         return self._fs_sha
 
 
-def file_sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

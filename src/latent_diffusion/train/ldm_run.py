@@ -263,7 +263,7 @@ def check_resume(cfg: LDMTrainConfig, resume: str, ckpt: dict[str, Any] | None =
                           f"{detail}); resume with the run's own config ({Path(resume).parents[1] / 'config.yaml'})")
     saved_sha = ckpt.get("ldm_first_stage_sha256")
     if saved_sha and cfg.first_stage_path:
-        from .ldm import file_sha256
+        from ..safe_load import file_sha256
 
         if Path(cfg.first_stage_path).is_file() and file_sha256(cfg.first_stage_path) != saved_sha:
             raise ConfigError(f"first_stage_path {cfg.first_stage_path} is not the file this run started from (its "
