@@ -120,23 +120,30 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, over
     if not overwrite and path.exists():
         raise OutputError(f"{path} already exists; refusing to overwrite it (pass --force / overwrite=True)")
     sweep_stale_temps(folder, path.name)
-    tmp = None
     try:
-        tmp = temp_path(path)
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        _publish(tmp, path, overwrite)
+        with _written_temp(path, write) as tmp:
+            _publish(tmp, path, overwrite)
         _fsync_dir(folder)
     except FileExistsError:
         raise OutputError(f"{path} already exists; refusing to overwrite it (pass --force / overwrite=True)") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def _written_temp(path: Path, write: Callable[[Path], None]) -> Iterator[Path]:
+    """A fresh temp file beside ``path`` filled by ``write`` and fsynced; removed on leaving (gone already once
+    published by a rename; after a link or an error, this removes it)."""
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -163,13 +170,8 @@ def write_numbered(folder: str | os.PathLike, name: Callable[[int], str], write:
     """
     folder = Path(folder)
     sweep_stale_temps(folder)
-    tmp = None
     try:
-        tmp = temp_path(folder / name(0))
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        with _folder_lock(folder):
+        with _written_temp(folder / name(0), write) as tmp, _folder_lock(folder):
             k = max((n for f in folder.iterdir() if (n := used(f)) is not None), default=-1) + 1
             while True:
                 path = folder / name(k)
@@ -182,10 +184,6 @@ def write_numbered(folder: str | os.PathLike, name: Callable[[int], str], write:
         return path
     except OSError as exc:
         raise OutputError(f"cannot write into {folder}: {_reason(exc)}") from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
 
 
 def check_output_dir(folder: str | os.PathLike) -> Path:
