@@ -3,7 +3,8 @@
 Every write goes to a temp file of its own in the target's folder (``.{name}.{pid}.{random}.tmp``, created with
 ``O_EXCL``), is flushed to disk (fsync), then takes the target's name in one step: ``os.link`` when the target must not
 exist (atomic "create if absent": two writers can never both get a name), ``os.replace`` when overwriting. A temp
-file left by a killed process (its pid no longer runs) is removed by the next write into that folder.
+file left by a killed process (its pid no longer runs here, and it is an hour old: a writer on another machine
+sharing the folder keeps its file) is removed by the next write into that folder.
 
 Numbered outputs (``00000-<seed>.png``, ``00001-...``) pick the next free number and take it under a lock on the
 folder, so concurrent runs into one folder get distinct numbers.
@@ -16,6 +17,7 @@ import errno
 import os
 import re
 import secrets
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,6 +30,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ["OutputError", "temp_path", "write_atomic", "write_numbered", "sweep_stale_temps", "check_output_dir"]
 
+STALE_SECONDS = 3600.0  # a dead writer's temp file is removed once it is this old
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
@@ -62,9 +65,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
-    """Remove the temp files in ``folder`` whose writing process no longer runs (optionally only those for the
-    target ``name``). Only names of the form ``.{name}.{pid}.{8 hex}.tmp`` are touched; returns what was removed."""
+def sweep_stale_temps(folder: str | os.PathLike, name: str | None = None, *, min_age: float = STALE_SECONDS,
+                      ) -> list[Path]:
+    """Remove the temp files in ``folder`` whose writing process no longer runs here and that were last written
+    ``min_age`` seconds ago or earlier (a pid of another machine sharing the folder does not run here either);
+    optionally only those for the target ``name``. Only names of the form ``.{name}.{pid}.{8 hex}.tmp`` are
+    touched; returns what was removed."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -75,8 +81,9 @@ def sweep_stale_temps(folder: str | os.PathLike, name: str | None = None) -> lis
         if m is None or (name is not None and m["name"] != name) or _pid_alive(int(m["pid"])):
             continue
         with contextlib.suppress(OSError):
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
+            if time.time() - entry.stat().st_mtime >= min_age:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
     return removed
 
 
@@ -99,10 +106,20 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     except FileExistsError:
         raise
     except OSError as exc:  # no hard links here (FAT, some network shares): reserve the name, then replace
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+        no_links = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EINVAL)
+        if exc.errno not in no_links and getattr(exc, "winerror", None) not in (1, 50):
             raise
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        os.replace(tmp, path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        reserved = os.fstat(fd)
+        os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # leave no empty file under the user's name: remove our placeholder if it is still ours
+            with contextlib.suppress(OSError):
+                now = os.stat(path)
+                if (now.st_ino, now.st_dev, now.st_size) == (reserved.st_ino, reserved.st_dev, 0):
+                    os.unlink(path)
+            raise
     else:
         os.unlink(tmp)
 
@@ -154,7 +171,11 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # NFS / some FUSE mounts: no flock on a folder; create-if-absent still keeps files apart
+            if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -178,7 +199,7 @@ def write_numbered(folder: str | os.PathLike, name: Callable[[int], str], write:
                 try:
                     _publish(tmp, path, overwrite=False)
                     break
-                except FileExistsError:  # only without a lock (Windows): take the next number
+                except FileExistsError:  # only without a lock (Windows, NFS): take the next number
                     k += 1
         _fsync_dir(folder)
         return path

@@ -7,6 +7,7 @@ extra entries are kept as plain data within budgets (``plain_data.py``). Writes 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -97,12 +98,22 @@ def read_pickle(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
     except Exception as exc:  # torch/zip/pickle errors on corrupt or truncated files
         raise CheckpointError(f"could not read {path} as a torch checkpoint (corrupt, truncated or another format?): "
                               f"{type(exc).__name__}: {exc}") from exc
-    inert = sorted(module.Unpickler.placeholders)
-    if weights_only and inert:
-        raise UnsafeCheckpointError(f"refused to load {path}: it holds objects of {', '.join(inert[:5])}, classes a "
+    if weights_only:
+        _check_weights_only(path, sorted(module.Unpickler.placeholders))
+    return obj
+
+
+def _check_weights_only(path: str, inert: list[str]) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` would refuse: classes our reader made placeholders of, and any
+    other global outside torch's weights-only allow-list (our reader also loads paths, ``argparse.Namespace`` and
+    numpy scalars as plain data; torch does not). Torch's own scan of the file names them without unpickling."""
+    unsafe = list(inert)
+    with contextlib.suppress(Exception):  # the scan reads zip files only; the legacy format has placeholders only
+        unsafe += [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in unsafe]
+    if unsafe:
+        raise UnsafeCheckpointError(f"refused to load {path}: it holds objects of {', '.join(unsafe[:5])}, which a "
                                     f"weights-only load does not accept (a checkpoint written by this project holds "
                                     f"none); nothing from the file was executed")
-    return obj
 
 
 def verify_checkpoint_file(path: str | os.PathLike) -> None:

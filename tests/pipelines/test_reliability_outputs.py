@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +73,15 @@ def test_temp_files_of_killed_writers_are_swept(tmp_path: Path) -> None:
     stale = tmp_path / f".last.ckpt.{int(dead.stdout)}.0123abcd.tmp"
     live = tmp_path / f".last.ckpt.{os.getpid()}.89abcdef.tmp"  # a write in progress in a running process
     other = tmp_path / ".notes.tmp"  # not ours
-    for p in (stale, live, other):
+    recent = tmp_path / f".x.png.{int(dead.stdout)}.4567abcd.tmp"  # a dead pid here, but written just now: maybe
+    for p in (stale, live, other, recent):                            # another machine's writer on a shared folder
         p.write_bytes(b"x")
+    hour_ago = time.time() - 3700
+    for p in (stale, live, other):
+        os.utime(p, (hour_ago, hour_ago))
     assert sweep_stale_temps(tmp_path) == [stale]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, recent.name])
+    assert sweep_stale_temps(tmp_path, min_age=0) == [recent]
 
 
 def test_the_output_folder_is_checked_before_any_work(tmp_path: Path) -> None:
@@ -201,3 +207,57 @@ def test_the_embedded_text_encoder_warns_when_it_cuts_a_prompt() -> None:
     pipe = Pipeline.from_checkpoint(task_model_path("txt2img"))
     with pytest.warns(UserWarning, match=r"the last \d+ words were dropped"):
         assert pipe.check_prompt("a red circle above a blue square " * 800) > 0
+
+
+def test_numbers_past_99999_keep_counting(tmp_path: Path) -> None:
+    (tmp_path / "100000-1.png").write_bytes(b"x")
+    path = save_numbered_png(Image.new("RGB", (4, 4)), tmp_path, 7, "p\nSteps: 1")
+    assert path.name == "100001-7.png"
+
+
+def test_inputs_and_run_arguments_are_checked_before_the_model_loads(tmp_path: Path) -> None:
+    """A missing --init-image, --steps 0, an unknown sampler or a bad --from-png batch position are reported before
+    any checkpoint is read (the --ckpt here does not exist: its error would come first otherwise)."""
+    nope = str(tmp_path / "nope.safetensors")
+    base = ("--ckpt", nope, "--out", str(tmp_path / "o"), "--quiet")
+    r = _cli("img2img", "--init-image", str(tmp_path / "missing.png"), "--prompt", "x", *base)
+    assert r.returncode == 2 and "cannot read --init-image" in r.stderr, r.stderr
+    r = _cli("txt2img", "--prompt", "x", "--steps", "0", *base)
+    assert r.returncode == 2 and "--steps must be a positive integer" in r.stderr, r.stderr
+    r = _cli("txt2img", "--prompt", "x", "--sampler", "nope", *base)
+    assert r.returncode == 2 and "nope" in r.stderr and "nope.safetensors" not in r.stderr, r.stderr
+    r = _cli("txt2img", "--prompt", "x", "--seed", str(2**64 - 1), "--n", "2", *base)
+    assert r.returncode == 2 and "seed must be an integer in 0 .. 2**64 - 1" in r.stderr, r.stderr
+    png = tmp_path / "bad.png"
+    save_png(Image.new("RGB", (4, 4)), png, "x\nSteps: 1, Sampler: ddim, CFG scale: 1, Seed: 3, Size: 64x64, "
+             "Batch size: 2, Batch pos: 5")
+    r = _cli("txt2img", "--from-png", str(png), *base)
+    assert r.returncode == 2 and "Batch pos 5 / Batch size 2" in r.stderr, r.stderr
+
+
+def test_the_cli_encodes_the_prompt_and_the_input_once_per_run(sd1: Pipeline, tmp_path: Path, monkeypatch) -> None:
+    """Images are made --batch-size at a time and written as made; the text encoder and the VAE encoder still run
+    once per run, not once per batch."""
+    calls = {"text": 0, "encode": 0}
+    real_text, real_encode = sd1.model.get_learned_conditioning, sd1.model.encode_first_stage
+
+    def text(c):  # noqa: ANN001, ANN202
+        calls["text"] += 1
+        return real_text(c)
+
+    def encode(x, **kw):  # noqa: ANN001, ANN202
+        calls["encode"] += 1
+        return real_encode(x, **kw)
+
+    monkeypatch.setattr(sd1.model, "get_learned_conditioning", text)
+    monkeypatch.setattr(sd1.model, "encode_first_stage", encode)
+    init = Image.new("RGB", (32, 32), (200, 30, 30))
+    args = argparse.Namespace(out=str(tmp_path), n=3, batch_size=1, quiet=True)
+
+    def make(**each: object) -> list:
+        return sd1.img2img(init, "a cat", steps=2, sampler="ddim", cfg_scale=3.0, **each)
+
+    written = _generate(args, sd1, make, "a cat", "", {"Steps": 2}, 11)
+    assert len(written) == 3 and calls == {"text": 1, "encode": 1}
+    single = sd1.img2img(init, "a cat", steps=2, sampler="ddim", cfg_scale=3.0, seed=13)[0]
+    assert np.array_equal(np.asarray(Image.open(written[2])), np.asarray(single))  # reuse changes no image

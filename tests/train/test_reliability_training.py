@@ -3,10 +3,12 @@ files a killed run left are swept when it resumes (docs/reliability.md)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -48,6 +50,7 @@ def test_resume_sweeps_temps_and_refuses_a_corrupted_checkpoint(tmp_path: Path) 
     stale = [out / "checkpoints" / f".last.ckpt.{pid}.0123abcd.tmp", out / f".{EXPORT}.{pid}.89abcdef.tmp"]
     for p in stale:
         p.write_bytes(b"\0" * 1000)
+        os.utime(p, (time.time() - 7200, time.time() - 7200))  # an hour old or more: swept
     train_ldm(_cfg(out, 4), resume=str(out / CKPT), echo=False, progress=False)
     assert not any(p.exists() for p in stale)
     assert not [p for p in out.rglob(".*.tmp")]
@@ -76,7 +79,7 @@ def _autoencoder_cfg(out: Path):  # noqa: ANN202
 
 @pytest.mark.parametrize("payload, match", [
     (_Hostile(), r"asks for `(os|posix)\.system`.*nothing from the file was executed"),
-    (_Unknown(), r"holds objects of test_reliability_training\._Unknown, classes a weights-only load does not"),
+    (_Unknown(), r"holds objects of test_reliability_training\._Unknown, which a weights-only load does not"),
 ])
 @pytest.mark.parametrize("stage", ["ldm", "autoencoder"])
 def test_resume_with_a_forbidden_or_unknown_global_is_one_clear_error(tmp_path: Path, payload, match, stage) -> None:
@@ -95,3 +98,18 @@ def test_resume_with_a_forbidden_or_unknown_global_is_one_clear_error(tmp_path: 
 
             train_autoencoder(_autoencoder_cfg(tmp_path / "run"), resume=str(bad), echo=False, progress=False)
     assert not (tmp_path / "run").exists()  # refused before the run folder was touched
+
+
+def test_resume_with_plain_data_torch_would_refuse_is_refused_before_work(tmp_path: Path) -> None:
+    """Our reader loads an argparse.Namespace as plain data; torch's weights-only load (Lightning's) does not: the
+    resume check must refuse it too, before the run folder is touched."""
+    import argparse
+
+    import torch
+
+    bad = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1), "batches_seen": torch.tensor(2)},
+                "hparams": argparse.Namespace(lr=1e-4)}, bad)
+    with pytest.raises(UnsafeCheckpointError, match=r"argparse\.Namespace, which a weights-only load does not"):
+        train_ldm(_cfg(tmp_path / "run", 2), resume=str(bad), echo=False, progress=False)
+    assert not (tmp_path / "run").exists()

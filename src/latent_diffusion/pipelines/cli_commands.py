@@ -7,25 +7,27 @@ import argparse
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import LDMError
-from .limits import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, MAX_SEED, Limits
+from .defaults import TASKS, TaskDefaults
+from .limits import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, MAX_SEED, Limits, check_seed
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def _model_args(p: argparse.ArgumentParser, *, sampler: str, steps: int, cfg: float,
-                embedded: str = "text-to-image") -> None:
+def _model_args(p: argparse.ArgumentParser, task: TaskDefaults, *, embedded: str = "text-to-image") -> None:
+    """The options every generating command takes; --steps / --sampler / --cfg default to ``task``'s
+    (``defaults.py``, the table the ``Pipeline`` task functions use too)."""
     p.add_argument("--ckpt", default=None,
                    help=f"checkpoint (.safetensors / .ckpt); default: the embedded ShapesWorld {embedded} model")
     p.add_argument("--config", default=None, help="model YAML (ours or the original inference YAML)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--sampler", default=sampler)
-    p.add_argument("--cfg", type=float, default=cfg, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--steps", type=int, default=task.steps)
+    p.add_argument("--sampler", default=task.sampler)
+    p.add_argument("--cfg", type=float, default=task.cfg_scale, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=_seed_arg, default=None, help="image i gets seed + i, 0 .. 2**64-1 (default: random)")
     p.add_argument("--n", type=int, default=1, help="number of images (each written as soon as it is made)")
     p.add_argument("--batch-size", type=int, default=1,
@@ -65,7 +67,7 @@ def _text_args(p: argparse.ArgumentParser, *, prompt_required: bool = True) -> N
 
 def add_generate_commands(sub: Any) -> None:
     t = sub.add_parser("txt2img", help="text-to-image")
-    _model_args(t, sampler="dpmpp_2m", steps=20, cfg=7.5)
+    _model_args(t, TASKS["txt2img"])
     _text_args(t, prompt_required=False)
     t.add_argument("--height", type=int, default=None, help="default: 512, or 64 with the embedded model")
     t.add_argument("--width", type=int, default=None, help="default: 512, or 64 with the embedded model")
@@ -73,17 +75,17 @@ def add_generate_commands(sub: Any) -> None:
                    "the prompt, negative prompt, steps, sampler, cfg, seed, n and size given here)")
     t.set_defaults(func=_cmd_txt2img)
     i = sub.add_parser("img2img", help="image-to-image (SDEdit)")
-    _model_args(i, sampler="dpmpp_2m", steps=20, cfg=7.5)
+    _model_args(i, TASKS["img2img"])
     _text_args(i)
     i.add_argument("--init-image", required=True)
-    i.add_argument("--strength", type=float, default=0.75)
+    i.add_argument("--strength", type=float, default=TASKS["img2img"].strength)
     i.set_defaults(func=_cmd_img2img)
     m = sub.add_parser("inpaint", help="repaint the white part of --mask")
-    _model_args(m, sampler="dpmpp_2m", steps=20, cfg=7.5, embedded="inpainting")
+    _model_args(m, TASKS["inpaint"], embedded="inpainting")
     _text_args(m)
     m.add_argument("--init-image", required=True)
     m.add_argument("--mask", required=True, help="white = repaint, black = keep; same size as the image")
-    m.add_argument("--strength", type=float, default=1.0)
+    m.add_argument("--strength", type=float, default=TASKS["inpaint"].strength)
     m.add_argument("--paste-back", action="store_true",
                    help="keep the input's pixels exactly outside the mask (otherwise they pass through the autoencoder)")
     m.add_argument("--blend-latents", action="store_true",
@@ -91,19 +93,19 @@ def add_generate_commands(sub: Any) -> None:
                         "always do)")
     m.set_defaults(func=_cmd_inpaint)
     u = sub.add_parser("upscale", help="super-resolution: a concat-conditioned LDM or the SD x4 upscaler")
-    _model_args(u, sampler="ddim", steps=50, cfg=None, embedded="x4 super-resolution")
+    _model_args(u, TASKS["upscale"], embedded="x4 super-resolution")
     u.add_argument("--init-image", required=True)
     u.add_argument("--prompt", default="", help="SD x4 upscaler only: what the image shows")
     u.add_argument("--negative-prompt", default="", help="SD x4 upscaler only")
     u.add_argument("--noise-level", type=int, default=None,
                    help="SD x4 upscaler only: noise added to the low-res image, 0..max_noise_level (default 20)")
-    u.add_argument("--strength", type=float, default=1.0,
+    u.add_argument("--strength", type=float, default=TASKS["upscale"].strength,
                    help="concat LDMs only: 1 = sample from pure noise (the paper); < 1 = start from the bicubic "
                         "upsample noised that far up (SDEdit): closer to the input, higher PSNR (0.5 on ShapesWorld)")
     _size_args(u)
     u.set_defaults(func=_cmd_upscale)
     s = sub.add_parser("sample", help="class-conditional or unconditional sampling")
-    _model_args(s, sampler="ddim", steps=50, cfg=1.0,
+    _model_args(s, TASKS["sample"],
                 embedded="class-conditional (with --class-label) or unconditional")
     s.add_argument("--class-label", default=None,
                    help="an integer class, or a name: one of the classes the model was trained on (its class "
@@ -111,7 +113,7 @@ def add_generate_commands(sub: Any) -> None:
     _size_args(s)
     s.set_defaults(func=_cmd_sample)
     lay = sub.add_parser("layout2img", help="layout-to-image: objects with boxes")
-    _model_args(lay, sampler="ddim", steps=50, cfg=1.0, embedded="layout-to-image")
+    _model_args(lay, TASKS["layout2img"], embedded="layout-to-image")
     lay.add_argument("--object", nargs=5, action="append", metavar=("CLASS", "X0", "Y0", "X1", "Y1"),
                      help="an object: class (integer or e.g. 'red circle') and its box in image fractions, "
                           "x to the right, y down (repeatable)")
@@ -126,7 +128,7 @@ def add_generate_commands(sub: Any) -> None:
     _size_args(lay)
     lay.set_defaults(func=_cmd_layout2img)
     sem = sub.add_parser("semantic2img", help="semantic-map-to-image")
-    _model_args(sem, sampler="ddim", steps=50, cfg=1.0, embedded="semantic-map-to-image")
+    _model_args(sem, TASKS["semantic2img"], embedded="semantic-map-to-image")
     sem.add_argument("--map", default=None, help="label PNG (8-bit grayscale or palette): 0 = background, "
                                                   "1 + class = object; the image gets its size")
     sem.add_argument("--example", type=int, default=None, metavar="I",
@@ -173,6 +175,9 @@ def _pipeline(args: argparse.Namespace, task: str = "txt2img"):  # -> Pipeline
     if isinstance(args.batch_size, bool) or args.batch_size < 1:
         raise LDMError(f"--batch-size must be a positive integer, got {args.batch_size}")
     limits.check_images(args.n, "--n")
+    if args.seed is not None:
+        check_seed(args.seed, args.n)  # image i gets seed + i: the whole range, before any work
+    _check_run_args(args)
     _prepare_output(args, getattr(args, "prompt", None) or "", getattr(args, "negative_prompt", None) or "")
     pipe = Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
                                     device=args.device, use_ema=args.ema, precision=args.precision,
@@ -180,6 +185,27 @@ def _pipeline(args: argparse.Namespace, task: str = "txt2img"):  # -> Pipeline
                                     compile=args.compile, vae_tiling=args.vae_tiling)
     pipe.limits = limits
     return pipe
+
+
+def _check_run_args(args: argparse.Namespace) -> None:
+    """What needs no model, checked before it loads: steps, guidance scale, sampler name."""
+    from ..diffusion.samplers import get_sampler
+
+    if args.steps is None or args.steps < 1:
+        raise LDMError(f"--steps must be a positive integer, got {args.steps}")
+    if args.cfg is not None and args.cfg < 0:
+        raise LDMError(f"--cfg must be >= 0 (1 = no guidance), got {args.cfg}")
+    get_sampler(args.sampler)
+
+
+def _inputs(args: argparse.Namespace, *names: str) -> list:
+    """The input images named by these arguments (``init_image``, ``mask``, ``map``), read before the model loads
+    (their size checked against --max-pixels from the header); None for an argument not given."""
+    from .images import open_image
+
+    limits = Limits(args.max_pixels, args.max_images)
+    return [None if getattr(args, n) is None else open_image(getattr(args, n), "--" + n.replace("_", "-"), limits)
+            for n in names]
 
 
 def _seed_arg(text: str) -> int:
@@ -218,9 +244,17 @@ def _generate(args: argparse.Namespace, pipe: Any, make: Callable[..., list], pr
     """``make(seed=s, n=k, progress=...)`` runs the task for images s .. s+k-1; the n images are made --batch-size
     at a time and each is written as soon as it is decoded (``NNNNN-<seed>.png`` with the next free number, taken
     atomically), so a run stopped part-way keeps what it made. Image i has seed ``seed + i`` whatever the split."""
+    with pipe.reusing_inputs():  # the text and input-image encodings once, not once per batch
+        written = list(_generate_batches(args, pipe, make, prompt, negative, settings, seed, pick, args.batch_size))
+    if pick is not None and not written:
+        raise LDMError(f"nothing was written: image {pick} of the batch was not made")
+    return written
+
+
+def _generate_batches(args: argparse.Namespace, pipe: Any, make: Callable[..., list], prompt: str, negative: str,
+                      settings: dict, seed: int, pick: int | None, size: int) -> Iterator[Path]:
     from .metadata import format_parameters, save_numbered_png
 
-    written, size = [], args.batch_size
     for first in range(0, args.n, size):
         count = min(size, args.n - first)
         label = (f"image {first + 1}/{args.n}" if count == 1 else f"images {first + 1}-{first + count}/{args.n}")
@@ -236,10 +270,9 @@ def _generate(args: argparse.Namespace, pipe: Any, make: Callable[..., list], pr
             if count > 1:  # sampled together with others: re-creating it needs the same batch (same seeds)
                 s.update({"Batch size": count, "Batch pos": j})
             path = save_numbered_png(img, args.out, seed + i, format_parameters(prompt, negative, s))
-            written.append(path)
             if not args.quiet:
                 print(f"wrote {path}")
-    return written
+            yield path
 
 
 def _base_settings(args: argparse.Namespace) -> dict:
@@ -264,6 +297,8 @@ def _apply_png(args: argparse.Namespace) -> int | None:
         args.steps, args.sampler, args.cfg = int(s["Steps"]), s["Sampler"], float(s["CFG scale"])
         width, height = (int(v) for v in s["Size"].split("x"))
         pos, batch = int(s.get("Batch pos", 0)), int(s.get("Batch size", 1))
+        if batch < 1 or not 0 <= pos < batch:
+            raise ValueError(f"Batch pos {pos} / Batch size {batch}: need 0 <= pos < size")
         args.seed, args.n, args.height, args.width = int(s["Seed"]) - pos, batch, height, width
         args.batch_size = batch
         args.guidance_rescale = float(s.get("Guidance rescale", 0.0))
@@ -278,9 +313,7 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
     pick = _apply_png(args) if args.from_png else None
     if args.prompt is None:
         raise LDMError("txt2img needs --prompt TEXT (or --from-png IMAGE.png)")
-    pipe = _pipeline(args)
-    args.height = pipe.text_size if args.height is None else args.height  # recorded in the PNG
-    args.width = pipe.text_size if args.width is None else args.width
+    pipe = _pipeline(args)  # --height / --width unset: txt2img's default; the PNG records the image's size
     expected = getattr(args, "expected_hash", None)
     if expected and expected != pipe.model_hash:
         print(f"ldm: warning: {args.from_png} was made with model hash {expected}, but {args.ckpt} has hash "
@@ -309,8 +342,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_img2img(args: argparse.Namespace) -> int:
+    (init,) = _inputs(args, "init_image")
     pipe, seed = _pipeline(args), _seed(args)
-    init = pipe.open_input(args.init_image, "--init-image")
 
     def make(**each: Any) -> list:
         return pipe.img2img(init, args.prompt, args.negative_prompt, strength=args.strength, steps=args.steps,
@@ -322,8 +355,8 @@ def _cmd_img2img(args: argparse.Namespace) -> int:
 
 
 def _cmd_inpaint(args: argparse.Namespace) -> int:
+    init, mask = _inputs(args, "init_image", "mask")
     pipe, seed = _pipeline(args, "inpaint"), _seed(args)
-    init, mask = pipe.open_input(args.init_image, "--init-image"), pipe.open_input(args.mask, "--mask")
 
     def make(**each: Any) -> list:
         return pipe.inpaint(init, mask, args.prompt, args.negative_prompt, strength=args.strength, steps=args.steps,
@@ -340,22 +373,20 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    from .upscale import DEFAULT_CFG_SCALE, DEFAULT_NOISE_LEVEL
+    from .defaults import upscale_cfg_scale, upscale_noise_level
 
+    (low_res,) = _inputs(args, "init_image")
     pipe, seed = _pipeline(args, "superres"), _seed(args)
     text = pipe.kind == "text_upscale"
-    if args.cfg is None:  # the model's default: guidance for the x4 upscaler, none for a concat LDM
-        args.cfg = DEFAULT_CFG_SCALE if text else 1.0
-    low_res = pipe.open_input(args.init_image, "--init-image")
 
     def make(**each: Any) -> list:
         return pipe.upscale(low_res, args.prompt, args.negative_prompt, steps=args.steps, sampler=args.sampler,
                             cfg_scale=args.cfg, noise_level=args.noise_level, strength=args.strength,
                             height=args.height, width=args.width, **each)
 
-    settings = _base_settings(args)
+    settings = _base_settings(args) | {"CFG scale": upscale_cfg_scale(pipe.kind, args.cfg)}  # as the task resolves it
     if text:
-        settings["Noise level"] = DEFAULT_NOISE_LEVEL if args.noise_level is None else args.noise_level
+        settings["Noise level"] = upscale_noise_level(args.noise_level)
     if args.strength != 1.0:
         settings["Denoising strength"] = args.strength
     _generate(args, pipe, make, args.prompt, args.negative_prompt, settings, seed)
@@ -430,9 +461,8 @@ def _cmd_layout2img(args: argparse.Namespace) -> int:
 def _cmd_semantic2img(args: argparse.Namespace) -> int:
     if (args.map is None) == (args.example is None):
         raise LDMError("semantic2img needs the map: --map LABELS.png or --example I")
+    (label_map,) = _inputs(args, "map") if args.example is None else (_example(args.example)["segmentation"],)
     pipe, seed = _pipeline(args, "semantic"), _seed(args)
-    label_map = (pipe.open_input(args.map, "--map") if args.example is None
-                 else _example(args.example)["segmentation"])
 
     def make(**each: Any) -> list:
         return pipe.semantic2img(label_map, steps=args.steps, sampler=args.sampler, **each)

@@ -22,7 +22,7 @@ from ..errors import LDMError
 from ..fileio import write_atomic, write_numbered
 
 _NEG = "Negative prompt: "
-_NUMBERED = re.compile(r"^(\d{5})-")  # NNNNN-<seed>.png
+_NUMBERED = re.compile(r"^(\d{5,})-")  # NNNNN-<seed>.png
 
 
 def _quote(value: Any) -> str:

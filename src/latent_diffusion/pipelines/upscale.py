@@ -20,10 +20,6 @@ import torch
 from ..diffusion.samplers import randn
 from ..errors import LDMError
 
-DEFAULT_NOISE_LEVEL = 20  # diffusers' and Stability's demo default
-DEFAULT_CFG_SCALE = 9.0  # diffusers' StableDiffusionUpscalePipeline default
-
-
 def check_noise_level(noise_level: Any, max_noise_level: int) -> int:
     if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= max_noise_level:
         raise LDMError(f"noise_level must be an integer in [0, {max_noise_level}] (the upscaler's max_noise_level), "

@@ -18,6 +18,8 @@ def fit(trainer: L.Trainer, module: L.LightningModule, resume: str | None) -> No
         try:
             trainer.fit(module, ckpt_path=resume, weights_only=True)
         except pickle.UnpicklingError as exc:  # only the resume file is unpickled here
+            if resume is None:
+                raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsafeCheckpointError(f"refused to resume from {resume}: a weights-only load refuses it ({first}); "
                                         "nothing from the file was executed") from None
