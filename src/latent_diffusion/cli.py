@@ -45,8 +45,15 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ldm", description="Latent Diffusion Models in plain PyTorch")
+    p.add_argument("--version", action="version", version=f"ldm (latent-diffusion) {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="print a checkpoint's family, parameter counts, dtypes, EMA presence")
     ins.add_argument("path")
