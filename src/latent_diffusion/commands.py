@@ -7,13 +7,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import LDMError
+from .errors import Interrupted, LDMError
 
 
 def run(args: argparse.Namespace) -> int:
-    """``args.func(args)``; an ``LDMError`` becomes one ``ldm: error: ...`` line on stderr and exit status 2."""
+    """``args.func(args)``; an ``LDMError`` becomes one ``ldm: error: ...`` line on stderr and exit status 2, Ctrl-C
+    one ``ldm: interrupted...`` line (saying what was kept, where the command knows) and exit status 130."""
     try:
         return args.func(args)
     except LDMError as e:
         print(f"ldm: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"ldm: {e}" if isinstance(e, Interrupted) and str(e) else "ldm: interrupted", file=sys.stderr)
+        return 130

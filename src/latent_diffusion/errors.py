@@ -23,3 +23,7 @@ class KeyMismatchError(CheckpointError):
 
 class NonFiniteError(LDMError, FloatingPointError):
     """NaN or Inf came out of a stage (text encoder, UNet while sampling, decoder); the message names which."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command; the message says what was kept (e.g. how many images were written)."""

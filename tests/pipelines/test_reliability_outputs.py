@@ -193,7 +193,7 @@ def test_each_image_is_written_as_soon_as_it_is_made(sd1: Pipeline, tmp_path: Pa
         made.append(seed)
         return sd1.txt2img("a cat", seed=seed, n=n, steps=1, height=32, width=32, sampler="ddim", cfg_scale=1.0)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted: 2 of 4 image\(s\) written to "):
         _generate(args, sd1, make, "a cat", "", {"Steps": 1}, 40)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00000-40.png", "00001-41.png"]
@@ -261,3 +261,19 @@ def test_the_cli_encodes_the_prompt_and_the_input_once_per_run(sd1: Pipeline, tm
     assert len(written) == 3 and calls == {"text": 1, "encode": 1}
     single = sd1.img2img(init, "a cat", steps=2, sampler="ddim", cfg_scale=3.0, seed=13)[0]
     assert np.array_equal(np.asarray(Image.open(written[2])), np.asarray(single))  # reuse changes no image
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys) -> None:
+    from latent_diffusion.commands import run
+    from latent_diffusion.errors import Interrupted
+
+    def stopped(_: argparse.Namespace) -> int:
+        raise Interrupted("interrupted: 3 of 8 image(s) written to out/")
+
+    def plain(_: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    assert run(argparse.Namespace(func=stopped)) == 130
+    assert capsys.readouterr().err == "ldm: interrupted: 3 of 8 image(s) written to out/\n"
+    assert run(argparse.Namespace(func=plain)) == 130
+    assert capsys.readouterr().err == "ldm: interrupted\n"

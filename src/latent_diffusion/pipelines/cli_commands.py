@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import LDMError
+from ..errors import Interrupted, LDMError
 from .defaults import TASKS, TaskDefaults
 from .limits import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, MAX_SEED, Limits, check_seed
 
@@ -244,8 +244,14 @@ def _generate(args: argparse.Namespace, pipe: Any, make: Callable[..., list], pr
     """``make(seed=s, n=k, progress=...)`` runs the task for images s .. s+k-1; the n images are made --batch-size
     at a time and each is written as soon as it is decoded (``NNNNN-<seed>.png`` with the next free number, taken
     atomically), so a run stopped part-way keeps what it made. Image i has seed ``seed + i`` whatever the split."""
+    written: list[Path] = []
     with pipe.reusing_inputs():  # the text and input-image encodings once, not once per batch
-        written = list(_generate_batches(args, pipe, make, prompt, negative, settings, seed, pick, args.batch_size))
+        try:
+            for path in _generate_batches(args, pipe, make, prompt, negative, settings, seed, pick, args.batch_size):
+                written.append(path)
+        except KeyboardInterrupt:
+            total = 1 if pick is not None else args.n
+            raise Interrupted(f"interrupted: {len(written)} of {total} image(s) written to {args.out}") from None
     if pick is not None and not written:
         raise LDMError(f"nothing was written: image {pick} of the batch was not made")
     return written
