@@ -171,13 +171,16 @@ def _pipeline(args: argparse.Namespace, task: str = "txt2img"):  # -> Pipeline
         from ..default_model import task_model_path
 
         args.ckpt = str(task_model_path(task))
-    limits = Limits(args.max_pixels, args.max_images)  # bad values refused before the model loads
+    from .task_common import check_run
+
+    limits = _limits(args)  # bad values refused before the model loads
     if isinstance(args.batch_size, bool) or args.batch_size < 1:
         raise LDMError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    limits.check_images(args.n, "--n")
+    # the checks every task makes, before the model loads (cfg None: the model decides, so nothing to check)
+    check_run(args.steps, args.sampler, 1.0 if args.cfg is None else args.cfg, args.n, limits,
+              names=("--steps", "--cfg", "--n"))
     if args.seed is not None:
         check_seed(args.seed, args.n)  # image i gets seed + i: the whole range, before any work
-    _check_run_args(args)
     _prepare_output(args, getattr(args, "prompt", None) or "", getattr(args, "negative_prompt", None) or "")
     pipe = Pipeline.from_checkpoint(args.ckpt, args.config, dtype=getattr(torch, DTYPES[args.dtype]),
                                     device=args.device, use_ema=args.ema, precision=args.precision,
@@ -187,15 +190,8 @@ def _pipeline(args: argparse.Namespace, task: str = "txt2img"):  # -> Pipeline
     return pipe
 
 
-def _check_run_args(args: argparse.Namespace) -> None:
-    """What needs no model, checked before it loads: steps, guidance scale, sampler name."""
-    from ..diffusion.samplers import get_sampler
-
-    if args.steps is None or args.steps < 1:
-        raise LDMError(f"--steps must be a positive integer, got {args.steps}")
-    if args.cfg is not None and args.cfg < 0:
-        raise LDMError(f"--cfg must be >= 0 (1 = no guidance), got {args.cfg}")
-    get_sampler(args.sampler)
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(args.max_pixels, args.max_images)
 
 
 def _inputs(args: argparse.Namespace, *names: str) -> list:
@@ -203,7 +199,7 @@ def _inputs(args: argparse.Namespace, *names: str) -> list:
     (their size checked against --max-pixels from the header); None for an argument not given."""
     from .images import open_image
 
-    limits = Limits(args.max_pixels, args.max_images)
+    limits = _limits(args)
     return [None if getattr(args, n) is None else open_image(getattr(args, n), "--" + n.replace("_", "-"), limits)
             for n in names]
 
@@ -261,10 +257,12 @@ def _generate_batches(args: argparse.Namespace, pipe: Any, make: Callable[..., l
                       settings: dict, seed: int, pick: int | None, size: int) -> Iterator[Path]:
     from .metadata import format_parameters, save_numbered_png
 
+    from .batches import bar_label
+
     for first in range(0, args.n, size):
         count = min(size, args.n - first)
-        label = (f"image {first + 1}/{args.n}" if count == 1 else f"images {first + 1}-{first + count}/{args.n}")
-        images = make(seed=seed + first, n=count, progress=label if _progress(args) else False)
+        label = bar_label(_progress(args), slice(first, first + count), args.n)
+        images = make(seed=seed + first, n=count, progress=label)
         for j, img in enumerate(images):
             i = first + j
             if pick is not None and i != pick:

@@ -25,14 +25,14 @@ from ..accel import AccelOptions, Precision, Tiling, accelerate, sampling_contex
 from ..accel.gemm_storage import base_dtype, gemm_dtypes
 from ..checkpoint import family as family_name
 from ..checkpoint import load_checkpoint
-from ..diffusion.samplers import SampleOptions, get_sampler, randn, sample
+from ..diffusion.samplers import SampleOptions, randn, sample
 from ..errors import LDMError, NonFiniteError
 from . import defaults, precision_state, prompts, tasks_structured, tasks_text, tasks_upscale
 from .batches import bar_label, take
-from .images import check_size, open_image, tensor_to_pil
+from .images import check_size, tensor_to_pil
 from .limits import Limits
 from .model_kind import model_kind, tasks_hint
-from .task_common import Callback, generators
+from .task_common import Callback, check_run, generators
 
 __all__ = ["Pipeline", "generators"]
 
@@ -61,9 +61,11 @@ class Pipeline:
         finally:
             self._reused = outer
 
-    def _reuse(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _reuse(self, key: Callable[[], tuple], make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()``, or inside ``reusing_inputs`` its earlier result for the same ``key()`` (computed only there)."""
         if self._reused is None:
             return make()
+        key = key()
         if key not in self._reused:
             self._reused[key] = make()
         return self._reused[key]
@@ -177,23 +179,10 @@ class Pipeline:
                            f"tasks it can do: {tasks_hint(self.kind)}")
 
     def _check_common(self, steps: int, sampler: str, cfg_scale: float, n: int) -> None:
-        if not isinstance(steps, int) or steps <= 0:
-            raise LDMError(f"steps must be a positive integer, got {steps!r}")
-        if cfg_scale < 0:
-            raise LDMError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale!r}")
-        self.limits.check_images(n)
-        get_sampler(sampler)
+        check_run(steps, sampler, cfg_scale, n, self.limits)
 
     def _check_size(self, height: int, width: int) -> None:
         check_size(height, width, self.size_multiple, self.limits)
-
-    def open_input(self, image: Image.Image | str | os.PathLike, what: str = "image") -> Image.Image:
-        """``image`` read into memory as it is (mode kept), its size checked against ``limits`` before decoding:
-        for callers that reuse one input over several calls."""
-        if isinstance(image, Image.Image):
-            self.limits.check_pixels(*image.size, what)
-            return image
-        return open_image(image, what, self.limits)
 
     check_prompt = prompts.check_prompt
 
@@ -206,7 +195,7 @@ class Pipeline:
         guided = cfg_scale != 1.0
         texts = [prompt, negative_prompt] if guided else [prompt]
         with torch.no_grad():  # one text-encoder batch for prompt and negative prompt, once per call
-            emb = self._reuse(("text", *texts), lambda: self.model.get_learned_conditioning(texts))
+            emb = self._reuse(lambda: ("text", *texts), lambda: self.model.get_learned_conditioning(texts))
         if not bool(torch.isfinite(emb).all()):
             raise NonFiniteError(f"the text encoder produced NaN/Inf for the prompt (dtype {emb.dtype}); nothing was "
                                  f"sampled. Its weights may be damaged: check the checkpoint (`ldm inspect`)"
@@ -222,8 +211,9 @@ class Pipeline:
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         device, dtype = self._device_dtype()
-        digest = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).digest()  # ~ms for a 512² image
-        key = ("image", tuple(x.shape), str(x.dtype), digest)
+        def key() -> tuple:  # ~ms for a 512² image
+            return "image", tuple(x.shape), str(x.dtype), hashlib.sha1(x.detach().cpu().contiguous().numpy()).digest()
+
         with torch.no_grad():
             return self._reuse(key, lambda: self.model.encode_first_stage(x.to(device, dtype)))
 

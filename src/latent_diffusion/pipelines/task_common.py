@@ -7,8 +7,9 @@ from typing import Any, Callable
 
 import torch
 
+from ..diffusion.samplers import get_sampler
 from ..errors import LDMError
-from .limits import check_seed
+from .limits import Limits, check_seed
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
@@ -17,6 +18,18 @@ def generators(seed: int, n: int) -> list[torch.Generator]:
     """Generator i seeded ``seed + i`` (each a 64-bit seed: checked)."""
     check_seed(seed, n)
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+def check_run(steps: Any, sampler: str, cfg_scale: float, n: Any, limits: Limits, *,
+              names: tuple[str, str, str] = ("steps", "cfg_scale", "n")) -> None:
+    """What every task checks before any work: steps a positive integer, guidance >= 0, n within ``limits``, a known
+    sampler. ``names``: how the message calls the three values (the CLI passes its flags)."""
+    if not isinstance(steps, int) or steps <= 0:
+        raise LDMError(f"{names[0]} must be a positive integer, got {steps!r}")
+    if cfg_scale < 0:
+        raise LDMError(f"{names[1]} must be >= 0 (1 = no guidance), got {cfg_scale!r}")
+    limits.check_images(n, names[2])
+    get_sampler(sampler)
 
 
 def check_strength(strength: Any, task: str, meaning: str = "") -> None:
