@@ -17,18 +17,12 @@ from latent_diffusion.diffusion import discretization as D
 from latent_diffusion.diffusion.schedules import alphas_cumprod_from_betas, make_beta_schedule, sigmas_from_alphas_cumprod
 from latent_diffusion.errors import ConfigError
 
-from oracle import diffusers, needs_oracle  # noqa: E402 - diffusers is None without the oracle
+from oracle import needs_oracle, oracle_names
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' np.array(tensor) on numpy 2
-if diffusers is not None:  # the oracle's classes
-    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
-                           EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
-else:
-    DDIMScheduler = None
-    DDPMScheduler = None
-    DPMSolverMultistepScheduler = None
-    EulerDiscreteScheduler = None
-    PNDMScheduler = None
-    UniPCMultistepScheduler = None
+(DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler,
+ UniPCMultistepScheduler) = oracle_names(
+    "diffusers", "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler",
+    "PNDMScheduler", "UniPCMultistepScheduler")
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
           set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False)

@@ -11,15 +11,10 @@ from latent_diffusion.diffusion.guidance import cat_cond, combine, guided_model_
 from latent_diffusion.errors import ConfigError
 from latent_diffusion.tiny import tiny_model
 
-from oracle import diffusers, needs_oracle  # noqa: E402 - diffusers is None without the oracle
-if diffusers is not None:  # the oracle's classes
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler  # noqa: E402
-else:
-    DDIMScheduler = EulerDiscreteScheduler = None
-if diffusers is not None:  # the oracle's classes
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg  # noqa: E402
-else:
-    rescale_noise_cfg = None
+from oracle import needs_oracle, oracle_names
+DDIMScheduler, EulerDiscreteScheduler = oracle_names("diffusers", "DDIMScheduler", "EulerDiscreteScheduler")
+(rescale_noise_cfg,) = oracle_names("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+                                    "rescale_noise_cfg")
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # diffusers' np.array(tensor) on numpy 2

@@ -22,20 +22,11 @@ from latent_diffusion.diffusion.schedules import (alphas_cumprod_from_betas, mak
 from latent_diffusion.errors import ConfigError, NonFiniteError
 from latent_diffusion.tiny import tiny_model
 
-from oracle import diffusers, needs_oracle  # noqa: E402 - diffusers is None without the oracle
-if diffusers is not None:  # the oracle's classes
-    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
-                           EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler,
-                           UniPCMultistepScheduler)
-else:
-    DDIMScheduler = None
-    DDPMScheduler = None
-    DPMSolverMultistepScheduler = None
-    EulerAncestralDiscreteScheduler = None
-    EulerDiscreteScheduler = None
-    HeunDiscreteScheduler = None
-    PNDMScheduler = None
-    UniPCMultistepScheduler = None
+from oracle import needs_oracle, oracle_names
+(DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+ HeunDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler) = oracle_names(
+    "diffusers", "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler", "HeunDiscreteScheduler", "PNDMScheduler", "UniPCMultistepScheduler")
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # diffusers' np.array(tensor) on numpy 2

@@ -12,16 +12,10 @@ import torch
 
 from latent_diffusion.diffusion import schedules as S
 
-from oracle import diffusers, needs_oracle  # noqa: E402 - diffusers is None without the oracle
+from oracle import needs_oracle, oracle_names
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' np.array(tensor) on numpy 2
-if diffusers is not None:  # the oracle's classes
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler  # noqa: E402
-else:
-    DDIMScheduler = EulerDiscreteScheduler = None
-if diffusers is not None:  # the oracle's classes
-    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as hf_rescale  # noqa: E402
-else:
-    hf_rescale = None
+DDIMScheduler, EulerDiscreteScheduler = oracle_names("diffusers", "DDIMScheduler", "EulerDiscreteScheduler")
+(hf_rescale,) = oracle_names("diffusers.schedulers.scheduling_ddim", "rescale_zero_terminal_snr")
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
           set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False)

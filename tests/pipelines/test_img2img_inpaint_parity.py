@@ -65,16 +65,11 @@ from latent_diffusion.pipelines.images import load_mask, pil_to_tensor  # noqa: 
 from latent_diffusion.tiny import tiny_config, tiny_model  # noqa: E402
 from parity_common import checkpoint_with_yaml, fp32_pipeline, no_network  # noqa: E402
 
-from oracle import diffusers, needs_oracle  # noqa: E402 - diffusers is None without the oracle
-if diffusers is not None:  # the oracle's classes
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,  # noqa: E402
-                           StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
-else:
-    DDIMScheduler = None
-    DPMSolverMultistepScheduler = None
-    EulerDiscreteScheduler = None
-    StableDiffusionImg2ImgPipeline = None
-    StableDiffusionInpaintPipeline = None
+from oracle import needs_oracle, oracle_names
+(DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline,
+ StableDiffusionInpaintPipeline) = oracle_names(
+    "diffusers", "DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler",
+    "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]

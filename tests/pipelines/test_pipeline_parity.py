@@ -45,21 +45,12 @@ from parity_common import checkpoint_with_yaml, fp32_pipeline, no_network  # noq
 from latent_diffusion.tokenizer import clip_tokenize, get_tokenizer  # noqa: E402
 from latent_diffusion.yaml_compat import load_yaml_config
 
-from oracle import diffusers, needs_oracle  # noqa: E402 - diffusers is None without the oracle
-if diffusers is not None:  # the oracle's classes
-    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
-                           EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler,
-                           StableDiffusionPipeline, UniPCMultistepScheduler)
-else:
-    DDIMScheduler = None
-    DDPMScheduler = None
-    DPMSolverMultistepScheduler = None
-    EulerAncestralDiscreteScheduler = None
-    EulerDiscreteScheduler = None
-    HeunDiscreteScheduler = None
-    PNDMScheduler = None
-    StableDiffusionPipeline = None
-    UniPCMultistepScheduler = None
+from oracle import needs_oracle, oracle_names
+(DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+ HeunDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline, UniPCMultistepScheduler) = oracle_names(
+    "diffusers", "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler", "HeunDiscreteScheduler", "PNDMScheduler", "StableDiffusionPipeline",
+    "UniPCMultistepScheduler")
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),

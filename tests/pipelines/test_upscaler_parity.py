@@ -46,22 +46,12 @@ from latent_diffusion.tiny import tiny_config, tiny_model  # noqa: E402
 from latent_diffusion.yaml_compat import load_yaml_config
 from parity_common import checkpoint_with_yaml, fp32_pipeline, no_network  # noqa: E402
 
-from oracle import diffusers, needs_oracle  # noqa: E402 - diffusers is None without the oracle
-if diffusers is not None:  # the oracle's classes
-    from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
-                           EulerAncestralDiscreteScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel)
-else:
-    AutoencoderKL = None
-    DDIMScheduler = None
-    DDPMScheduler = None
-    DPMSolverMultistepScheduler = None
-    EulerAncestralDiscreteScheduler = None
-    StableDiffusionUpscalePipeline = None
-    UNet2DConditionModel = None
-if diffusers is not None:  # the oracle's classes
-    from diffusers.loaders import single_file_utils as sfu  # noqa: E402
-else:
-    sfu = None
+from oracle import needs_oracle, oracle_names
+(AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+ StableDiffusionUpscalePipeline, UNet2DConditionModel) = oracle_names(
+    "diffusers", "AutoencoderKL", "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+    "EulerAncestralDiscreteScheduler", "StableDiffusionUpscalePipeline", "UNet2DConditionModel")
+(sfu,) = oracle_names("diffusers.loaders", "single_file_utils")
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]
