@@ -19,28 +19,14 @@ import torch
 
 from ..autoencoder_io import save_autoencoder
 from ..errors import ConfigError
-from ..fileio import sweep_stale_temps, temp_path
+from ..fileio import sweep_stale_temps
 from .autoencoder import AutoencoderModule
-from .fit import fit
+from .fit import fit, save_lightning_atomic
 from .autoencoder_config import AutoencoderTrainConfig
 from .plots import plot_loss_curves, read_log, save_reconstruction_grid
 
 CKPT = "checkpoints/last.ckpt"
 EXPORT = "autoencoder.safetensors"
-
-
-def save_lightning_checkpoint_atomic(trainer: L.Trainer, path: Path) -> Path:
-    """``trainer.save_checkpoint`` to a temp file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        trainer.save_checkpoint(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 class JsonlLog:
@@ -77,7 +63,7 @@ class EpochArtifacts(L.Callback):
         save_reconstruction_grid(xs, rec, self.out_dir / "grids" / f"step-{step:06d}.png", n=n)
         if module.log_sink is not None:
             module.log_sink({"step": step} | metrics)
-        save_lightning_checkpoint_atomic(trainer, self.out_dir / CKPT)
+        save_lightning_atomic(trainer, self.out_dir / CKPT)
         save_autoencoder(module.model, self.out_dir / EXPORT, overwrite=True,
                          metadata={"train_step": str(step), "val_psnr": f"{metrics['val_psnr']:.3f}"})
         if step >= module.cfg.run.max_steps:

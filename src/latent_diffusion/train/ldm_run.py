@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ from ..errors import ConfigError
 from ..fileio import sweep_stale_temps, temp_path
 from ..runs import KEPT, kept_model_path, kept_models  # noqa: F401 - kept_models re-exported
 from ..models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
-from .fit import fit
+from .fit import fit, save_lightning_atomic
 from .ldm import LatentDiffusionModule
 from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, config_value, diff_configs
 
@@ -40,23 +39,6 @@ CKPT = "checkpoints/last.ckpt"
 EXPORT = "model.safetensors"
 SAMPLE_PROMPTS = ("a red circle above a blue square", "a green triangle left of a yellow star",
                   "a purple cross below an orange circle", "a cyan square right of a pink triangle")
-
-
-def save_lightning_atomic(trainer: L.Trainer, path: Path) -> None:
-    """``trainer.save_checkpoint`` (all ranks call it; rank 0 writes) to a temp file, fsync, ``os.replace``."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # fileio's temp names
-    if trainer.is_global_zero:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    name = trainer.strategy.broadcast(str(tmp))
-    try:
-        trainer.save_checkpoint(name)
-        if trainer.is_global_zero:
-            with open(name, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(name, path)
-    finally:
-        if trainer.is_global_zero:
-            Path(name).unlink(missing_ok=True)  # the debris of a failed write; gone after os.replace
 
 
 def inference_model(model: LatentDiffusion, *, use_ema: bool = True, keep_ema: bool = False) -> LatentDiffusion:
