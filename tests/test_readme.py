@@ -13,5 +13,6 @@ def test_the_readme_pipeline_snippet_runs_as_printed() -> None:
     snippet = next(b for b in blocks if "from latent_diffusion import Pipeline" in b)
     scope: dict = {}
     exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - our own README
-    images = scope["images"]
-    assert len(images) == 2 and images[0].size == (64, 64) and images[0].mode == "RGB"
+    out, seed = scope["out"], scope["seed"]
+    assert len(out.images) == 2 and out.images[0].size == (64, 64) and out.images[0].mode == "RGB"
+    assert out.seeds == [seed, seed + 1] and f"Seed: {seed}," in out.images[0].info["parameters"]

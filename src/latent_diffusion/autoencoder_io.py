@@ -86,6 +86,22 @@ def _stored_config(meta: dict[str, str], path: str) -> tuple[str, AutoencoderCon
     return kind, cfg
 
 
+def autoencoder_config(sd: dict[str, torch.Tensor], meta: dict[str, str], path: str | os.PathLike,
+                       config: AutoencoderConfig | None = None) -> tuple[str, AutoencoderConfig, str]:
+    """(kind "kl" | "vq", config, origin "given" | "metadata" | "inferred") of the autoencoder whose weights
+    (``encoder.*``, ``decoder.*``, ... keys) and metadata were read from ``path``: ``config`` if given, else the one
+    our files carry, else inferred from the weights."""
+    if config is not None:
+        return ("vq" if isinstance(config, VQConfig) else "kl"), config, "given"
+    if AE_CONFIG_KEY in meta:
+        return (*_stored_config(meta, os.fspath(path)), "metadata")
+    try:
+        return (*infer_autoencoder({FIRST + k: v for k, v in sd.items()}), "inferred")
+    except (KeyError, IndexError, ZeroDivisionError) as e:
+        raise KeyMismatchError(f"cannot infer the autoencoder config of {os.fspath(path)}: key {e} is missing "
+                               "or malformed (is the file truncated?)") from None
+
+
 def load_autoencoder(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                      device: str | torch.device = "cpu", config: AutoencoderConfig | None = None,
                      ) -> AutoencoderKL | VQModel:
@@ -95,17 +111,7 @@ def load_autoencoder(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
 
     sd, meta = read_state_dict(path)
     sd = _first_stage_part(sd, os.fspath(path))
-    if config is not None:
-        kind, cfg, origin = ("vq" if isinstance(config, VQConfig) else "kl"), config, "given"
-    elif AE_CONFIG_KEY in meta:
-        (kind, cfg), origin = _stored_config(meta, os.fspath(path)), "metadata"
-    else:
-        origin = "inferred"
-        try:
-            kind, cfg = infer_autoencoder({FIRST + k: v for k, v in sd.items()})
-        except (KeyError, IndexError, ZeroDivisionError) as e:
-            raise KeyMismatchError(f"cannot infer the autoencoder config of {os.fspath(path)}: key {e} is missing "
-                                   "or malformed (is the file truncated?)") from None
+    kind, cfg, origin = autoencoder_config(sd, meta, path, config)
     model = build_on_meta(lambda: build_autoencoder(kind, cfg), len(sd), os.fspath(path), origin)
     check_keys(model, sd, f"autoencoder file {os.fspath(path)}")  # on meta: a wrong config allocates nothing
     model = model.to_empty(device="cpu")  # as big as the file's tensors, now that their shapes match

@@ -366,6 +366,12 @@ def family(cfg: DiffusionConfig) -> str:
 def inspect_checkpoint(path: str | os.PathLike, config: Any = None) -> dict[str, Any]:
     """Family, parameter counts per part, dtypes and EMA presence of a checkpoint, without building the model."""
     sd, extras = read_state_dict(path)
+    return describe_checkpoint(sd, extras, path, config)
+
+
+def describe_checkpoint(sd: dict[str, torch.Tensor], extras: dict[str, Any], path: str | os.PathLike,
+                        config: Any = None) -> dict[str, Any]:
+    """``inspect_checkpoint`` of a state dict and its extras already read (``read_state_dict``) from ``path``."""
     cfg = resolve_config(config, sd, extras, source=os.fspath(path))
     parts: dict[str, int] = {}
     for name, prefix in (("unet", "model.diffusion_model."), ("first_stage", "first_stage_model."),

@@ -6,33 +6,20 @@ import argparse
 import json
 import sys
 
+from .cli_parser import Parser
 from .commands import run
 from .eval.cli_commands import add_eval_commands
 from .bench.cli_commands import add_bench_commands
 from .data.cli_commands import add_data_commands
 from .pipelines.cli_commands import add_generate_commands
-from .train.cli_commands import add_train_commands
-from .train.encode import add_data_encode_command
+from .train.cli_commands import add_data_encode_command, add_train_commands
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .checkpoint import inspect_checkpoint
+    from .inspect_file import format_report, inspect_file
 
-    info = inspect_checkpoint(args.path, args.config)
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"{info['path']}")
-    rows = [("family", info["family"]), ("parameterization", info["parameterization"]),
-            ("scale factor", info["scale_factor"])]
-    rows += [(f"{part} params", f"{n:,}") for part, n in info["parameters"].items() if n]
-    rows += [("dtypes", ", ".join(info["dtypes"])), ("EMA weights", "yes" if info["ema"] else "no"),
-             ("tensors", info["tensors"]), ("config", info["config_source"])]
-    if info["class_names"]:
-        names = info["class_names"]
-        rows.append(("classes", f"{len(names)}: " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")))
-    for label, value in rows:
-        print(f"  {label + ':':20}{value}")
+    info = inspect_file(args.path, args.config)
+    print(json.dumps(info, indent=2) if args.json else format_report(info))
     return 0
 
 
@@ -52,12 +39,14 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ldm", description="Latent Diffusion Models in plain PyTorch")
+    p = Parser(prog="ldm", description="Latent Diffusion Models in plain PyTorch")
     p.add_argument("--version", action="version", version=f"ldm (latent-diffusion) {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    ins = sub.add_parser("inspect", help="print a checkpoint's family, parameter counts, dtypes, EMA presence")
-    ins.add_argument("path")
-    ins.add_argument("--config", default=None, help="model YAML (ours or the original inference YAML)")
+    ins = sub.add_parser("inspect", help="describe a file the project writes or reads: LDM / autoencoder / planner / "
+                         "judge checkpoints, training checkpoints, PNGs")
+    ins.add_argument("path", help="a file (or a folder of pre-encoded latents or shards)")
+    ins.add_argument("--config", default=None, help="model YAML of an LDM checkpoint (ours or the original inference "
+                     "YAML)")
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.set_defaults(func=_cmd_inspect)
     mk = sub.add_parser("make-tiny", help="write a tiny random checkpoint of a family (for tests and smoke runs)")

@@ -7,7 +7,9 @@ file left by a killed process (its pid no longer runs here, and it is an hour ol
 sharing the folder keeps its file) is removed by the next write into that folder.
 
 Numbered outputs (``00000-<seed>.png``, ``00001-...``) pick the next free number and take it under a lock on the
-folder, so concurrent runs into one folder get distinct numbers.
+folder, so concurrent runs into one folder get distinct numbers. A run that wants a folder of its own (``ldm demo``)
+takes ``out``, ``out-2``, ``out-3``, ... by creating it (``os.mkdir``: of several processes, exactly one creates a
+name).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ try:  # POSIX; elsewhere numbers are taken by "create if absent" alone (distinct
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["OutputError", "temp_path", "write_atomic", "write_numbered", "sweep_stale_temps", "check_output_dir"]
+__all__ = ["OutputError", "temp_path", "write_atomic", "write_numbered", "sweep_stale_temps", "check_output_dir",
+           "claim_new_folder"]
 
 STALE_SECONDS = 3600.0  # a dead writer's temp file is removed once it is this old
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
@@ -219,3 +222,26 @@ def check_output_dir(folder: str | os.PathLike) -> Path:
     except OSError as exc:
         raise OutputError(f"cannot write images into {folder}: {_reason(exc)}") from None
     return folder
+
+
+def claim_new_folder(folder: str | os.PathLike) -> Path:
+    """Create and return ``folder``, or when that name exists (a folder or a file) the first of ``folder-2``,
+    ``folder-3``, ... that does not. The name is taken by ``os.mkdir``, which only one of several processes racing
+    for it can win, so concurrent callers never get the same folder. Its parents are created as needed."""
+    base = Path(folder)
+    if base.name in ("", ".", ".."):  # "." or "..": number the folder's real name
+        base = base.resolve()
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder {base.parent}: {_reason(exc)}") from None
+    k = 1
+    while True:
+        path = base if k == 1 else base.parent / f"{base.name}-{k}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            k += 1
+        except OSError as exc:
+            raise OutputError(f"cannot create the folder {path}: {_reason(exc)}") from None

@@ -58,7 +58,7 @@ def test_ours_and_diffusers_side_by_side(report) -> None:
 
 
 def test_bf16_rows_follow_the_hardware_unless_asked(monkeypatch) -> None:
-    """Auto: bf16 rows where the CPU has native bf16, and in --quick; --bf16 / --no-bf16 decide outright."""
+    """Auto: bf16 rows where the CPU has native bf16, and in --quick; --precision bf16 / fp32 decide outright."""
     from latent_diffusion.accel import cpu
     from latent_diffusion.bench import common, unet
 
@@ -73,7 +73,7 @@ def test_bf16_rows_follow_the_hardware_unless_asked(monkeypatch) -> None:
 
 @needs_oracle
 def test_no_bf16_leaves_out_the_bf16_rows_and_peak(tmp_path) -> None:
-    assert main(["bench", "unet", "train", "--quick", "--no-bf16", "--no-plots", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "unet", "train", "--quick", "--precision", "fp32", "--no-plots", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "bench-results.json").read_text())
     assert r["precisions"] == ["fp32"] and "bf16" not in r["gemm_peak_gflops"] and r["gemm_peak_gflops"]["fp32"] > 0
     assert [row["mode"] for row in r["cases"]["unet"]["results"]] == ["fp32"]

@@ -31,8 +31,16 @@ def test_embedded_mnist_model_draws_the_asked_digits() -> None:
 
 def test_mnist_demo_writes_one_row_per_digit(tmp_path) -> None:
     from latent_diffusion.pipelines.demo import run_demo
+    from latent_diffusion.pipelines.metadata import parse_parameters, read_png_parameters
+    from latent_diffusion.safe_load import file_fingerprint
 
     res = run_demo(tmp_path / "demo", task="mnist", n=2, steps=4, progress=False, echo=False)
-    grid = Image.open(res["grids"]["mnist"])
-    assert grid.height >= 10 * 32 * 4  # ten rows of 32-px digits drawn at 4x
+    with Image.open(res["grids"]["mnist"]) as grid:
+        assert grid.height >= 10 * 32 * 4  # ten rows of 32-px digits drawn at 4x
     assert len([p for p in res["files"] if p.suffix == ".png"]) == 20
+    # digit 1, sample 2 of 2: the settings `ldm sample --class-label 1` records for it, and the digit's name
+    prompt, _, settings = parse_parameters(read_png_parameters(res["files"][3]))
+    assert prompt == "" and settings == {
+        "Steps": "4", "Sampler": "ddim", "CFG scale": "3.0", "Class label": "1", "Seed": "1", "Size": "32x32",
+        "Model hash": file_fingerprint(task_model_path("mnist")), "Batch size": "2", "Batch pos": "1",
+        "Class name": "1"}

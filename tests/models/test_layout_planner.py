@@ -63,7 +63,7 @@ def test_cli_refuses_to_overwrite(tmp_path):
 
     out = tmp_path / "p.safetensors"
     out.write_bytes(b"mine")
-    assert main(["train", "planner", "--out", str(out), "--steps", "1", "--quiet"]) != 0
+    assert main(["train", "planner", "--out", str(out), "--max-steps", "1", "--quiet"]) != 0
     assert out.read_bytes() == b"mine"
 
 

@@ -84,17 +84,24 @@ def test_from_png_recreates_an_image_of_a_batch(ckpts: dict, tmp_path: Path) -> 
         assert np.array_equal(_pixels(src), _pixels(again))
 
 
-@pytest.mark.parametrize("quiet,tty,bars", [(False, True, True), (True, True, False), (False, False, False)])
-def test_progress_bar_per_image(ckpts: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                monkeypatch: pytest.MonkeyPatch, quiet: bool, tty: bool, bars: bool) -> None:
-    """One bar per image on stderr, off with --quiet or when stderr (where tqdm draws) is not a terminal."""
+@pytest.mark.parametrize("quiet,tty", [(False, True), (True, True), (False, False), (True, False)])
+def test_progress_per_image(ckpts: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                            monkeypatch: pytest.MonkeyPatch, quiet: bool, tty: bool) -> None:
+    """One bar per image on a terminal, plain log lines (at 25/50/75/100 % of the steps) when stderr is a file or a
+    pipe, nothing with --quiet."""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
-    args = ["txt2img", "--ckpt", str(ckpts["sd1"]), "--prompt", "x", "--seed", "1", "--n", "2", "--steps", "2",
+    args = ["txt2img", "--ckpt", str(ckpts["sd1"]), "--prompt", "x", "--seed", "1", "--n", "2", "--steps", "4",
             "--height", "32", "--width", "32", "--out", str(tmp_path)] + (["--quiet"] if quiet else [])
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert ("image 1/2" in err and "image 2/2" in err) == bars
-    assert ("it/s" in err or "s/it" in err) == bars
+    assert ("image 1/2" in err and "image 2/2" in err) == (not quiet)
+    assert ("it/s" in err or "s/it" in err) == (tty and not quiet)
+    lines = [line for line in err.splitlines() if ": step " in line]
+    if tty or quiet:
+        assert lines == []
+    else:
+        assert [line.split(" (")[0] for line in lines] == [f"image {i}/2: step {k}/4" for i in (1, 2)
+                                                           for k in (1, 2, 3, 4)]
 
 
 def test_from_png_warns_on_another_model(ckpts: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -151,7 +158,7 @@ def test_layout2img_semantic2img_and_named_classes(tmp_path: Path) -> None:
                  "--object", "12", "0.5", "0.5", "0.9", "0.9", "--height", "32", "--width", "32", "--cfg", "2",
                  "--out", str(tmp_path / "lay"), *quick]) == 0
     _, _, s = parse_parameters(read_png_parameters(tmp_path / "lay" / "00000-3.png"))
-    assert s["Layout"] == "red circle 0.1 0.1 0.4 0.4; 12 0.5 0.5 0.9 0.9"
+    assert s["Layout"] == "red circle 0.1 0.1 0.4 0.4; purple square 0.5 0.5 0.9 0.9"  # class 12 by name
     assert main(["layout2img", "--ckpt", str(layout), "--example", "2", "--height", "32", "--width", "32",
                  "--out", str(tmp_path / "lay"), *quick]) == 0
     assert main(["semantic2img", "--ckpt", str(semantic), "--example", "0", "--out", str(tmp_path / "sem"),
@@ -190,3 +197,12 @@ def test_layout2img_from_a_prompt_through_a_planner(tmp_path: Path, capsys: pyte
     assert s["Planner"].endswith("planner-shapes.safetensors") and s["Layout"].startswith("red circle ")
     assert main([*base, "--example", "1", "--prompt", "a red circle"]) != 0
     assert "one way" in capsys.readouterr().err
+
+
+def test_sampler_help_names_every_sampler() -> None:
+    from latent_diffusion.cli import build_parser
+    from latent_diffusion.diffusion.samplers import SAMPLERS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    text = " ".join(sub.choices["txt2img"].format_help().split())
+    assert all(name in text for name in SAMPLERS), text

@@ -164,11 +164,11 @@ def test_upscale_strength_starts_from_the_bicubic_upsample() -> None:
                                          align_corners=False).clamp(-1, 1)
     with torch.no_grad():
         z_up = pipe.model.encode_first_stage(up)
-    dist = {s: (pipe.upscale(low, steps=10, strength=s, output="latent") - z_up).norm().item()
+    dist = {s: (pipe.upscale(low, steps=10, strength=s, seed=0, output="latent") - z_up).norm().item()
             for s in (0.2, 0.6, 1.0)}
     assert dist[0.2] < dist[0.6] < dist[1.0]
-    assert torch.equal(pipe.upscale(low, steps=3, output="latent"), pipe.upscale(low, steps=3, strength=1.0,
-                                                                                output="latent"))
+    default = pipe.upscale(low, steps=3, seed=0, output="latent")
+    assert torch.equal(default, pipe.upscale(low, steps=3, seed=0, strength=1.0, output="latent"))
     for bad in (0.0, 1.5, "half"):
         with pytest.raises(LDMError, match="strength must be in"):
             pipe.upscale(low, steps=3, strength=bad)
@@ -273,7 +273,9 @@ def test_conversions_of_init_images() -> None:
 
 
 def test_unknown_sampler_at_the_pipeline_lists_the_valid_ones(sd1: Pipeline) -> None:
-    with pytest.raises(LDMError, match="unknown sampler 'k_lms'; accepted: ddpm, ddim, plms, euler, euler_a"):
+    with pytest.raises(LDMError, match="unknown sampler 'k_nope'; accepted: ddpm, ddim, plms, euler, euler_a"):
+        sd1.txt2img("x", sampler="k_nope", **KW)
+    with pytest.raises(LDMError, match="A1111's sampler 'LMS' is not one of ours.*accepted: ddpm"):
         sd1.txt2img("x", sampler="k_lms", **KW)
 
 

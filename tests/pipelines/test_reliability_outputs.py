@@ -19,7 +19,8 @@ from PIL import Image
 from latent_diffusion.errors import LDMError, NonFiniteError
 from latent_diffusion.fileio import OutputError, check_output_dir, sweep_stale_temps, write_atomic
 from latent_diffusion.pipelines import Pipeline
-from latent_diffusion.pipelines.cli_commands import _generate
+from latent_diffusion.pipelines.generate import _write
+from latent_diffusion.pipelines.requests import RunRequest
 from latent_diffusion.pipelines.metadata import parse_parameters, read_png_parameters, save_numbered_png, save_png
 from latent_diffusion.tiny import tiny_model
 
@@ -184,7 +185,7 @@ def test_non_finite_stages_are_named(tmp_path: Path) -> None:
 
 def test_each_image_is_written_as_soon_as_it_is_made(sd1: Pipeline, tmp_path: Path) -> None:
     """A run stopped part-way (here: the third image fails) keeps the images made before it, each re-creatable."""
-    args = argparse.Namespace(out=str(tmp_path), n=4, batch_size=1, quiet=True)
+    run = RunRequest(out=str(tmp_path), steps=1, sampler="ddim", cfg_scale=1.0, n=4, quiet=True)
     made = []
 
     def make(seed: int, n: int, progress: object) -> list:
@@ -194,7 +195,7 @@ def test_each_image_is_written_as_soon_as_it_is_made(sd1: Pipeline, tmp_path: Pa
         return sd1.txt2img("a cat", seed=seed, n=n, steps=1, height=32, width=32, sampler="ddim", cfg_scale=1.0)
 
     with pytest.raises(KeyboardInterrupt, match=r"interrupted: 2 of 4 image\(s\) written to "):
-        _generate(args, sd1, make, "a cat", "", {"Steps": 1}, 40)
+        _write(sd1, run, make, 40)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00000-40.png", "00001-41.png"]
     again = sd1.txt2img("a cat", seed=41, steps=1, height=32, width=32, sampler="ddim", cfg_scale=1.0)[0]
@@ -252,12 +253,12 @@ def test_the_cli_encodes_the_prompt_and_the_input_once_per_run(sd1: Pipeline, tm
     monkeypatch.setattr(sd1.model, "get_learned_conditioning", text)
     monkeypatch.setattr(sd1.model, "encode_first_stage", encode)
     init = Image.new("RGB", (32, 32), (200, 30, 30))
-    args = argparse.Namespace(out=str(tmp_path), n=3, batch_size=1, quiet=True)
+    run = RunRequest(out=str(tmp_path), steps=2, sampler="ddim", cfg_scale=3.0, n=3, quiet=True)
 
     def make(**each: object) -> list:
         return sd1.img2img(init, "a cat", steps=2, sampler="ddim", cfg_scale=3.0, **each)
 
-    written = _generate(args, sd1, make, "a cat", "", {"Steps": 2}, 11)
+    written = _write(sd1, run, make, 11)
     assert len(written) == 3 and calls == {"text": 1, "encode": 1}
     single = sd1.img2img(init, "a cat", steps=2, sampler="ddim", cfg_scale=3.0, seed=13)[0]
     assert np.array_equal(np.asarray(Image.open(written[2])), np.asarray(single))  # reuse changes no image
@@ -277,3 +278,20 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys) -> None:
     assert capsys.readouterr().err == "ldm: interrupted: 3 of 8 image(s) written to out/\n"
     assert run(argparse.Namespace(func=plain)) == 130
     assert capsys.readouterr().err == "ldm: interrupted\n"
+
+
+def test_a_warning_is_one_line_in_the_cli_voice(capsys) -> None:
+    """No file path and no source line: ``ldm: warning: <message>``, and the hook is gone after the command."""
+    import warnings
+
+    from latent_diffusion.commands import run
+
+    def warns(_: argparse.Namespace) -> int:
+        warnings.warn("the text encoder does not know the word(s) ['zebra']; they are ignored ([UNK])", stacklevel=2)
+        return 0
+
+    before = warnings.showwarning
+    assert run(argparse.Namespace(func=warns)) == 0
+    assert capsys.readouterr().err == ("ldm: warning: the text encoder does not know the word(s) ['zebra']; they are "
+                                       "ignored ([UNK])\n")
+    assert warnings.showwarning is before

@@ -188,7 +188,7 @@ def test_cli_overrides_reach_the_run(tmp_path):
 
     LDMTrainConfig.from_dict(tiny()).to_yaml(tmp_path / "tiny.yaml")
     out = tmp_path / "run"
-    assert main(["train", "ldm", "--config", str(tmp_path / "tiny.yaml"), "--out-dir", str(out), "--max-steps", "2",
+    assert main(["train", "ldm", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out), "--max-steps", "2",
                  "--seed", "3", "--quiet"]) == 0
     saved = LDMTrainConfig.from_yaml(out / "config.yaml")
     assert (saved.run.seed, saved.run.max_steps) == (3, 2)

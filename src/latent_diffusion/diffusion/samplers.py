@@ -17,6 +17,8 @@ from .denoiser import Denoiser
 from .discretization import DDIM, DDPM, DPM, DPM_KARRAS, EULER, Grid, levels
 from .guidance import guided_model_fn
 from .options import SampleOptions
+from .sampler_names import a1111_infotext, a1111_samplers, resolve_sampler
+from .progress import with_progress
 from .samplers_base import Callback, Generator, NoiseSampler, randn
 from .samplers_dpm import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_unipc
 from .samplers_euler import (sample_ddim, sample_ddpm, sample_euler, sample_euler_ancestral, sample_heun,
@@ -48,9 +50,16 @@ SAMPLERS: dict[str, SamplerSpec] = {
 
 
 def get_sampler(name: str) -> SamplerSpec:
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; accepted: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
+    """The spec of sampler ``name``: a ``SAMPLERS`` key, or an A1111 name / alias of one (``canonical_sampler``)."""
+    return SAMPLERS[canonical_sampler(name)]
+
+
+def canonical_sampler(name: str, schedule_type: str | None = None) -> str:
+    """Our name (a ``SAMPLERS`` key) for ``name``: ours, or AUTOMATIC1111's ("Euler a", "k_euler_a", "DPM++ 2M Karras";
+    case-insensitive where unambiguous). ``schedule_type``: the "Schedule type" A1111 1.9+ writes next to "Sampler"
+    ("Automatic" is Karras for "DPM++ 2M"); see ``sampler_names``. Unknown, or an A1111 sampler we do not run:
+    ``ConfigError`` naming the accepted names, with "did you mean" for a typo."""
+    return resolve_sampler(name, SAMPLERS, schedule_type)
 
 
 def start_step_for_strength(steps: int, strength: float) -> int:
@@ -90,7 +99,7 @@ def sample(name: str, model: Any, noise: torch.Tensor, options: SampleOptions, *
                              guidance_rescale=options.guidance_rescale)
     denoiser = denoiser.replace(model_fn=guided, quantize=denoiser.quantize or lv.integer_timesteps)
     x = lv.initial_latents(noise, init_latents)
-    kwargs: dict[str, Any] = {"cond": cond, "callback": _with_progress(callback, lv.steps, options.progress)}
+    kwargs: dict[str, Any] = {"cond": cond, "callback": with_progress(callback, lv.steps, options.progress)}
     if spec.eta is not None:
         kwargs["eta"] = spec.eta if options.eta is None else options.eta
     if spec.noisy:
@@ -109,22 +118,7 @@ def _check_noise_options(name: str, spec: SamplerSpec, options: SampleOptions) -
                           f"{', '.join(noisy)}")
 
 
-def _with_progress(callback: Callback | None, total: int, progress: bool | str) -> Callback | None:
-    """Wrap ``callback`` to advance a tqdm bar (on stderr) per step; a string ``progress`` is the bar's label."""
-    if not progress:
-        return callback
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "sampling", leave=False)
-
-    def report(step: int, x: torch.Tensor, x0: torch.Tensor) -> None:
-        bar.update(1)
-        if step == total - 1:
-            bar.close()
-        if callback is not None:
-            callback(step, x, x0)
-
-    return report
 
 
-__all__ = ["SAMPLERS", "SamplerSpec", "SampleOptions", "get_sampler", "start_step_for_strength", "sample", "randn"]
+__all__ = ["SAMPLERS", "SamplerSpec", "SampleOptions", "get_sampler", "canonical_sampler", "a1111_samplers",
+           "a1111_infotext", "start_step_for_strength", "sample", "randn"]

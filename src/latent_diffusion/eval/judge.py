@@ -30,6 +30,7 @@ from ..data.shapes import COLOUR_NAMES, SHAPES, class_index
 from ..errors import CheckpointError, LDMError
 
 DEFAULT_JUDGE_PATH = Path(__file__).resolve().parent.parent / "assets" / "judge-shapes.safetensors"
+JUDGE_KIND = "shapes-judge"  # the metadata ``kind`` of a judge file
 NUM_SHAPE_LABELS = len(SHAPES) + 1  # 0 = background
 NUM_COLOUR_LABELS = len(COLOUR_NAMES) + 1
 
@@ -116,7 +117,7 @@ class Judge:
             raise CheckpointError(f"judge weights not found at {path}; re-create them with `ldm train judge`")
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        if meta.get("kind") != "shapes-judge":
+        if meta.get("kind") != JUDGE_KIND:
             raise CheckpointError(f"{path} is not a judge checkpoint (metadata kind={meta.get('kind')!r})")
         raw = json.loads(meta["config"])
         net = JudgeNet(JudgeConfig(channels=tuple(raw["channels"]), min_blob_fraction=raw["min_blob_fraction"]))
@@ -190,7 +191,7 @@ def save_judge(net: JudgeNet, path: str | os.PathLike, *, extra: dict | None = N
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": "shapes-judge", "config": json.dumps(asdict(net.config))}
+    meta = {"kind": JUDGE_KIND, "config": json.dumps(asdict(net.config))}
     meta |= {k: json.dumps(v) for k, v in (extra or {}).items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file({k: v.detach().float().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)

@@ -12,9 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-import torch
-
 from ..errors import LDMError
 
 
@@ -32,6 +29,9 @@ def evaluate_digits(pipe: Any, *, scales: tuple[float, ...] = (1.0, 3.0, 5.0), n
                     sampler: str = "ddim", seed: int = 0, judge_path: str | None = None,
                     progress: bool = False) -> dict[str, Any]:
     """Judge accuracy and FID of ``n`` samples per digit at each guidance scale (see the module docstring)."""
+    import numpy as np
+    import torch
+
     from ..data.mnist import mnist_split
     from .digits import DEFAULT_DIGIT_JUDGE_PATH, digit_accuracy, digit_fid, digit_predictions, load_digit_judge
 
@@ -59,6 +59,8 @@ def evaluate_digits(pipe: Any, *, scales: tuple[float, ...] = (1.0, 3.0, 5.0), n
 
 
 def markdown(result: dict[str, Any]) -> str:
+    import numpy as np
+
     rows = ["| CFG | class accuracy | worst digit | FID (judge features) |", "|---:|---:|---:|---:|"]
     for s in result["scales"]:
         worst = int(np.argmin(s["per_digit"]))

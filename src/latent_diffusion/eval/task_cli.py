@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from ..cli_parser import deprecated_alias
 from ..errors import LDMError
 
 # task -> (default --n, help)
@@ -72,7 +73,8 @@ def add_eval_task_commands(esub: Any) -> None:
 def add_train_judge_command(tsub: Any) -> None:
     p = tsub.add_parser("judge", help="train the evaluation judge on ShapesWorld ground truth (deterministic)")
     p.add_argument("--out", default=None, help="weights path (default: src/latent_diffusion/assets/judge-shapes...)")
-    p.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    p.add_argument("--max-steps", dest="steps", type=int, default=None, metavar="N", help="override the recipe's steps")
+    deprecated_alias(p, "--steps", dest="steps", use="--max-steps", type=int)
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_judge)

@@ -1,11 +1,14 @@
-"""``ldm demo --task ...``: one grid row per condition for every task of the paper, on held-out ShapesWorld scenes.
+"""``ldm demo --task ...``: one grid row per prompt or condition for every task of the paper, the conditions from
+held-out ShapesWorld scenes (or classes), each row's samples drawn in one call, sample j with seed ``seed + j``.
 
-Each row is ``[condition, sample_1 .. sample_n(, ground truth)]`` drawn at 64×64:
+Each row is ``[condition, sample_1 .. sample_n(, ground truth)]`` drawn at 64×64 (mnist: 32×32):
 
 =============  ===========================================  ===============================================
 task           condition column (row label)                 last column
 =============  ===========================================  ===============================================
-class          none (the class name)                        -
+txt2img        none (the prompt)                            -
+grounded       the boxes the planner drew (the prompt)      -
+class, mnist   none (the class name)                        -
 unconditional  none (no label)                              -
 layout         the boxes, filled with the class colour,     -
                on grey (the objects' names)
@@ -13,7 +16,9 @@ semantic       the label map in class colours (caption)     -
 superres       the 16×16 input, nearest-upsampled (caption)  the ground-truth 64×64 image
 inpaint        the image with the hole grey (caption)       the original image
 =============  ===========================================  ===============================================
-"""
+
+A row also says what its samples' PNGs record (``DemoRow.prompt`` / ``.settings``: the keys the CLI writes for the
+same task, e.g. ``Class label``, ``Layout``, ``Semantic map``, ``Denoising strength``)."""
 
 from __future__ import annotations
 
@@ -42,15 +47,39 @@ SIZE = 64  # ShapesWorld resolution of the embedded models
 
 
 @dataclass
-class TaskRows:
-    """What a task's demo produced: grid rows (condition, samples, truth), their labels, the samples alone."""
+class DemoRow:
+    """One grid row: its cells (condition?, samples, ground truth?) and what its samples' PNGs record."""
 
-    rows: list[list[Image.Image]]
-    labels: list[str] | None
-    samples: list[list[Image.Image]]
-    columns: str  # what the columns are, for the message
+    cells: list[Image.Image]
+    samples: list[Image.Image]  # sample j has seed ``seed + j``; the n were drawn in one batch
+    label: str  # written left of the row ("" = none)
+    name: str  # in the samples' file names
+    condition: str  # the row, as the grid's parameters describe it
+    seed: int
+    prompt: str = ""  # the samples' prompt ("" for tasks without one)
+    settings: dict[str, Any] = field(default_factory=dict)  # the task's own keys: Class label, Layout, ...
+
+
+@dataclass
+class TaskRows:
+    """What a task's demo produced: its rows, what the columns are, the guidance scale used, what a row is."""
+
+    rows: list[DemoRow]
+    columns: str  # e.g. "boxes | samples"
     cfg: float
-    names: list[str] = field(default_factory=list)  # per row, for file names
+    unit: str  # prompts, classes, digits, scenes, rows
+    settings: dict[str, Any] = field(default_factory=dict)  # keys every PNG of the task records (grounded: Planner)
+
+    @property
+    def labels(self) -> list[str] | None:
+        return [r.label for r in self.rows] if any(r.label for r in self.rows) else None
+
+
+COLUMNS = {"txt2img": "samples", "grounded": "planned boxes | samples", "class": "samples", "mnist": "samples",
+           "unconditional": "samples", "layout": "boxes | samples", "semantic": "label map | samples",
+           "superres": "16x16 input | samples | ground truth", "inpaint": "masked input | samples | original"}
+UNITS = {"txt2img": "prompts", "grounded": "prompts", "class": "classes", "mnist": "digits", "unconditional": "rows",
+         **{t: "scenes" for t in SCENE_TASKS}}
 
 
 def held_out_scenes(k: int, size: int = SIZE) -> list[dict]:
@@ -106,6 +135,20 @@ def objects_text(layout: torch.Tensor) -> str:
     return ", ".join(class_name(int(r[0])) for r in layout if r[0] >= 0)
 
 
+def recorded_layout(layout: torch.Tensor) -> torch.Tensor:
+    """(K, 5) ``layout`` with its boxes rounded to the 4 decimals its ``Layout`` parameter keeps, as ``ldm layout2img``
+    rounds a planned or example layout: the boxes drawn are the boxes recorded (the embedded layout model's Fourier
+    box code sees a difference of 1e-5)."""
+    return torch.tensor([[c, *(round(v, 4) for v in box)] for c, *box in layout.tolist()], dtype=torch.float32)
+
+
+def layout_setting(layout: torch.Tensor) -> str:
+    """(K, 5) layout → its ``Layout`` parameter as ``ldm layout2img`` records it: ``red circle 0.1 0.2 0.5 0.6; ...``
+    (padding rows left out)."""
+    return "; ".join(" ".join([label_name(int(c)), *(f"{round(v, 4):g}" for v in box)])
+                     for c, *box in layout.tolist() if c >= 0)
+
+
 # -- per-task rows ------------------------------------------------------------------------------------
 def task_cfg(task: str, pipe: Any, requested: float | None) -> float:
     """The guidance scale the demo uses: the task's natural one (``DEFAULT_CFG``), 1 where the model cannot guide."""
@@ -132,60 +175,114 @@ def label_name(c: int) -> str:
     return class_name(c) if 0 <= c < NUM_CLASSES else f"class {c}"
 
 
+def row_count(task: str, pipe: Any, k: int, prompts: tuple[str, ...]) -> int:
+    """How many rows ``task_rows`` will draw (for the progress line before it starts)."""
+    if task in ("txt2img", "grounded"):
+        return len(prompts)
+    if task == "mnist":
+        return len(pipe.cfg.class_names)
+    return len(demo_classes(pipe, k)) if task == "class" else k
+
+
 def task_rows(task: str, pipe: Any, *, k: int, n: int, steps: int, sampler: str, seed: int, cfg: float | None,
-              progress: bool, size: int = SIZE) -> TaskRows:
-    """Sample ``n`` images (``size``²) for each of ``k`` conditions of ``task`` with ``pipe``; the grid rows."""
+              progress: bool, size: int = SIZE, prompts: tuple[str, ...] = ()) -> TaskRows:
+    """Sample ``n`` images (``size``²) for each row of ``task`` with ``pipe``: one per prompt (txt2img, grounded),
+    digit (mnist), or one of ``k`` classes / held-out scenes / unconditional rows. Each row's n samples are drawn in
+    one call, image j with seed ``seed + j`` (unconditional row i: ``seed + i * n + j``)."""
     scale = task_cfg(task, pipe, cfg)
-    kw = dict(n=n, steps=steps, sampler=sampler, seed=seed)
+    kw = dict(n=n, steps=steps, sampler=sampler)
+    total = row_count(task, pipe, k, prompts)
 
     def bar(i: int, what: str) -> bool | str:
-        return f"[{task} {i + 1}/{k}] {what}" if progress else False
+        return f"[{task} {i + 1}/{total}] {what}" if progress else False
 
-    if task == "mnist":  # one row per digit, named by the model's class folders
-        names = list(pipe.cfg.class_names)
-        samples = [pipe.sample(c, cfg_scale=scale, height=size, width=size, progress=bar(c, f"digit {name}"), **kw)
-                   for c, name in enumerate(names)]
-        return TaskRows(samples, names, samples, f"{n} samples per digit", scale, [f"digit-{x}" for x in names])
-    if task == "class":
-        classes = demo_classes(pipe, k)
-        samples = [pipe.sample(c, cfg_scale=scale, height=size, width=size, progress=bar(i, label_name(c)), **kw)
-                   for i, c in enumerate(classes)]
-        names = [label_name(c) for c in classes]
-        return TaskRows(samples, names, samples, f"{n} samples per class", scale, names)
+    if task in ("txt2img", "grounded"):
+        return _prompt_rows(task, pipe, prompts, scale, seed, bar, size, kw)
+    if task in ("class", "mnist"):  # mnist: one row per digit, named by the model's class folders
+        digits = task == "mnist"
+        rows = []
+        for i, c in enumerate(range(total) if digits else demo_classes(pipe, k)):
+            name = pipe.cfg.class_names[c] if digits else label_name(c)
+            what = f"digit {name}" if digits else name
+            images = pipe.sample(c, cfg_scale=scale, seed=seed, height=size, width=size, progress=bar(i, what), **kw)
+            rows.append(DemoRow(images, images, name, what.replace(" ", "-") if digits else name, f"{what} (class {c})",
+                                seed, settings={"Class label": c, "Class name": name}))
+        return TaskRows(rows, COLUMNS[task], scale, UNITS[task])
     if task == "unconditional":
-        samples = [pipe.sample(None, height=size, width=size, progress=bar(i, "unconditional"),
-                               **kw | {"seed": seed + i * n}) for i in range(k)]
-        return TaskRows(samples, None, samples, f"{k} x {n} samples", scale, ["sample"] * k)
+        rows = []
+        for i in range(k):
+            images = pipe.sample(None, height=size, width=size, progress=bar(i, "unconditional"), seed=seed + i * n,
+                                 **kw)
+            rows.append(DemoRow(images, images, "", "sample", "unconditional", seed + i * n))
+        return TaskRows(rows, COLUMNS[task], 1.0, UNITS[task])
     if task not in SCENE_TASKS:
-        raise LDMError(f"unknown demo task {task!r}; accepted: class, unconditional, {', '.join(SCENE_TASKS)}")
-    rows, labels, samples = [], [], []
+        raise LDMError(f"unknown demo task {task!r}; accepted: {', '.join(COLUMNS)}")
+    rows = []
     for i, scene in enumerate(held_out_scenes(k, size)):
-        cond, label, truth, run = _scene_task(task, scene, pipe, scale, i, size)
-        images = run(progress=bar(i, label), **kw)
-        rows.append([cond, *images, *([truth] if truth is not None else [])])
-        labels.append(label)
-        samples.append(images)
-    columns = {"layout": "boxes | samples", "semantic": "label map | samples",
-               "superres": "16x16 input | samples | ground truth", "inpaint": "masked input | samples | original"}
-    return TaskRows(rows, labels, samples, columns[task], scale, labels)
+        row, run = _scene_row(task, scene, pipe, scale, i, size, seed)
+        row.samples = run(progress=bar(i, row.label), seed=seed, **kw)
+        row.cells[1:1] = row.samples  # condition | samples | truth
+        rows.append(row)
+    return TaskRows(rows, COLUMNS[task], scale, UNITS[task])
 
 
-def _scene_task(task: str, scene: dict, pipe: Any, scale: float, i: int,
-                size: int) -> tuple[Image.Image, str, Image.Image | None, Callable[..., list[Image.Image]]]:
-    """(condition image, row label, ground truth or None, sampler call) for held-out scene ``i``."""
+def _prompt_rows(task: str, pipe: Any, prompts: tuple[str, ...], scale: float, seed: int,
+                 bar: Callable[[int, str], bool | str], size: int, kw: dict) -> TaskRows:
+    """txt2img: what ``ldm txt2img --prompt P --seed S --n N`` draws. grounded: each prompt's layout is planned alone
+    from ``seed``, so a row is what ``ldm layout2img --prompt P --seed S --n N`` draws (boxes first)."""
+    if task == "txt2img":
+        rows = []
+        for i, p in enumerate(prompts):
+            images = pipe.txt2img(p, cfg_scale=scale, seed=seed, height=size, width=size, progress=bar(i, p), **kw)
+            rows.append(DemoRow(images, images, p, p, p, seed, prompt=p))
+        return TaskRows(rows, COLUMNS[task], scale, UNITS[task])
+    from .. import default_model
+    from ..models.layout_planner import LayoutPlanner
+    from .grounded import plan_layouts
+
+    planner_file = default_model.planner_path()
+    planner = LayoutPlanner.load(planner_file)
+    rows = []
+    for i, p in enumerate(prompts):
+        layout = recorded_layout(plan_layouts(planner, [p], seed=seed)[0])  # (max_objects, 5), padding: class -1
+        images = pipe.layout2img(layout, cfg_scale=scale, seed=seed, height=size, width=size, progress=bar(i, p),
+                                 **kw)
+        objects = layout_setting(layout)
+        rows.append(DemoRow([render_layout(layout, size), *images], images, p, p, f"{p} -> {objects}", seed,
+                            settings={"Layout": objects, "Planned from": p, "Planner seed": seed}))
+    return TaskRows(rows, COLUMNS[task], scale, UNITS[task], {"Planner": str(planner_file)})
+
+
+def _scene_row(task: str, scene: dict, pipe: Any, scale: float, i: int, size: int,
+               seed: int) -> tuple[DemoRow, Callable[..., list[Image.Image]]]:
+    """Held-out scene ``i``'s row (cells: condition[, ground truth]; samples still to draw) and its sampler call."""
+    from .defaults import INPAINT
+
     truth = tensor_to_pil(scene["image"][None])[0]
+    where = f"ShapesWorld held-out scene {i}"
+    caption = scene["caption"]
+
+    def row(cells: list[Image.Image], label: str, settings: dict[str, Any], prompt: str = "",
+            condition: str = "") -> DemoRow:
+        return DemoRow(cells, [], label, label, f"held-out scene {i}: {condition or label}", seed, prompt, settings)
+
     if task == "layout":
-        layout = scene["layout"]
-        return (render_layout(layout, size), objects_text(layout), None,
+        layout = recorded_layout(scene["layout"])
+        return (row([render_layout(layout, size)], objects_text(layout),
+                    {"Layout": layout_setting(layout), "Layout from": where}),
                 lambda **kw: pipe.layout2img(layout, cfg_scale=scale, height=size, width=size, **kw))
     if task == "semantic":
         seg = scene["segmentation"]
-        return render_semantic(seg), scene["caption"], None, lambda **kw: pipe.semantic2img(seg, **kw)
+        return (row([render_semantic(seg)], caption, {"Semantic map": where}),
+                lambda **kw: pipe.semantic2img(seg, **kw))
     if task == "superres":
         low = tensor_to_pil(scene["lowres"][None])[0]
-        return (render_lowres(scene["lowres"], size), scene["caption"], truth,
+        what = f"{where} ({low.size[0]}x{low.size[1]})"
+        return (row([render_lowres(scene["lowres"], size), truth], caption, {"Low-res image": what}),
                 lambda **kw: pipe.upscale(low, cfg_scale=1.0, height=size, width=size, **kw))
     # inpaint: alternate box and stroke holes so both kinds show
-    mask = scene["mask_box"] if i % 2 == 0 else scene["mask_stroke"]
-    return (render_masked(scene["image"], mask), scene["caption"], truth,
-            lambda **kw: pipe.inpaint(truth, mask_pil(mask), scene["caption"], cfg_scale=scale, **kw))
+    hole = "box" if i % 2 == 0 else "stroke"
+    mask = scene[f"mask_{hole}"]
+    settings = {"Denoising strength": INPAINT.strength, "Init image": where, "Mask": f"{where} {hole} hole"}
+    return (row([render_masked(scene["image"], mask), truth], caption, settings, caption, f"{caption} ({hole} hole)"),
+            lambda **kw: pipe.inpaint(truth, mask_pil(mask), caption, cfg_scale=scale, **kw))

@@ -76,6 +76,14 @@ def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(body), negative, settings
 
 
+def add_settings(text: str, settings: dict[str, Any]) -> str:
+    """``text`` with ``settings`` added to (or replacing in) its settings line."""
+    if not settings:
+        return text
+    prompt, negative, old = parse_parameters(text)
+    return format_parameters(prompt, negative, {**old, **settings})
+
+
 def check_text(text: str, what: str) -> None:
     """``text`` must be valid UTF-8 to go into a PNG's parameters: no lone surrogates, which is what undecodable
     command-line bytes become. The CLI checks prompts with this before any sampling."""

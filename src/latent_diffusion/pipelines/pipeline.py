@@ -12,26 +12,25 @@ CLI does), and the prompt is encoded once per call whatever the split.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import os
 from typing import Any, Callable, Iterator
 
 import torch
-from PIL import Image
 
-from ..accel import AccelOptions, Precision, Tiling, accelerate, sampling_context
+from ..accel import AccelOptions, Precision, sampling_context
 from ..accel.gemm_storage import base_dtype, gemm_dtypes
 from ..checkpoint import family as family_name
 from ..checkpoint import load_checkpoint
-from ..diffusion.samplers import SampleOptions, randn, sample
+from ..diffusion.samplers import SampleOptions, canonical_sampler, randn, sample
 from ..errors import LDMError, NonFiniteError
-from . import defaults, precision_state, prompts, tasks_structured, tasks_text, tasks_upscale
+from . import call, defaults, fast_paths, prompts, tasks_structured, tasks_text, tasks_upscale
 from .batches import bar_label, take
 from .images import check_size, tensor_to_pil
 from .limits import Limits
 from .model_kind import model_kind, tasks_hint
+from .output import Record
 from .task_common import Callback, check_run, generators
 
 __all__ = ["Pipeline", "generators"]
@@ -47,6 +46,7 @@ class Pipeline:
         self._load_args: dict[str, Any] | None = None  # from_checkpoint's: the file can give the fp32 UNet back
         self.limits = Limits()  # the most pixels per image and images per call (checked before any work)
         self.fast: AccelOptions | None = None
+        self.requested_precision = "auto"  # as asked ("auto" / "fp32" / "bf16"): `to` resolves it again
         self._reused: dict[tuple, torch.Tensor] | None = None  # see reusing_inputs
         self.set_fast_paths(precision, **fast)
 
@@ -74,38 +74,8 @@ class Pipeline:
     def precision(self) -> Precision:
         return self.fast.precision
 
-    def set_fast_paths(self, precision: str | Precision = "auto", *, deepcache: int | None = None,
-                       deepcache_branch: int = 0, attention_slice: int | None = None, compile: bool = False,
-                       vae_tiling: bool | Tiling | None = None) -> AccelOptions:
-        """How the model runs (``accel``, docs/performance.md), applied with ``accel.accelerate``. ``precision``:
-        "auto" (bf16 autocast for the UNet where the CPU / GPU has native bf16 and the weights are fp32, else fp32),
-        "fp32", "bf16", or a ``Precision`` already resolved; ``deepcache``: reuse the UNet's deep features on
-        ``deepcache - 1`` of every ``deepcache`` calls (None: off); ``attention_slice``: queries per attention call
-        (None: all); ``compile``: ``torch.compile`` the UNet; ``vae_tiling``: True or a ``Tiling``: encode / decode
-        large images in overlapping tiles (a KL first stage only). The GEMM-lowered convs, oneDNN Linears and
-        channels_last are always on (each where it applies).
-
-        ``from_checkpoint`` with a precision that resolves to bf16 stores the UNet's Linear / Conv weights in bf16
-        (``accel/gemm_storage.py``): the same numbers as autocast, half the UNet's memory. Such a UNet runs bf16
-        ("auto" keeps it so). "fp32" reads its fp32 weights back from the checkpoint file, after checking that the
-        stored ones still match the file — weights changed in memory are never replaced: that, or a model not
-        loaded by ``from_checkpoint``, is an error. Switching to bf16 later runs autocast over the fp32 weights."""
-        device, dtype = self._device_dtype()
-        unet = self.model.model.diffusion_model
-        precision = precision_state.resolve_precision(precision, unet, device, dtype)
-        options = AccelOptions.with_model_paths(precision, deepcache=deepcache, deepcache_branch=deepcache_branch,
-                                                attention_slice=attention_slice, compile=compile, vae_tiling=vae_tiling)
-        precision_state.switch_unet(unet, precision, self.fast, device, dtype, self.checkpoint_path, self._load_args)
-        accelerate(self.model, options)
-        self.fast = options
-        return options
-
-    def enable_vae_tiling(self, tile: int = 32, overlap: int = 8) -> None:
-        """Encode / decode images larger than ``tile`` latent pixels in overlapping, blended tiles (``accel.Tiling``):
-        peak memory follows the tile, not the image. A KL first stage only (else an error)."""
-        options = dataclasses.replace(self.fast, vae_tiling=Tiling(tile, overlap))
-        accelerate(self.model, options)
-        self.fast = options
+    set_fast_paths = fast_paths.set_fast_paths
+    enable_vae_tiling = fast_paths.enable_vae_tiling
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, config: Any = None, *,
@@ -127,7 +97,7 @@ class Pipeline:
         model = load_checkpoint(path, **load_args, unet_dtypes=unet_dtypes,
                                 keep_ema=False)  # sampling never needs the EMA copy once use_ema has applied it
         pipe = cls(model, checkpoint_path=path, precision=resolved, **fast)
-        pipe._load_args = load_args
+        pipe._load_args, pipe.requested_precision = load_args, precision
         return pipe
 
     # -- model facts -------------------------------------------------------------------------------
@@ -187,21 +157,7 @@ class Pipeline:
     check_prompt = prompts.check_prompt
 
     # -- the shared steps ------------------------------------------------------------------------------
-    def _text(self, prompt: str, negative_prompt: str, n: int, cfg_scale: float) -> tuple[Any, Any]:
-        for p in (prompt, negative_prompt):
-            if not isinstance(p, str):
-                raise LDMError(f"prompts must be strings, got {type(p).__name__}")
-            self.check_prompt(p)
-        guided = cfg_scale != 1.0
-        texts = [prompt, negative_prompt] if guided else [prompt]
-        with torch.no_grad():  # one text-encoder batch for prompt and negative prompt, once per call
-            emb = self._reuse(lambda: ("text", *texts), lambda: self.model.get_learned_conditioning(texts))
-        if not bool(torch.isfinite(emb).all()):
-            raise NonFiniteError(f"the text encoder produced NaN/Inf for the prompt (dtype {emb.dtype}); nothing was "
-                                 f"sampled. Its weights may be damaged: check the checkpoint (`ldm inspect`)"
-                                 + (", or run it in fp32" if emb.dtype == torch.float16 else ""))
-        c, u = emb[:1], (emb[1:] if guided else None)
-        return c.expand(n, *c.shape[1:]), u  # uncond stays (1, ...): guidance broadcasts it
+    _text = prompts.encode_prompts
 
     def _noise(self, seed: int, n: int, height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
         device, dtype = self._device_dtype()
@@ -217,11 +173,21 @@ class Pipeline:
         with torch.no_grad():
             return self._reuse(key, lambda: self.model.encode_first_stage(x.to(device, dtype)))
 
-    def _decode(self, z: torch.Tensor, output: str) -> list[Image.Image] | torch.Tensor:
+    def _record(self, seed: int, batch_size: int | None, steps: int, sampler: str, cfg_scale: float, prompt: str = "",
+                negative_prompt: str = "", extra: dict[str, Any] | None = None) -> Record:
+        """What the images of a task call record in their parameters (``output.Record``); ``extra``: the task's own
+        settings (a None value is left out)."""
+        settings = {"Steps": steps, "Sampler": canonical_sampler(sampler), "CFG scale": cfg_scale}
+        settings.update({k: v for k, v in (extra or {}).items() if v is not None})
+        return Record(prompt, negative_prompt, seed, batch_size, settings, self.model_hash)
+
+    def _decode(self, z: torch.Tensor, output: str, record: Record | None = None) -> Any:
+        """``output``: "pil" (images, each with ``record``'s parameters in ``.info``), "latent" (``z`` itself) or
+        "output" (a ``PipelineOutput``: images, seeds and ``z``)."""
         if output == "latent":
             return z
-        if output != "pil":
-            raise LDMError(f"output must be 'pil' or 'latent', got {output!r}")
+        if output not in ("pil", "output"):
+            raise LDMError(f"output must be 'pil', 'latent' or 'output', got {output!r}")
         images = []
         for i in range(z.shape[0]):
             with torch.no_grad():
@@ -232,7 +198,9 @@ class Pipeline:
                     f"latents (dtype {x.dtype}); no image was written for it. Its weights may be damaged: check the "
                     "checkpoint (`ldm inspect`)" + (", or decode in fp32" if x.dtype == torch.float16 else ""))
             images.append(tensor_to_pil(x)[0])
-        return images
+        if record is None:
+            return images
+        return record.stamp(images) if output == "pil" else record.output(images, z)
 
     def _run(self, model: Any, noise: torch.Tensor, gens: list[torch.Generator], *, steps: int, sampler: str,
              cfg_scale: float, cond: Any, uncond: Any, guidance_rescale: float = 0.0, callback: Callback | None = None,
@@ -255,13 +223,14 @@ class Pipeline:
             out.append(z.to(noise.dtype))  # bf16 autocast may hand back bf16 latents
         return out[0] if len(out) == 1 else torch.cat(out)
 
-    def _generate(self, seed: int, n: int, height: int, width: int, output: str,
-                  **run: Any) -> list[Image.Image] | torch.Tensor:
-        """The tasks' common tail: noise (generator i for image i) → ``_run(**run)`` → images (or latents)."""
-        noise, gens = self._noise(seed, n, height, width)
-        return self._decode(self._run(self.model, noise, gens, **run), output)
+    def _generate(self, record: Record, n: int, height: int, width: int, output: str, **run: Any) -> Any:
+        """The tasks' common tail: noise (generator i seeded ``record.seed + i``) → ``_run(**run)`` → ``_decode``."""
+        noise, gens = self._noise(record.seed, n, height, width)
+        return self._decode(self._run(self.model, noise, gens, batch_size=record.batch_size, **run), output, record)
 
-    # -- the tasks (tasks_text.py, tasks_upscale.py, tasks_structured.py) -------------------------------
+    # -- the tasks (tasks_text.py, tasks_upscale.py, tasks_structured.py) and pipe(...) (call.py) ---------
+    __call__ = call.call
+    to = call.to
     _inpaint_concat = tasks_text.inpaint_concat
     txt2img = tasks_text.txt2img
     img2img = tasks_text.img2img

@@ -21,11 +21,11 @@ def stores_bf16(unet: torch.nn.Module) -> bool:
 
 def resolve_precision(precision: str | Precision, unet: torch.nn.Module, device: torch.device,
                       dtype: torch.dtype) -> Precision:
-    """``precision`` as given when already resolved; "auto" on a bf16-stored UNet stays bf16 (stored); else
+    """``precision`` as given when already resolved; "auto" or "bf16" on a bf16-stored UNet stays bf16 (stored); else
     ``Precision.resolve`` for the device and load dtype."""
     if isinstance(precision, Precision):
         return precision
-    if stores_bf16(unet) and precision == "auto":
+    if stores_bf16(unet) and precision in ("auto", "bf16"):
         return Precision("bf16", stored_bf16=True)
     return Precision.resolve(precision, device, dtype)
 

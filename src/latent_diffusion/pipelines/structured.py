@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.shapes import COLOUR_NAMES, SHAPES, class_index
+from ..data.shapes import COLOUR_NAMES, NUM_CLASSES, SHAPES, class_index, class_name
 from ..errors import LDMError
 from .images import open_image
 from .limits import Limits
@@ -75,6 +75,17 @@ def parse_layout(layout: LayoutLike, n_classes: int, max_objects: int | None = N
     if (box[:, 2] <= box[:, 0]).any() or (box[:, 3] <= box[:, 1]).any():
         raise LDMError(f"layout boxes need x0 < x1 and y0 < y1 (x to the right, y down), got {box.tolist()}")
     return rows
+
+
+def layout_text(rows: torch.Tensor) -> str:
+    """A parsed layout as the images' parameters record it: ``red circle 0.1 0.2 0.5 0.6; ...`` (padding left out;
+    a class past ShapesWorld's names as its number)."""
+    objects = []
+    for c, *box in rows.tolist():
+        if c >= 0:
+            name = class_name(int(c)) if int(c) < NUM_CLASSES else str(int(c))
+            objects.append(" ".join([name, *(f"{round(v, 4):g}" for v in box)]))
+    return "; ".join(objects)
 
 
 def pad_layout(rows: torch.Tensor, k: int) -> torch.Tensor:

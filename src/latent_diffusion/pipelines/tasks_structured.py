@@ -12,14 +12,15 @@ from PIL import Image
 from ..errors import LDMError
 from ..models.conditioners import null_class, num_class_labels
 from .defaults import LAYOUT2IMG, SAMPLE, SEMANTIC2IMG, native_hw
-from .structured import LayoutLike, load_semantic_map, null_layout, pad_layout, parse_layout, semantic_concat
+from .structured import LayoutLike, layout_text, load_semantic_map, null_layout, pad_layout, parse_layout, semantic_concat
+from .output import resolve_seed
 from .task_common import Callback
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
 
-def sample(pipe: Pipeline, class_label: int | None = None, *, n: int = 1, seed: int = 0, steps: int = SAMPLE.steps,
+def sample(pipe: Pipeline, class_label: int | None = None, *, n: int = 1, seed: int | None = None, steps: int = SAMPLE.steps,
            sampler: str = SAMPLE.sampler, cfg_scale: float = SAMPLE.cfg_scale, height: int | None = None,
            width: int | None = None, callback: Callback | None = None, progress: bool = False,
            batch_size: int | None = None, output: str = "pil") -> list[Image.Image] | torch.Tensor:
@@ -47,11 +48,13 @@ def sample(pipe: Pipeline, class_label: int | None = None, *, n: int = 1, seed: 
             raise LDMError(f"this is an unconditional model ({pipe.family}); it takes no class label")
         if cfg_scale != 1.0:
             raise LDMError(f"an unconditional model has nothing to guide; use cfg_scale=1, got {cfg_scale}")
-    return pipe._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
-                          cond=cond, uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
+    label = None if class_label is None else int(class_label)
+    record = pipe._record(resolve_seed(seed), batch_size, steps, sampler, cfg_scale, extra={"Class label": label})
+    return pipe._generate(record, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                          cond=cond, uncond=uncond, callback=callback, progress=progress)
 
 
-def layout2img(pipe: Pipeline, layout: LayoutLike, *, n: int = 1, seed: int = 0, steps: int = LAYOUT2IMG.steps,
+def layout2img(pipe: Pipeline, layout: LayoutLike, *, n: int = 1, seed: int | None = None, steps: int = LAYOUT2IMG.steps,
                sampler: str = LAYOUT2IMG.sampler, cfg_scale: float = LAYOUT2IMG.cfg_scale, height: int | None = None,
                width: int | None = None, callback: Callback | None = None, progress: bool = False,
                batch_size: int | None = None, output: str = "pil") -> list[Image.Image] | torch.Tensor:
@@ -71,11 +74,13 @@ def layout2img(pipe: Pipeline, layout: LayoutLike, *, n: int = 1, seed: int = 0,
     with torch.no_grad():  # layout and empty layout in one encoder batch
         emb = pipe.model.cond_stage_model.encode(torch.stack([rows, null_layout(rows.shape[0])]).to(device))
     cond, uncond = emb[:1].expand(n, -1, -1), (emb[1:] if cfg_scale != 1.0 else None)
-    return pipe._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
-                          cond=cond, uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
+    record = pipe._record(resolve_seed(seed), batch_size, steps, sampler, cfg_scale,
+                          extra={"Layout": layout_text(rows)})
+    return pipe._generate(record, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                          cond=cond, uncond=uncond, callback=callback, progress=progress)
 
 
-def semantic2img(pipe: Pipeline, semantic_map: Any, *, n: int = 1, seed: int = 0, steps: int = SEMANTIC2IMG.steps,
+def semantic2img(pipe: Pipeline, semantic_map: Any, *, n: int = 1, seed: int | None = None, steps: int = SEMANTIC2IMG.steps,
                  sampler: str = SEMANTIC2IMG.sampler, callback: Callback | None = None, progress: bool = False,
                  batch_size: int | None = None, output: str = "pil") -> list[Image.Image] | torch.Tensor:
     """Semantic-map-to-image (paper sec. 4.3.2): the one-hot label map (0 = background, 1 + class = object),
@@ -89,8 +94,9 @@ def semantic2img(pipe: Pipeline, semantic_map: Any, *, n: int = 1, seed: int = 0
     device, dtype = pipe._device_dtype()
     f = pipe.latent_factor
     cond = semantic_concat(labels, n_labels, (height // f, width // f)).to(device, dtype).expand(n, -1, -1, -1)
-    return pipe._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=1.0,
-                          cond=cond, uncond=None, callback=callback, progress=progress, batch_size=batch_size)
+    record = pipe._record(resolve_seed(seed), batch_size, steps, sampler, 1.0)
+    return pipe._generate(record, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=1.0,
+                          cond=cond, uncond=None, callback=callback, progress=progress)
 
 
 def _labels(pipe: Pipeline, label: int, n: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from ..diffusion.samplers import randn, start_step_for_strength
 from ..errors import LDMError
 from .defaults import UPSCALE, upscale_cfg_scale, upscale_noise_level
 from .images import load_image, pil_to_tensor
+from .output import resolve_seed
 from .task_common import Callback, check_strength, generators
 from .upscale import check_noise_level, noised_low_res, upscale_conditioning
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 def upscale(pipe: Pipeline, low_res_image: Image.Image | str | os.PathLike, prompt: str = "",
             negative_prompt: str = "", *, steps: int = UPSCALE.steps, sampler: str = UPSCALE.sampler,
             cfg_scale: float | None = UPSCALE.cfg_scale, noise_level: int | None = None,
-            strength: float = UPSCALE.strength, seed: int = 0, n: int = 1, height: int | None = None,
+            strength: float = UPSCALE.strength, seed: int | None = None, n: int = 1, height: int | None = None,
             width: int | None = None, callback: Callback | None = None, progress: bool = False,
             batch_size: int | None = None, output: str = "pil") -> list[Image.Image] | torch.Tensor:
     """Super-resolution: c_concat = the low-res image at latent resolution. The output is ``f`` times the input
@@ -67,6 +68,9 @@ def upscale(pipe: Pipeline, low_res_image: Image.Image | str | os.PathLike, prom
     lo = pil_to_tensor(pil)
     if lo.shape[-2:] != (height // f, width // f):
         lo = F.interpolate(lo, size=(height // f, width // f), mode="bicubic", align_corners=False).clamp(-1, 1)
+    record = pipe._record(resolve_seed(seed), batch_size, steps, sampler, cfg_scale, prompt if text else "",
+                          negative_prompt if text else "", {"Noise level": noise_level if text else None,
+                                                            "Denoising strength": strength if strength != 1.0 else None})
     if not text:
         cond = lo.to(device, dtype).expand(n, -1, -1, -1)
         start, init = 0, None
@@ -74,14 +78,14 @@ def upscale(pipe: Pipeline, low_res_image: Image.Image | str | os.PathLike, prom
             start = start_step_for_strength(steps, strength)
             up = F.interpolate(lo, size=(height, width), mode="bicubic", align_corners=False).clamp(-1, 1)
             init = pipe._encode(up).expand(n, -1, -1, -1)
-        return pipe._generate(seed, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=1.0,
-                              cond=cond, uncond=None, callback=callback, progress=progress, batch_size=batch_size,
-                              start_step=start, init_latents=init)
+        return pipe._generate(record, n, height, width, output, steps=steps, sampler=sampler, cfg_scale=1.0,
+                              cond=cond, uncond=None, callback=callback, progress=progress, start_step=start,
+                              init_latents=init)
     text_cond, text_uncond = pipe._text(prompt, negative_prompt, n, cfg_scale)
-    gens = generators(seed, n)  # per image: low-res noise first, then the initial latents (upscale.py)
+    gens = generators(record.seed, n)  # per image: low-res noise first, then the initial latents (upscale.py)
     c_concat, c_adm = noised_low_res(pipe.model, lo.to(device, dtype), noise_level, gens)
     noise = randn((n, pipe.latent_channels, height // f, width // f), gens, device=device, dtype=dtype)
     cond, uncond = upscale_conditioning(c_concat, c_adm, text_cond, text_uncond)
     z = pipe._run(pipe.model, noise, gens, steps=steps, sampler=sampler, cfg_scale=cfg_scale, cond=cond,
                   uncond=uncond, callback=callback, progress=progress, batch_size=batch_size)
-    return pipe._decode(z, output)
+    return pipe._decode(z, output, record)

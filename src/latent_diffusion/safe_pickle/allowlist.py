@@ -13,7 +13,7 @@ import types
 from typing import Any
 
 import numpy
-from torch._weights_only_unpickler import _get_allowed_globals  # private, but torch is pinned
+from torch._weights_only_unpickler import _get_allowed_globals  # private; torch is capped <2.14, see docs/index.md
 
 from ..errors import UnsafeCheckpointError
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy
 import torch
-from torch._weights_only_unpickler import _get_allowed_globals  # private, but torch is pinned
+from torch._weights_only_unpickler import _get_allowed_globals  # private; torch is capped <2.14, see docs/index.md
 
 from ..errors import CheckpointError
 from .allowlist import _ALLOWED, _SAFER

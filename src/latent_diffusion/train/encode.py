@@ -114,34 +114,3 @@ def encode_dataset(first_stage: str | os.PathLike, data: str | os.PathLike, out:
         shutil.rmtree(target)
     os.replace(tmp, target)
     return meta
-
-
-def add_data_encode_command(dsub) -> None:  # noqa: ANN001
-    p = dsub.add_parser("encode", help="pre-encode a dataset's latents (and frozen text encoders' caption contexts) "
-                        "with a first stage; train on them with --data OUT")
-    p.add_argument("out", help="folder to write (new or empty; --force replaces an earlier encoding)")
-    p.add_argument("--first-stage", required=True, help="autoencoder .safetensors (ours, CompVis or a full LDM file)")
-    p.add_argument("--data", required=True, help="image folder or folder of .tar shards")
-    p.add_argument("--size", type=int, required=True, help="the square crop (the model's image size)")
-    p.add_argument("--resize", type=int, default=None, help="shorter side first resized to this (default: --size)")
-    p.add_argument("--small", choices=("error", "upscale", "skip"), default="error",
-                   help="images smaller than the crop (default: an error naming them)")
-    p.add_argument("--captions", choices=("auto", "metadata", "sidecar", "none"), default="auto")
-    p.add_argument("--labels", choices=("none", "auto", "folders", "column"), default="none",
-                   help="store class labels (from sub-folders or a 'label' column); default none")
-    p.add_argument("--text-config", default=None, metavar="RECIPE",
-                   help="a training recipe whose frozen text encoder (minilm / clip / open_clip) encodes the captions")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--strict-data", action="store_true", help="an undecodable image is an error, not skipped")
-    p.add_argument("--force", action="store_true", help="replace an earlier encoding in OUT")
-    p.set_defaults(func=_cmd_encode)
-
-
-def _cmd_encode(args) -> int:  # noqa: ANN001
-    meta = encode_dataset(args.first_stage, args.data, args.out, size=args.size, resize=args.resize, small=args.small,
-                          captions=args.captions, labels=args.labels, text_recipe=args.text_config,
-                          batch_size=args.batch_size, strict=args.strict_data, overwrite=args.force)
-    n = sum(f["count"] for f in meta["files"])
-    print(f"wrote {n} latents {tuple(meta['latent_shape'])} to {args.out} (first stage sha256 "
-          f"{meta['first_stage_sha256'][:12]}...)" + (", with caption contexts" if meta["text_encoder"] else ""))
-    return 0

@@ -11,12 +11,14 @@ import argparse
 import sys
 from typing import Any
 
+from ..cli_parser import Parser, deprecated_alias
+
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training YAML, e.g. configs/ldm/txt2img-shapes.yaml")
-    p.add_argument("--resume", default=None, help="Lightning checkpoint to continue from (OUT_DIR/checkpoints/last.ckpt)")
+    p.add_argument("--resume", default=None, help="Lightning checkpoint to continue from (OUT/checkpoints/last.ckpt)")
     p.add_argument("--data", default=None, metavar="PATH",
                    help="train on this image folder or folder of webdataset .tar shards (sets data.source and "
                         "data.root; see docs/training.md for captions, class folders and the other tasks' files)")
@@ -26,7 +28,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train images that have no caption with the empty caption (default: an error naming them)")
     p.add_argument("--first-stage", default=None, metavar="AE",
                    help="override first_stage_path: the frozen autoencoder (e.g. one `ldm train autoencoder` exported)")
-    p.add_argument("--out-dir", default=None, help="override run.out_dir")
+    p.add_argument("--out", dest="out_dir", default=None, metavar="OUT", help="run folder (overrides run.out_dir)")
+    deprecated_alias(p, "--out-dir", dest="out_dir", use="--out")
     p.add_argument("--max-steps", type=int, default=None, help="override run.max_steps")
     p.add_argument("--devices", type=int, default=None, help="override run.devices (processes; CPU uses gloo DDP)")
     p.add_argument("--seed", type=int, default=None, help="override run.seed (weights, noise and batch order; the "
@@ -121,7 +124,7 @@ def data_flags(data: str | None, *, strict: bool = False, allow_missing_captions
 def main(argv: list[str] | None = None) -> int:
     from ..commands import run
 
-    p = argparse.ArgumentParser(prog="ldm train ldm", description="stage 2: train a latent diffusion model")
+    p = Parser(prog="ldm train ldm", description="stage 2: train a latent diffusion model")
     _add_arguments(p)
     return run(p.parse_args(argv))
 
