@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from ..errors import LDMError
-from .defaults import TASKS, TaskDefaults
+from .defaults import DEMO, TASKS, TaskDefaults
 from .limits import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, MAX_SEED, Limits
 
 DTYPES = ("bf16", "fp16", "fp32")  # the weights' dtype (--dtype)
@@ -147,10 +147,10 @@ def add_generate_commands(sub: Any) -> None:
                    help="output folder (default ./out/demo). A demo never writes into an existing folder: if it "
                         "exists, the first of out/demo-2, out/demo-3, ... that does not (--force: into --out anyway). "
                         "--task all writes one sub-folder per task (out/demo/txt2img/, out/demo/class/, ...)")
-    d.add_argument("--n", type=int, default=4, help="images per prompt / condition")
-    d.add_argument("--rows", type=int, default=6,
+    d.add_argument("--n", type=int, default=DEMO.n, help="images per prompt / condition")
+    d.add_argument("--rows", type=int, default=DEMO.rows,
                    help="classes / held-out scenes per task other than txt2img and grounded")
-    d.add_argument("--steps", type=int, default=20)
+    d.add_argument("--steps", type=int, default=DEMO.steps, help=f"{DEMO.sampler} steps")
     d.add_argument("--cfg", type=float, default=None,
                    help="classifier-free guidance scale (default: the task's own: txt2img 5, grounded / class / "
                         "layout 3, inpaint 1; tasks that cannot guide always use 1)")

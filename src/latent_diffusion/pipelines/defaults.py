@@ -36,6 +36,24 @@ SEMANTIC2IMG = TaskDefaults(50, "ddim", 1.0, "input")  # no guidance: the map is
 TASKS: dict[str, TaskDefaults] = {"txt2img": TXT2IMG, "img2img": IMG2IMG, "inpaint": INPAINT, "upscale": UPSCALE,
                                   "sample": SAMPLE, "layout2img": LAYOUT2IMG, "semantic2img": SEMANTIC2IMG}
 
+
+
+@dataclass(frozen=True)
+class DemoDefaults:
+    """``ldm demo``: the embedded ShapesWorld models drawn at the settings they are judged at (docs/results.md), not
+    the task defaults above, which are Stable Diffusion's: a small model trained with condition dropout wants less
+    guidance than SD's 7.5. ``cfg_scale``: per demo task; a task not listed (or a model that cannot guide) uses 1."""
+
+    steps: int = 20
+    sampler: str = "ddim"
+    n: int = 4
+    rows: int = 6
+    cfg_scale: tuple[tuple[str, float], ...] = (("txt2img", 5.0), ("grounded", 3.0), ("class", 3.0),
+                                                ("layout", 3.0), ("inpaint", 1.0), ("mnist", 3.0))
+
+
+DEMO = DemoDefaults()
+
 UPSCALE_NOISE_LEVEL = 20  # the SD x4 upscaler's: diffusers' and Stability's demo default
 UPSCALE_CFG_SCALE = 9.0  # the SD x4 upscaler's: diffusers' StableDiffusionUpscalePipeline default
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, LDMError
+from .defaults import DEMO
 
 DEMO_PROMPTS = (
     "a red circle above a blue square",
@@ -112,9 +113,9 @@ def _check_args(prompts: tuple[str, ...], n: int, rows: int) -> None:
         check_text(p, "--prompt")
 
 
-def run_demo(out: str | Path = "out/demo", *, prompts: tuple[str, ...] = DEMO_PROMPTS, n: int = 4, steps: int = 20,
-             cfg_scale: float | None = None, sampler: str = "ddim", seed: int = 0, force: bool = False,
-             progress: bool = True, echo: bool = True, task: str = "txt2img", rows: int = 6,
+def run_demo(out: str | Path = "out/demo", *, prompts: tuple[str, ...] = DEMO_PROMPTS, n: int = DEMO.n,
+             steps: int = DEMO.steps, cfg_scale: float | None = None, sampler: str = DEMO.sampler, seed: int = 0,
+             force: bool = False, progress: bool = True, echo: bool = True, task: str = "txt2img", rows: int = DEMO.rows,
              size: int | None = None, quiet: bool | None = None) -> dict:
     """Write ``n`` images per row and a grid per task, every PNG with its parameters (module doc), into a new
     folder ``out`` (or ``out-N``; ``force``: ``out`` as it is); ``task="all"``: each task into ``out/<task>/``.

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from ..data.shapes import COLOUR_NAMES, COLOURS, NUM_CLASSES, SHAPES, class_index, class_name
 from ..errors import LDMError
+from .defaults import DEMO
 from .images import tensor_to_pil
 
 SCENE_TASKS = ("layout", "semantic", "superres", "inpaint")  # rows = held-out scenes
@@ -38,7 +39,7 @@ GUIDED = ("txt2img", "grounded", "class", "layout", "inpaint", "mnist")  # tasks
 TASK_KINDS = {"txt2img": ("text",), "grounded": ("layout",), "class": ("class",), "unconditional": ("uncond",),
               "layout": ("layout",), "semantic": ("semantic",), "superres": ("concat",), "inpaint": ("inpaint", "text"),
               "mnist": ("class",)}
-DEFAULT_CFG = {"txt2img": 5.0, "grounded": 3.0, "class": 3.0, "layout": 3.0, "inpaint": 1.0, "mnist": 3.0}
+DEFAULT_CFG = dict(DEMO.cfg_scale)  # the demo's row of the defaults table (defaults.py)
 # one class of each shape, different colours: red circle, blue square, green triangle, yellow star, purple cross, ...
 DEMO_CLASSES = tuple(class_index(s, c) for s, c in [("circle", "red"), ("square", "blue"), ("triangle", "green"),
                                                    ("star", "yellow"), ("cross", "purple"), ("circle", "cyan")])
