@@ -228,3 +228,13 @@ def test_a_new_kind_is_one_more_entry(tmp_path: Path, monkeypatch: pytest.Monkey
                                                                                   field_rows(("tensors", "tensors")))])
     assert format_report(inspect_file(path)).splitlines()[1:] == [
         "  kind:               lora", "  what:               a LoRA", "  tensors:            1"]
+
+
+def test_cli_takes_the_file_as_path_or_ckpt(capsys: pytest.CaptureFixture) -> None:
+    planner = str(ASSETS / "planner-shapes.safetensors")
+    assert main(["inspect", planner]) == 0
+    by_path = capsys.readouterr().out
+    assert main(["inspect", "--ckpt", planner]) == 0
+    assert capsys.readouterr().out == by_path
+    assert main(["inspect"]) == 2 and "PATH or --ckpt PATH" in capsys.readouterr().err
+    assert main(["inspect", planner, "--ckpt", planner]) == 2

@@ -8,6 +8,7 @@ import sys
 
 from .cli_parser import Parser
 from .commands import run
+from .errors import LDMError
 from .eval.cli_commands import add_eval_commands
 from .bench.cli_commands import add_bench_commands
 from .data.cli_commands import add_data_commands
@@ -18,7 +19,9 @@ from .train.cli_commands import add_data_encode_command, add_train_commands
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect_file import format_report, inspect_file
 
-    info = inspect_file(args.path, args.config)
+    if (args.path is None) == (args.ckpt is None):
+        raise LDMError("inspect takes one file: PATH or --ckpt PATH")
+    info = inspect_file(args.path or args.ckpt, args.config)
     print(json.dumps(info, indent=2) if args.json else format_report(info))
     return 0
 
@@ -44,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="describe a file the project writes or reads: LDM / autoencoder / planner / "
                          "judge checkpoints, training checkpoints, PNGs")
-    ins.add_argument("path", help="a file (or a folder of pre-encoded latents or shards)")
+    ins.add_argument("path", nargs="?", default=None, help="a file (or a folder of pre-encoded latents or shards)")
+    ins.add_argument("--ckpt", default=None, metavar="PATH", help="the same as PATH (the generating commands' name)")
     ins.add_argument("--config", default=None, help="model YAML of an LDM checkpoint (ours or the original inference "
                      "YAML)")
     ins.add_argument("--json", action="store_true", help="print JSON")

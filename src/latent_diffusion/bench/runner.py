@@ -60,9 +60,10 @@ def run_bench(cases: list[str] | None = None, *, out: str | Path = "bench-result
             log(machine_line(info))
             precisions = common.bench_precisions(bf16, device, quick)
             if "bf16" not in precisions:
-                log("bf16 rows left out: " + ("--no-bf16" if bf16 is False else
+                log("bf16 rows left out: " + ("--precision fp32" if bf16 is False else
                                               "this CPU has no native bf16 (AVX-512 BF16 / AMX), so bf16 autocast is "
-                                              "emulated and --precision auto runs fp32; --bf16 times it anyway"))
+                                              "emulated and --precision auto runs fp32; --precision bf16 times it "
+                                              "anyway"))
             n = (256 if quick else 2048) * (4 if device.startswith("cuda") else 1)
             peak = gemm_peak(n, 2 if quick else 10, device, bf16="bf16" in precisions)
             log(f"GEMM peak ({n}³): {peak_rates(peak)} GFLOP/s")
