@@ -136,6 +136,10 @@ class UNetConfig:
     # embedding to every SpatialTransformer's tokens, so that cross-attention queries know where they are (the
     # object-aware cross-attention of LayoutDiffusion, Zheng et al. 2023). No parameters: the state dict is unchanged.
     spatial_pos_embed: bool = False
+    # Gradient checkpointing of every ResBlock and transformer block (CompVis ``use_checkpoint``; the SD YAMLs say
+    # True): recompute activations in backward instead of keeping them. Acts only in training with grad enabled;
+    # weights, keys and numerics are the same either way, so it takes no part in config equality.
+    use_checkpoint: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.num_heads == -1 and self.num_head_channels == -1:

@@ -2,8 +2,9 @@
 inference YAML (``model: {target, params: {unet_config, first_stage_config, cond_stage_config, ...}}``).
 
 ``target:`` names are looked up in ``registry`` tables (never imported). Keys that only matter for training in the
-original code (``monitor``, ``use_checkpoint``, ``scheduler_config``, ...) are accepted and ignored; any other
-unknown key is a ``ConfigError`` naming it and the file.
+original code (``monitor``, ``use_fp16``, ``scheduler_config``, ...) are accepted and ignored; any other
+unknown key is a ``ConfigError`` naming it and the file. ``use_checkpoint`` (gradient checkpointing) is read into
+``UNetConfig.use_checkpoint``: it acts only in training, so inference is the same either way.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _IGNORED_MODEL = {
     "masked_image_key", "depth_stage_config", "make_it_fit", "reset_ema", "reset_num_ema_updates", "low_scale_key",
     "v_posterior", "given_betas", "embedding_dropout", "noise_aug_config", "personalization_config",
 }
-_IGNORED_UNET = {"image_size", "use_checkpoint", "use_fp16", "dims", "n_embed", "spatial_transformer_attn_type",
+_IGNORED_UNET = {"image_size", "use_fp16", "dims", "n_embed", "spatial_transformer_attn_type",
                  "adm_in_channels"}
 _IGNORED_DD = {"attn_type"}
 _IGNORED_FIRST = {"monitor", "lossconfig", "ckpt_path", "ignore_keys", "image_key", "colorize_nlabels",

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import normalization
+from .resnet import checkpointed, normalization
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -143,15 +143,19 @@ class BasicTransformerBlock(nn.Module):
     """Pre-norm block: self-attention (``attn1``), cross-attention (``attn2``), GEGLU feed-forward (``ff``)."""
 
     def __init__(self, dim: int, n_heads: int, d_head: int, dropout: float = 0.0, context_dim: int | None = None,
-                 disable_self_attn: bool = False) -> None:
+                 disable_self_attn: bool = False, use_checkpoint: bool = False) -> None:
         super().__init__()
         self.disable_self_attn = disable_self_attn
+        self.use_checkpoint = use_checkpoint  # a plain attribute: no state-dict entry
         self.attn1 = CrossAttention(dim, context_dim if disable_self_attn else None, n_heads, d_head, dropout)
         self.ff = FeedForward(dim, dropout=dropout)
         self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return checkpointed(self, self._forward, x, context)
+
+    def _forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         # x: (B, N, C), contiguous
         x = _add_residual(self.attn1(self.norm1(x), context if self.disable_self_attn else None), x)
         x = _add_residual(self.attn2(self.norm2(x), context), x)
@@ -163,7 +167,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int = 1, dropout: float = 0.0,
                  context_dim: int | None = None, disable_self_attn: bool = False, use_linear: bool = False,
-                 pos_embed: bool = False) -> None:
+                 pos_embed: bool = False, use_checkpoint: bool = False) -> None:
         super().__init__()
         inner = n_heads * d_head
         if pos_embed and inner % 4:
@@ -173,7 +177,8 @@ class SpatialTransformer(nn.Module):
         proj = nn.Linear if use_linear else (lambda i, o: nn.Conv2d(i, o, 1))
         self.proj_in = proj(in_channels, inner)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, disable_self_attn) for _ in range(depth)
+            BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, disable_self_attn, use_checkpoint)
+            for _ in range(depth)
         )
         self.proj_out = proj(inner, in_channels)
         nn.init.zeros_(self.proj_out.weight)
@@ -212,8 +217,9 @@ class AttentionBlock(nn.Module):
     """
 
     def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1,
-                 use_new_attention_order: bool = False) -> None:
+                 use_new_attention_order: bool = False, use_checkpoint: bool = False) -> None:
         super().__init__()
+        self.use_checkpoint = use_checkpoint  # a plain attribute: no state-dict entry
         self.num_heads = num_heads if num_head_channels == -1 else channels // num_head_channels
         if channels % self.num_heads:
             raise ValueError(f"channels {channels} not divisible by {self.num_heads} heads")
@@ -225,6 +231,9 @@ class AttentionBlock(nn.Module):
         nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return checkpointed(self, self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))  # (B, 3C, L)

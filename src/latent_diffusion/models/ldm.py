@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import DiffusionConfig, VQConfig
+from ..diffusion.samplers_base import Generator, randn
 from ..diffusion.schedules import ddpm_buffers, make_beta_schedule
 from .autoencoder import AutoencoderKL
 from .conditioners import build_conditioner
@@ -102,16 +103,16 @@ class LatentDiffusion(nn.Module):
 
     # -- stages ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_first_stage(self, x: torch.Tensor, *, sample: bool = False,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode_first_stage(self, x: torch.Tensor, *, sample: bool = False, generator: Generator = None) -> torch.Tensor:
         """Image (B, 3, H, W) in [-1, 1] → scaled latents (B, C, H/f, W/f) for the diffusion model."""
         return self.first_stage_latents(x, sample=sample, generator=generator) * self.scale_factor
 
     def first_stage_latents(self, x: torch.Tensor, *, sample: bool = False,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
+                            generator: Generator = None) -> torch.Tensor:
         """Image (B, 3, H, W) → unscaled latents: a KL posterior's mean, or a sample of it with ``sample`` (noise drawn
-        in float32 from ``generator``, then cast to the latents' dtype); a VQ model's pre-quantisation latents (its
-        decoder quantises); the image itself without a first stage."""
+        in float32 from ``generator``, then cast to the latents' dtype; a list of B generators draws row i from
+        generator i alone, as the samplers' noise); a VQ model's pre-quantisation latents (its decoder quantises); the
+        image itself without a first stage."""
         fs = self.first_stage_model
         if fs is None:
             return x
@@ -120,8 +121,7 @@ class LatentDiffusion(nn.Module):
         posterior = fs.encode(x)
         if not sample:
             return posterior.mode()
-        device = generator.device if generator is not None else posterior.mean.device
-        noise = torch.randn(posterior.mean.shape, generator=generator, device=device)
+        noise = randn(posterior.mean.shape, generator, device=posterior.mean.device)
         return posterior.mean + posterior.std * noise.to(posterior.mean)
 
     @torch.no_grad()

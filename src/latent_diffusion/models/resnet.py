@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -44,6 +45,16 @@ class GroupNorm32(nn.GroupNorm):
 
 def normalization(channels: int) -> GroupNorm32:
     return GroupNorm32(32, channels, eps=1e-5)
+
+
+def checkpointed(module: nn.Module, forward, *args: torch.Tensor | None) -> torch.Tensor:  # noqa: ANN001
+    """``forward(*args)``; with ``module.use_checkpoint`` in training with grad on, through non-reentrant gradient
+    checkpointing (CompVis ``use_checkpoint``): the block's activations are not kept but recomputed in backward,
+    with the same RNG state and autocast, so loss and gradients are those of the plain call. Eval / no-grad calls
+    (all of inference) never checkpoint."""
+    if module.use_checkpoint and module.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False)
+    return forward(*args)
 
 
 class Downsample(nn.Module):
@@ -90,10 +101,12 @@ class ResBlock(nn.Module):
         use_scale_shift_norm: bool = False,
         up: bool = False,
         down: bool = False,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
+        self.use_checkpoint = use_checkpoint  # a plain attribute: no state-dict entry
         self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
                                        nn.Conv2d(channels, out_channels, 3, padding=1))
         self.updown = up or down
@@ -118,6 +131,9 @@ class ResBlock(nn.Module):
             self.skip_connection = nn.Conv2d(channels, out_channels, 3 if use_conv else 1, padding=1 if use_conv else 0)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return checkpointed(self, self._forward, x, emb)
+
+    def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W), emb: (B, E)
         if self.updown:
             h = self.in_layers[:-1](x)

@@ -1,7 +1,8 @@
 """The LDM / Stable Diffusion UNet (CompVis ``openaimodel.UNetModel`` layout and keys).
 
 ``input_blocks`` / ``middle_block`` / ``output_blocks`` / ``out``, ``time_embed`` and optional ``label_emb``;
-called as CompVis calls it: ``unet(x, timesteps, context=None, y=None)``.
+called as CompVis calls it: ``unet(x, timesteps, context=None, y=None)``. Gradient checkpointing for training
+(CompVis ``use_checkpoint``): ``cfg.use_checkpoint`` at build time, ``set_gradient_checkpointing`` at run time.
 """
 
 from __future__ import annotations
@@ -10,8 +11,22 @@ import torch
 from torch import nn
 
 from ..config import UNetConfig
-from .attention import AttentionBlock, SpatialTransformer
+from .attention import AttentionBlock, BasicTransformerBlock, SpatialTransformer
 from .resnet import Downsample, ResBlock, Upsample, normalization, timestep_embedding
+
+# the blocks CompVis checkpoints (``use_checkpoint``): each recomputes its activations in backward when asked
+CHECKPOINTED_BLOCKS = (ResBlock, BasicTransformerBlock, AttentionBlock)
+
+
+def set_gradient_checkpointing(model: nn.Module, on: bool) -> int:
+    """Switch gradient checkpointing of every ResBlock / BasicTransformerBlock / AttentionBlock in ``model`` (a
+    UNet, or any module holding one) on or off at run time; returns how many blocks were set. Only training-mode
+    calls with grad enabled checkpoint; the state dict and the results do not change. ``cfg.use_checkpoint`` is
+    the build-time default and is left as it is."""
+    blocks = [m for m in model.modules() if isinstance(m, CHECKPOINTED_BLOCKS)]
+    for m in blocks:
+        m.use_checkpoint = bool(on)
+    return len(blocks)
 
 
 class TimestepEmbedSequential(nn.Sequential):
@@ -39,7 +54,8 @@ class UNetModel(nn.Module):
             self.label_emb = nn.Embedding(cfg.num_classes, emb_dim)
 
         def res(ch_in: int, ch_out: int, **kw) -> ResBlock:
-            return ResBlock(ch_in, emb_dim, cfg.dropout, ch_out, use_scale_shift_norm=cfg.use_scale_shift_norm, **kw)
+            return ResBlock(ch_in, emb_dim, cfg.dropout, ch_out, use_scale_shift_norm=cfg.use_scale_shift_norm,
+                            use_checkpoint=cfg.use_checkpoint, **kw)
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
         skip_chans, ch, ds = [mc], mc, 1
@@ -92,9 +108,9 @@ class UNetModel(nn.Module):
         if cfg.use_spatial_transformer:
             return SpatialTransformer(ch, num_heads, dim_head, cfg.transformer_depth, cfg.dropout, cfg.context_dim,
                                       cfg.self_attn_disabled(level), cfg.use_linear_in_transformer,
-                                      cfg.spatial_pos_embed)
+                                      cfg.spatial_pos_embed, cfg.use_checkpoint)
         heads = cfg.num_heads_upsample if upsample and cfg.num_heads_upsample != -1 else cfg.num_heads
-        return AttentionBlock(ch, heads, dim_head, cfg.use_new_attention_order)
+        return AttentionBlock(ch, heads, dim_head, cfg.use_new_attention_order, cfg.use_checkpoint)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float, context: torch.Tensor | None = None,
                 y: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """Start a stage-2 training from a trained model (``init_from``): a fine-tune, not a resume.
 
-The UNet (``model.diffusion_model.*``) and the conditioner (``cond_stage_model.*``) are loaded strictly from a model
-``.safetensors`` this project exported (``ldm train ldm --export`` or a run's ``model.safetensors``, whose
-``model_ema.*`` weights are the ones taken when present). The optimiser, the EMA and the step counter start fresh; the
-latent scale is the file's, because the weights were trained on latents of that scale. The first stage stays the one
-``first_stage_path`` names, and must be the one the file was trained on.
+The UNet (``model.diffusion_model.*``) and the conditioner (``cond_stage_model.*``) are loaded strictly from any
+checkpoint ``load_checkpoint`` reads: a model this project exported (``ldm train ldm --export`` or a run's
+``model.safetensors``), a Stable Diffusion 1.x / 2.x or CompVis LDM file; ``model_ema.*`` weights are the ones taken
+when present. The optimiser, the EMA and the step counter start fresh; the latent scale is the file's, because the
+weights were trained on latents of that scale. The first stage stays the one ``first_stage_path`` names, and must be
+the one the file was trained on. With ``model: from_init`` (or no ``model:``) the whole model config is the file's
+(``file_config``: stored, or inferred from the weights) and so are the first stage and the text encoder.
 
 ``init_skip`` (glob patterns on full state-dict keys) keeps the matching weights at their fresh initialisation: a new
 text encoder (``cond_stage_model.*``) with the cross-attention keys / values that read it
@@ -32,7 +34,8 @@ UNET, COND, FIRST, EMA = "model.diffusion_model.", "cond_stage_model.", "first_s
 # config fields that must agree with the file's: what the UNet's inputs and the token ids mean. The parameterization may
 # change (a warning): SD 2's 768-v model was fine-tuned from the ε 512-base, the weights re-learn their output.
 MUST_MATCH = ("conditioning_key", "first_stage")
-NOT_COMPARED = ("scale_factor", "conditioner.minilm_dir")  # the file's scale is taken; a local folder may differ
+# the file's scale is taken; a local folder may differ; gradient checkpointing changes memory, not the weights' meaning
+NOT_COMPARED = ("scale_factor", "conditioner.minilm_dir", "unet.use_checkpoint")
 
 
 def _ema_unet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -40,6 +43,27 @@ def _ema_unet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ``model_ema.diffusion_modelinput_blocks00weight`` for ``model.diffusion_model.input_blocks.0.0.weight``)."""
     return {key: sd.get(EMA + shadow_name(key[len("model."):]), value) if key.startswith(UNET) else value
             for key, value in sd.items()}
+
+
+def _read_stage2(src: str, mmap: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    if not Path(src).is_file():
+        raise ConfigError(f"init_from {src} does not exist")
+    sd, meta = read_state_dict(src, mmap=mmap)
+    if not any(k.startswith(UNET) for k in sd):
+        raise ConfigError(f"init_from {src} is not a stage-2 model (no {UNET}* weights): it takes a Stable Diffusion "
+                          "1.x / 2.x or CompVis LDM checkpoint, or a model exported by `ldm train ldm --export` (a "
+                          "run's model.safetensors)")
+    return sd, meta
+
+
+def file_config(path: str | os.PathLike) -> DiffusionConfig:
+    """The model config of ``path`` as ``load_checkpoint`` decides it: stored in our files' metadata, else inferred
+    from the weights (SD 1.x / 2.x, CompVis LDMs; ε unless the file says otherwise)."""
+    from ..checkpoint import resolve_config
+
+    src = os.fspath(path)
+    sd, meta = _read_stage2(src)
+    return resolve_config(None, sd, meta, source=src)
 
 
 def _restricted_minilm(cfg: DiffusionConfig) -> bool:
@@ -58,10 +82,14 @@ def _compare_configs(model: LatentDiffusion, file_cfg: DiffusionConfig, src: str
     diff = [k for k in diff_configs(theirs, ours) if k not in NOT_COMPARED]
     fatal = [k for k in diff if k in MUST_MATCH or (k.startswith("conditioner.") and not new_conditioner)]
     if fatal:
+        from ..checkpoint import family
+
         detail = "; ".join(f"{k}: file {config_value(theirs, k)!r}, config {config_value(ours, k)!r}"
                            for k in fatal[:6])
-        raise ConfigError(f"init_from {src} was trained with a different model ({detail}); its weights would mean "
-                          "something else: copy these fields from the file's config")
+        raise ConfigError(f"init_from {src} was trained with a different model ({detail}; the file is "
+                          f"{family(file_cfg)}, the config's model {family(model.cfg)}); its weights would mean "
+                          "something else: copy these fields from the file's config, or leave model: out (model: "
+                          "from_init) to take the file's")
     if new_conditioner and any(k.startswith("conditioner.") for k in diff):  # one line for the new encoder
         diff = [k for k in diff if not k.startswith("conditioner.")] + ["conditioner"]
     if diff:
@@ -91,25 +119,19 @@ def load_init_weights(model: LatentDiffusion, path: str | os.PathLike, *, first_
                       skip: tuple[str, ...] = ()) -> float:
     """Load ``path``'s UNet (EMA when stored) and conditioner into ``model``, except the keys ``skip`` matches (they
     keep their fresh initialisation); return the file's ``scale_factor``."""
-    from ..checkpoint import CONFIG_METADATA_KEY, check_keys
+    from ..checkpoint import check_keys, resolve_config
 
     src = os.fspath(path)
-    if not Path(src).is_file():
-        raise ConfigError(f"init_from {src} does not exist")
-    sd, meta = read_state_dict(src)
-    if "scale_factor" not in sd or not any(k.startswith(UNET) for k in sd):
-        raise ConfigError(f"init_from {src} is not a stage-2 model exported by this project (it needs "
-                          "model.diffusion_model.* weights and a scale_factor); export one with `ldm train ldm "
-                          "--export`, or use a run's model.safetensors")
-    file_cfg = DiffusionConfig.from_json(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
-    if file_cfg is not None and _restricted_minilm(file_cfg) and not _restricted_minilm(model.cfg):
+    sd, meta = _read_stage2(src)
+    # our files' stored config, or the one the loader infers from a Stable Diffusion / CompVis file's weights
+    file_cfg = resolve_config(None, sd, meta, source=src)
+    if _restricted_minilm(file_cfg) and not _restricted_minilm(model.cfg):
         # an --export-vocab data file: its frozen MiniLM is the package's with fewer embedding rows, so the
         # package's full encoder (already in the model) stands in for it
         skip = (*skip, COND + "*")
     cond_keys = [COND + k for k in (model.cond_stage_model.state_dict() if model.cond_stage_model is not None else {})]
     new_conditioner = bool(cond_keys) and all(_skipped(k, skip) for k in cond_keys)
-    if file_cfg is not None:
-        _compare_configs(model, file_cfg, src, new_conditioner)
+    _compare_configs(model, file_cfg, src, new_conditioner)
     loadable = (*cond_keys, *(UNET + k for k in model.model.diffusion_model.state_dict()), *(
         k for k in sd if k.startswith((UNET, COND))))
     unused = [p for p in skip if not any(_skipped(k, (p,)) for k in loadable)]
@@ -128,8 +150,11 @@ def load_init_weights(model: LatentDiffusion, path: str | os.PathLike, *, first_
         try:
             check_keys(part, {**mine, **fresh}, f"init_from {src} ({prefix}*)")
         except KeyMismatchError as e:
-            raise ConfigError(f"{e}\n  (for init_from: make model.unet / model.conditioner the file's, or list the "
-                              "parts to train afresh in init_skip; flags without weights, such as "
-                              "unet.spatial_pos_embed, may differ)") from e
+            from ..checkpoint import family
+
+            raise ConfigError(f"{e}\n  (for init_from: the file is {family(file_cfg)}, the config's model "
+                              f"{family(model.cfg)}: make model.unet / model.conditioner the file's, leave model: out "
+                              "(model: from_init) to take the file's, or list the parts to train afresh in init_skip; "
+                              "flags without weights, such as unet.spatial_pos_embed, may differ)") from e
         part.load_state_dict({**mine, **fresh}, strict=True)
-    return float(sd["scale_factor"])
+    return float(sd["scale_factor"]) if "scale_factor" in sd else float(file_cfg.scale_factor)

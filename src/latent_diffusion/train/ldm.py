@@ -6,9 +6,12 @@ through ``diffusion.loss``; optional offset noise; condition dropout to the null
 (empty caption, the last class, an empty layout, zeros) for classifier-free guidance; an EMA of the UNet
 (``model_ema.*``, CompVis ``LitEma``) updated after every optimiser step.
 
-Every random draw of micro-batch ``b`` on rank ``r`` (timesteps, noise, dropout, posterior samples) comes from
-``Generator().manual_seed(seed_of(seed, b, r))``, and the data window is addressed by ``b`` too (``ldm_data``), so a
-run resumed from a checkpoint continues exactly like an uninterrupted one.
+Every random draw is per sample: the sample at stream position ``p`` (``ldm_data``; the batch's ``position``) draws
+its timestep, its noise (then its offset noise), its condition-dropout decision and its posterior sample (an inpainting
+sample's masked image: a second one) each from a generator of its own, ``Generator().manual_seed(seed_of(seed, purpose,
+p))`` with ``purpose`` one of ``DRAWS``. As the data window is a pure function of the seed and the stream position too,
+what sample ``p`` trains on depends on neither the process layout (2 processes × batch B draw what 1 × 2B draws) nor a
+resume: a run resumed from a checkpoint continues exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,13 +27,19 @@ from torch.utils.data import DataLoader
 
 from .first_stage import load_first_stage_into
 from ..diffusion.loss import DenoisingLoss, snr_weight  # noqa: F401  (snr_weight: part of this module's API)
+from ..diffusion.samplers_base import randn
 from ..errors import ConfigError, LDMError
 from ..models.conditioners import null_class
 from ..models.ldm import LatentDiffusion
+from ..models.unet import set_gradient_checkpointing
 from ..safe_load import file_sha256
 from .ldm_config import LDMTrainConfig, check_scale_factor, segment_classes
 from ..data.seeds import seed_of
-from .ldm_data import StepWindow, TaskSource, build_items, latent_cache_file
+from .ldm_data import TASK_FIELDS, StepWindow, TaskSource, build_items, latent_cache_file
+
+
+# the purposes of the per-sample draws: one generator each, so that no draw shifts another's stream
+DRAWS = ("timestep", "noise", "dropout", "posterior", "masked_posterior")
 
 
 class NonFiniteLossError(LDMError, FloatingPointError):
@@ -57,6 +66,8 @@ def build_training_model(cfg: LDMTrainConfig, *, load_init: bool = True, items=N
         mcfg.class_names = tuple(items.class_names)  # so that `ldm sample --class-label NAME` works
     torch.manual_seed(cfg.run.seed)  # weight init only; everything later uses explicit generators
     model = LatentDiffusion(mcfg)
+    if cfg.run.gradient_checkpointing:  # (model.unet.use_checkpoint has already built it on)
+        set_gradient_checkpointing(model.model, True)
     if cfg.first_stage_path is not None:
         load_first_stage_into(model, cfg.first_stage_path)
     if model.first_stage_model is not None:
@@ -73,10 +84,54 @@ def build_training_model(cfg: LDMTrainConfig, *, load_init: bool = True, items=N
         scale = load_init_weights(model, cfg.init_from, first_stage_named=cfg.first_stage_path is not None,
                                   skip=cfg.init_skip)
         model.scale_factor.fill_(scale)
+    set_text_encoder_training(model, cfg)
     model.enable_ema(cfg.diffusion.ema_decay)
     if not cfg.diffusion.ema_warmup:
         model.model_ema.num_updates.fill_(-1)
     return model
+
+
+TEXT_ENCODERS = ("bert", "minilm", "clip", "open_clip")
+
+
+def set_text_encoder_training(model: LatentDiffusion, cfg: LDMTrainConfig) -> None:
+    """``diffusion.train_text_encoder``: true / false trains / freezes the text encoder (None: the conditioner's own
+    way). The first stage is always frozen."""
+    want = cfg.diffusion.train_text_encoder
+    if want is None:
+        return
+    kind = cfg.model.conditioner.kind
+    if want and (model.cond_stage_model is None or kind not in TEXT_ENCODERS):
+        raise ConfigError(f"diffusion.train_text_encoder: true, but this model has no text encoder to train "
+                          f"(model.conditioner.kind {kind!r}; text encoders: {list(TEXT_ENCODERS)}); the first stage "
+                          "is always frozen")
+    if model.cond_stage_model is not None:
+        model.cond_stage_model.requires_grad_(bool(want))
+        cond = model.cond_stage_model
+        if hasattr(cond, "transformer") and hasattr(cond.transformer, "to_logits"):
+            cond.transformer.to_logits.requires_grad_(False)  # kept for the key layout; not used for embeddings
+
+
+def warn_long_captions(items, cfg: LDMTrainConfig) -> int:  # noqa: ANN001
+    """One warning naming how many captions are longer than a CLIP / OpenCLIP encoder's token window (they are cut
+    to it, as at sampling); returns that count."""
+    c = cfg.model.conditioner
+    if c.kind not in ("clip", "open_clip") or cfg.data.source == "shapes" or not hasattr(items, "captions"):
+        return 0
+    from ..tokenizer import clean_text, get_tokenizer
+
+    captions = [t for t in items.captions() if t]
+    if not captions:
+        return 0
+    lengths = [len(ids) for ids in get_tokenizer()([clean_text(t) for t in captions])["input_ids"]]
+    long = [t for t, n in zip(captions, lengths) if n > c.max_length]
+    if long:
+        import warnings
+
+        warnings.warn(f"{len(long)} of {len(captions)} captions are longer than the text encoder's {c.max_length} "
+                      f"tokens (start and end tokens included), e.g. {long[0][:80]!r}; they are truncated to it, as "
+                      "at sampling", stacklevel=2)
+    return len(long)
 
 
 class LatentDiffusionModule(L.LightningModule):
@@ -86,6 +141,8 @@ class LatentDiffusionModule(L.LightningModule):
         self.resuming = resuming
         self.items = build_items(cfg)  # the data, read and checked before anything trains
         self.model = build_training_model(cfg, load_init=not resuming, items=self.items)
+        if "caption" in TASK_FIELDS[cfg.task]:
+            warn_long_captions(self.items, cfg)
         _ = self.first_stage_sha256  # fingerprint the file the weights were just read from
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))  # micro-batches on this rank
         self.source: TaskSource | None = None
@@ -133,22 +190,31 @@ class LatentDiffusionModule(L.LightningModule):
         given = self.cfg.diffusion.scale_factor
         if given is None and self.cfg.init_from is not None:  # the init weights' scale (a resume restores its own)
             given = float(self.model.scale_factor)
-        if given is None:  # 1/σ̂ of the first global batch (rank 0's micro-batch 0): identical on every rank
-            first = StepWindow(self.source, self.cfg.run.seed, 0, 1, self.cfg.run.batch_size)
-            items = [first[k] for k in range(len(first))]
-            if "latent_mean" in items[0]:
-                z = torch.stack([i["latent_mean"] for i in items])
-            elif "latent" in items[0]:
-                z = torch.stack([i["latent"] for i in items])
-            else:
-                z = self._raw_latents(torch.stack([i["image"] for i in items]), None)
-            std = float(z.float().flatten().std())
+        if given is None:  # 1/σ̂ of the first global batch: identical on every rank and process layout
+            std = self._first_global_batch_std()
             if not math.isfinite(std) or std <= 0:
                 raise ConfigError(f"cannot estimate scale_factor: the first batch's latents have std {std} "
                                   "(a broken first stage?); set diffusion.scale_factor")
             given = 1.0 / std
         check_scale_factor(given, "scale_factor")
         self.model.scale_factor.fill_(given)  # exports write it into their config too (ldm_run.inference_model)
+
+    def _first_global_batch_std(self) -> float:
+        """σ̂ of the unscaled latents of the first global batch, stream positions ``0 .. batch_size · world_size - 1``
+        (every rank's micro-batch 0, read here from the data source by each rank alike). Each image is encoded alone,
+        so that the value does not depend on how the batch is split over processes."""
+        (_, world), b, seed = self.rank_info, self.cfg.run.batch_size, self.cfg.run.seed
+        windows = [StepWindow(self.source, seed, 0, 1, b, r, world) for r in range(world)]
+        zs = []
+        for item in (w[k] for w in windows for k in range(b)):
+            if "latent_mean" in item:
+                z = item["latent_mean"]
+            elif "latent" in item:
+                z = item["latent"]
+            else:
+                z = self._raw_latents(item["image"][None], None)
+            zs.append(z.float().flatten())
+        return float(torch.cat(zs).std())
 
     def train_dataloader(self) -> DataLoader:
         r, acc = self.cfg.run, self.cfg.optim.accumulate
@@ -161,27 +227,40 @@ class LatentDiffusionModule(L.LightningModule):
                           persistent_workers=False)
 
     # -- latents and conditions ------------------------------------------------------------------------------
+    def draws(self, positions, purpose: str) -> list[torch.Generator]:  # noqa: ANN001 - list[int] | (B,) tensor
+        """One CPU generator per sample, seeded with ``seed_of(seed, purpose, p)`` (``purpose`` in ``DRAWS``, ``p`` the
+        sample's stream position)."""
+        assert purpose in DRAWS, purpose
+        seed = self.cfg.run.seed
+        return [torch.Generator().manual_seed(seed_of(seed, purpose, int(p))) for p in positions]
+
     @torch.no_grad()
-    def _raw_latents(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        """Images (B, 3, H, W) → unscaled latents (posterior mean, or a sample when ``g`` is given)."""
+    def _raw_latents(self, x: torch.Tensor, g: list[torch.Generator] | None) -> torch.Tensor:
+        """Images (B, 3, H, W) → unscaled latents (posterior mean, or a sample when ``g``, one generator per image, is
+        given)."""
         return self.model.first_stage_latents(x.to(self.device), sample=g is not None, generator=g)
 
-    def latents(self, batch: dict, g: torch.Generator) -> torch.Tensor:
+    def latents(self, batch: dict, positions, purpose: str = "posterior") -> torch.Tensor:  # noqa: ANN001
+        """The batch's scaled latents (B, C, h, w); with ``diffusion.sample_posterior``, sample i of the posterior drawn
+        from ``draws``' generator of ``positions[i]``."""
+        sample = self.cfg.diffusion.sample_posterior
         if "latent_mean" in batch:  # pre-encoded posterior (ldm data encode)
             z = batch["latent_mean"]
-            if self.cfg.diffusion.sample_posterior and "latent_logvar" in batch:
+            if sample and "latent_logvar" in batch:
                 std = torch.exp(0.5 * batch["latent_logvar"].float().clamp(-30.0, 20.0))
-                z = z + std * torch.randn(z.shape, generator=g).to(z)
+                z = z + std * randn(z.shape, self.draws(positions, purpose)).to(z)
         elif "latent" in batch:
             z = batch["latent"]
         else:
-            z = self._raw_latents(batch["image"], g if self.cfg.diffusion.sample_posterior else None)
+            z = self._raw_latents(batch["image"], self.draws(positions, purpose) if sample else None)
         return z.float() * self.model.scale_factor  # (B, C, h, w)
 
-    def condition(self, batch: dict, z: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor] | None:
-        """The UNet's c_concat / c_crossattn / c_adm for this batch, with condition dropout applied."""
+    def condition(self, batch: dict, z: torch.Tensor, positions) -> dict[str, torch.Tensor] | None:  # noqa: ANN001
+        """The UNet's c_concat / c_crossattn / c_adm for this batch, with condition dropout applied (sample i dropped
+        by a draw from ``draws``' generator of ``positions[i]``)."""
         task, b = self.cfg.task, z.shape[0]
-        drop = torch.rand(b, generator=g) < self.cfg.diffusion.cond_drop_prob  # (B,)
+        drop = torch.stack([torch.rand((), generator=g) for g in self.draws(positions, "dropout")])
+        drop = drop < self.cfg.diffusion.cond_drop_prob  # (B,)
         keep = (~drop).to(z.device, z.dtype).view(b, 1, 1, 1)
         cond_model, key = self.model.cond_stage_model, self.model.cfg.conditioning_key
         if task == "unconditional":
@@ -197,7 +276,8 @@ class LatentDiffusionModule(L.LightningModule):
             if task == "inpaint":
                 m = batch["mask"].to(z)  # (B, 1, H, W), 1 = hole
                 masked = self.latents({"latent": batch["masked_latent"]} if "masked_latent" in batch
-                                      else {"image": batch["image"] * (1 - batch["mask"])}, g)
+                                      else {"image": batch["image"] * (1 - batch["mask"])}, positions,
+                                      "masked_posterior")
                 out["c_concat"] = torch.cat([F.interpolate(m, size=z.shape[-2:]), masked], dim=1)
             if cond_model is not None and "context" in batch:  # stored by ldm data encode (frozen encoder)
                 null = self._null_context().to(z.device, batch["context"].dtype)
@@ -236,6 +316,11 @@ class LatentDiffusionModule(L.LightningModule):
         if not stored or "caption" not in self.items.fields:
             return
         cond = self.model.cond_stage_model
+        if self.cfg.diffusion.train_text_encoder:
+            raise ConfigError(f"diffusion.train_text_encoder: true, but the latents in {self.items.root} store the "
+                              "captions' text-encoder contexts (computed once by `ldm data encode --text-config`): "
+                              "train from the images (or latents encoded without --text-config), or keep the text "
+                              "encoder frozen")
         if cond is None or any(p.requires_grad for p in cond.parameters()) or \
                 stored.get("weights_sha256") != weights_digest(cond):
             raise ConfigError(f"the latents in {self.items.root} store caption contexts of another text encoder "
@@ -247,14 +332,12 @@ class LatentDiffusionModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         step = int(self.batches_seen)
         rank, _ = self.rank_info
-        g = torch.Generator().manual_seed(seed_of(self.cfg.run.seed, step, rank))
-        z = self.latents(batch, g)  # x0: (B, C, h, w)
-        cond = self.condition(batch, z, g)
-        b, T, d = z.shape[0], self.model.num_timesteps, self.cfg.diffusion
-        t = torch.randint(0, T, (b,), generator=g)
-        noise = torch.randn(z.shape, generator=g)
-        if d.offset_noise:
-            noise = noise + d.offset_noise * torch.randn(b, z.shape[1], 1, 1, generator=g)
+        positions = batch["position"].tolist()  # the samples' stream positions (ldm_data.StepWindow)
+        z = self.latents(batch, positions)  # x0: (B, C, h, w)
+        cond = self.condition(batch, z, positions)
+        T, d = self.model.num_timesteps, self.cfg.diffusion
+        t = torch.stack([torch.randint(0, T, (), generator=g) for g in self.draws(positions, "timestep")])
+        noise = torch.stack([self._noise(z.shape[1:], g, d.offset_noise) for g in self.draws(positions, "noise")])
         t, noise = t.to(z.device), noise.to(z)
         loss_fn = DenoisingLoss(self.model.parameterization, d.min_snr_gamma)
         loss = loss_fn(self.model.apply_model, z, noise, t, cond, self.model.alphas_cumprod)
@@ -273,6 +356,12 @@ class LatentDiffusionModule(L.LightningModule):
         if (step + 1) % self.cfg.run.log_every == 0:
             self._window = []
         return loss
+
+    @staticmethod
+    def _noise(shape: torch.Size, g: torch.Generator, offset: float) -> torch.Tensor:
+        """One sample's ε (C, h, w), plus ``offset`` · N(0, 1) per channel (offset noise) drawn after it."""
+        noise = torch.randn(shape, generator=g)
+        return noise + offset * torch.randn(shape[0], 1, 1, generator=g) if offset else noise
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """A stop asked for inside a gradient accumulation (``run.max_minutes``' timer, another callback) waits for

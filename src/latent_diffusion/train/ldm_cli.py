@@ -26,6 +26,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an image that cannot be decoded is an error (default: skipped with one warning)")
     p.add_argument("--allow-missing-captions", action="store_true",
                    help="train images that have no caption with the empty caption (default: an error naming them)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="fine-tune this model (sets init_from): a Stable Diffusion 1.x / 2.x or CompVis LDM checkpoint, "
+                        "or one exported by this command; a recipe without model: takes the model from it")
     p.add_argument("--first-stage", default=None, metavar="AE",
                    help="override first_stage_path: the frozen autoencoder (e.g. one `ldm train autoencoder` exported)")
     p.add_argument("--out", dest="out_dir", default=None, metavar="OUT", help="run folder (overrides run.out_dir)")
@@ -59,7 +62,8 @@ def _cmd_train_ldm(args: argparse.Namespace) -> int:
     from .ldm_run import train_ldm
 
     cfg = LDMTrainConfig.from_yaml(args.config, data=data_flags(args.data, strict=args.strict_data,
-                                                               allow_missing_captions=args.allow_missing_captions))
+                                                               allow_missing_captions=args.allow_missing_captions),
+                                   init_from=args.init_from)
     if args.first_stage is not None:
         import dataclasses
 

@@ -45,6 +45,9 @@ class DiffusionTrainConfig:
     # with cache_latents: keep the encoded latents on disk in this folder, one file per (first stage file, data
     # config), so that re-runs, resumes and variants of a recipe skip the encoding; None = in memory only
     latent_cache_dir: str | None = None
+    # train the text encoder with the UNet: None = the conditioner's own way (a jointly trained BERT-like encoder is
+    # trained; CLIP, OpenCLIP and MiniLM stay frozen); true / false = train / freeze it
+    train_text_encoder: bool | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cond_drop_prob < 1.0:
@@ -74,31 +77,39 @@ class LDMOptimConfig:
             raise ValueError(f"optim.accumulate must be >= 1, got {self.accumulate}")
 
 
+# lightning.Trainer precision values run.precision passes through (the CPU ones: 32 and bf16-*)
+PRECISIONS = ("32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+
+
 @dataclass
 class LDMRunConfig:
     max_steps: int = 1000  # optimiser steps
     max_minutes: float | None = None  # also stop after this much training wall-clock (equal-compute comparisons)
-    batch_size: int = 16  # per process
-    precision: str = "32"  # 32 | bf16-mixed (never fp16 on CPU)
+    batch_size: int = 16  # per process; the global batch is batch_size · devices · num_nodes (· optim.accumulate)
+    precision: str = "32"  # Lightning's names (PRECISIONS); 16-mixed / 16-true on GPUs only
     seed: int = 0
     epoch_steps: int = 250  # optimiser steps between checkpoints (one Lightning "epoch")
     log_every: int = 25
     out_dir: str = "runs/ldm"
     num_threads: int | None = None
-    devices: int = 1  # processes (CPU: gloo DDP when > 1)
-    strategy: str = "auto"  # auto | ddp | fsdp (GPU)
-    accelerator: str = "cpu"
+    devices: int = 1  # processes per node (CPU: gloo DDP when > 1); all passed to lightning.Trainer unchanged
+    num_nodes: int = 1  # machines; under torchrun / SLURM devices · num_nodes must be their world size
+    strategy: str = "auto"  # Lightning's names: auto | ddp | ddp_spawn | fsdp (GPU only)
+    accelerator: str = "cpu"  # cpu | gpu | cuda | auto
     sample_every_epoch: bool = True  # write a sample grid of a few prompts at each checkpoint
     sample_steps: int = 20
     # also keep each checkpoint's model as out_dir/models/step-NNNNNN.safetensors (EMA included; ~ quality vs steps)
     keep_epoch_models: bool = False
+    # gradient checkpointing of the UNet's blocks (model.unet.use_checkpoint turns it on too): recompute activations
+    # in backward instead of keeping them, less memory for more time; the same loss and gradients
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in ("32", "bf16-mixed"):
-            raise ValueError(f"run.precision must be '32' or 'bf16-mixed' (no fp16 on CPU), got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"run.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"run.max_minutes must be > 0 (or null: no time limit), got {self.max_minutes!r}")
-        for name in ("max_steps", "batch_size", "epoch_steps", "log_every", "devices"):
+        for name in ("max_steps", "batch_size", "epoch_steps", "log_every", "devices", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -106,7 +117,7 @@ class LDMRunConfig:
 # fields that may differ between a run and its resumption (they do not change the result's definition)
 RESUMABLE_CHANGES = ("run.max_steps", "run.max_minutes", "run.out_dir", "run.num_threads", "run.log_every",
                      "run.sample_every_epoch", "run.sample_steps", "run.keep_epoch_models",
-                     "diffusion.latent_cache_dir")
+                     "run.gradient_checkpointing", "model.unet.use_checkpoint", "diffusion.latent_cache_dir")
 
 
 def _legacy_data_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -122,6 +133,40 @@ def _legacy_data_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
     return data
 
 
+def _model_from_init(data: dict[str, Any]) -> bool:
+    """The model is the ``init_from`` file's: ``model: from_init``, ``model: {from_init: true, ...}`` or no model."""
+    m = data.get("model")
+    return m == "from_init" or (isinstance(m, dict) and bool(m.get("from_init"))) or (
+        m is None and data.get("init_from") is not None)
+
+
+def _model_config(data: dict[str, Any], where: str) -> DiffusionConfig:
+    """``model:`` as given, or the ``init_from`` file's config (stored, or inferred from its weights as
+    ``load_checkpoint`` does) with the other keys of a ``model: {from_init: true, ...}`` mapping replacing its fields
+    (e.g. ``parameterization: v`` for an SD 2 768-v file, which the weights cannot tell)."""
+    raw = data.get("model")
+    if not _model_from_init(data):
+        if isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if k != "from_init"}
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"model must be a mapping or 'from_init', got {raw!r}")
+        return DiffusionConfig.from_dict(raw or {})
+    if data.get("init_from") is None:
+        raise ConfigError("model: from_init takes the model from the init_from file; set init_from "
+                          "(ldm train ldm ... --init-from PATH)")
+    from .init_from import file_config
+
+    changes = {k: v for k, v in raw.items() if k != "from_init"} if isinstance(raw, dict) else {}
+    return DiffusionConfig.from_dict(_merged(to_dict(file_config(data["init_from"])), changes))
+
+
+def _merged(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merged(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+    return out
+
+
 def _patterns(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -135,8 +180,9 @@ class LDMTrainConfig:
     task: str = "txt2img"
     model: DiffusionConfig = field(default_factory=DiffusionConfig)
     first_stage_path: str | None = None  # autoencoder .safetensors (ours or an LDM / SD file); None = random init
-    # start the UNet and conditioner from a model .safetensors this project exported (a fine-tune: fresh optimiser,
-    # fresh EMA, the file's scale_factor); None = random init
+    # start the UNet and conditioner from a checkpoint (SD 1.x / 2.x, a CompVis LDM, or one this project exported; a
+    # fine-tune: fresh optimiser, fresh EMA, the file's scale_factor); None = random init. With model: from_init (or
+    # no model:) the model config, first stage and text encoder are the file's too
     init_from: str | None = None
     # glob patterns on full state-dict keys that init_from does not load (they keep their initialisation: a new text
     # encoder and the cross-attention keys / values reading it), e.g. ["cond_stage_model.*",
@@ -167,8 +213,10 @@ class LDMTrainConfig:
                 raise ConfigError(f"{where}: section {name!r} must be a mapping, got {type(value).__name__}")
             parts[name] = from_dict(typ, value, where=f"{where}.{name}")
         try:
-            model = DiffusionConfig.from_dict(data.get("model") or {})
-            return cls(task=data.get("task", "txt2img"), model=model, first_stage_path=data.get("first_stage_path"),
+            model, first_stage_path = _model_config(data, where), data.get("first_stage_path")
+            if first_stage_path is None and _model_from_init(data) and model.first_stage != "none":
+                first_stage_path = data["init_from"]  # the file's own frozen autoencoder
+            return cls(task=data.get("task", "txt2img"), model=model, first_stage_path=first_stage_path,
                        init_from=data.get("init_from"), init_skip=_patterns(data.get("init_skip"), where),
                        **parts)
         except (ValueError, TypeError) as e:
@@ -177,8 +225,10 @@ class LDMTrainConfig:
             raise ConfigError(f"{where}: {e}") from e
 
     @classmethod
-    def from_yaml(cls, path: str | Path, *, data: dict[str, Any] | None = None) -> "LDMTrainConfig":
-        """Read ``path``; ``data`` replaces keys of its ``data:`` section first (the command line's ``--data``)."""
+    def from_yaml(cls, path: str | Path, *, data: dict[str, Any] | None = None,
+                  init_from: str | None = None) -> "LDMTrainConfig":
+        """Read ``path``; ``data`` replaces keys of its ``data:`` section first (the command line's ``--data``),
+        ``init_from`` its ``init_from`` (``--init-from``)."""
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
@@ -188,6 +238,8 @@ class LDMTrainConfig:
         if data:
             raw = _legacy_data_keys(raw, str(p))
             raw["data"] = {**(raw.get("data") or {}), **data}
+        if init_from is not None:
+            raw["init_from"] = init_from
         return cls.from_dict(raw, where=str(p))
 
     def to_dict(self) -> dict[str, Any]:

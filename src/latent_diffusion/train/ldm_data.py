@@ -286,5 +286,10 @@ class StepWindow(Dataset):
         return int(self._perm[1][p % n])
 
     def __getitem__(self, k: int) -> dict:
+        """The item at this window's ``k``-th place, with ``sample_id`` (its index in the source: which sample the
+        step trained on, e.g. to check that a resumed run skips or repeats none) and ``position`` (its stream
+        position ``p``, which seeds the training step's draws for it: ``ldm.py``)."""
         p = self.position(k)
-        return self.source.get(self.index(p), torch.Generator().manual_seed(seed_of(self.seed, 1_000_003, p)))
+        i = self.index(p)
+        item = self.source.get(i, torch.Generator().manual_seed(seed_of(self.seed, 1_000_003, p)))
+        return {**item, "sample_id": i, "position": p}

@@ -236,9 +236,9 @@ def check_resume(cfg: LDMTrainConfig, resume: str, ckpt: dict[str, Any] | None =
         saved = LDMTrainConfig.from_dict(saved, where=f"--resume {resume}'s config").to_dict()
     except ConfigError:
         pass  # compared as stored: the difference is named below
-    diff = [k for k in diff_configs(saved, cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+    ours = cfg.to_dict()
+    diff = regrouped(saved, ours, [k for k in diff_configs(saved, ours) if k not in RESUMABLE_CHANGES])
     if diff:
-        ours = cfg.to_dict()
         detail = "; ".join(f"{k}: checkpoint {config_value(saved, k)!r}, config {config_value(ours, k)!r}"
                            for k in diff[:8])
         raise ConfigError(f"--resume {resume} was trained with a different config ({len(diff)} field(s) differ: "
@@ -251,6 +251,47 @@ def check_resume(cfg: LDMTrainConfig, resume: str, ckpt: dict[str, Any] | None =
             raise ConfigError(f"first_stage_path {cfg.first_stage_path} is not the file this run started from (its "
                               f"sha256 changed since {resume} was written); put the original back or start a new run")
     return int(ckpt["state_dict"]["batches_seen"]) // cfg.optim.accumulate
+
+
+LAYOUT = ("run.devices", "run.num_nodes", "run.batch_size")
+
+
+def global_batch(run_cfg: dict[str, Any]) -> int:
+    """Samples per micro-batch over all processes: ``batch_size · devices · num_nodes``."""
+    return int(run_cfg.get("batch_size") or 0) * int(run_cfg.get("devices") or 1) * int(run_cfg.get("num_nodes") or 1)
+
+
+def regrouped(saved: dict[str, Any], ours: dict[str, Any], diff: list[str]) -> list[str]:
+    """``diff`` without the process layout (devices, num_nodes, per-process batch_size) when the global batch is the
+    same: the data stream's positions and the step counter are global (``ldm_data``), so a run resumes on another
+    number of processes where it stopped. (The noise / timestep draws are per rank: not bit-identical to a run that
+    kept its layout.) Not with data.buckets: a bucket's micro-batches are cut at the per-process batch size."""
+    same = global_batch(saved.get("run") or {}) == global_batch(ours["run"]) and not ours["data"].get("buckets")
+    if any(k in LAYOUT for k in diff) and same:
+        return [k for k in diff if k not in LAYOUT]
+    return diff
+
+
+def check_trainer_settings(r: Any) -> None:
+    """``run``'s Lightning settings, checked before any data is read: one line naming the bad value."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    names = ["auto", *StrategyRegistry.available_strategies()]
+    if r.strategy not in names:
+        raise ConfigError(f"run.strategy {r.strategy!r} is not a Lightning strategy; use auto, ddp, ddp_spawn or "
+                          f"fsdp (all: {names})")
+    on_cpu = r.accelerator == "cpu" or (r.accelerator == "auto" and not torch.cuda.is_available())
+    if r.strategy.startswith("fsdp"):
+        if not torch.distributed.is_available():
+            raise ConfigError(f"run.strategy {r.strategy!r} needs torch.distributed, which this torch build lacks")
+        if on_cpu:
+            raise ConfigError(f"run.strategy {r.strategy!r} runs on GPUs only (Lightning refuses FSDP on CPU); use "
+                              "ddp on CPU")
+    if on_cpu and r.precision.startswith("16-"):
+        raise ConfigError(f"run.precision {r.precision!r} is not supported on CPU; use bf16-mixed (or 32)")
+    if r.devices * r.num_nodes > 1 and not torch.distributed.is_available():
+        raise ConfigError(f"run.devices {r.devices} x run.num_nodes {r.num_nodes} processes need torch.distributed, "
+                          "which this torch build lacks")
 
 
 def check_data_derived(module: LatentDiffusionModule, resume: str, ckpt: dict[str, Any]) -> None:
@@ -269,11 +310,14 @@ def check_data_derived(module: LatentDiffusionModule, resume: str, ckpt: dict[st
 def build_trainer(cfg: LDMTrainConfig, out_dir: Path, progress: bool, callbacks: list) -> L.Trainer:
     r = cfg.run
     strategy: Any = r.strategy
-    if r.devices > 1 and r.strategy in ("auto", "ddp"):
+    if r.devices * r.num_nodes > 1 and r.strategy in ("auto", "ddp"):
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="gloo" if r.accelerator == "cpu" else None)
-    return L.Trainer(accelerator=r.accelerator, devices=r.devices, strategy=strategy, precision=r.precision,
+    # devices / num_nodes / strategy / precision as given: under torchrun or SLURM, Lightning's cluster environment
+    # (TorchElastic / SLURM) supplies the ranks and checks devices · num_nodes against the job's world size
+    return L.Trainer(accelerator=r.accelerator, devices=r.devices, num_nodes=r.num_nodes, strategy=strategy,
+                     precision=r.precision,
                      # stop on optimiser steps, not epochs: a run that ended mid-epoch (max_steps not a multiple of
                      # epoch_steps) and is resumed with a larger max_steps would otherwise stop one window short
                      max_epochs=-1, max_steps=r.max_steps, reload_dataloaders_every_n_epochs=1,
@@ -297,6 +341,7 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     if export_vocab == "data" and cfg.model.conditioner.kind != "minilm":
         raise ConfigError(f"--export-vocab data restricts a frozen MiniLM's vocabulary; this config's conditioner is "
                           f"{cfg.model.conditioner.kind!r}")
+    check_trainer_settings(cfg.run)
     out_dir = Path(cfg.run.out_dir)
     if export is not None and Path(export).exists() and not force:
         raise ConfigError(f"export target {export} already exists; pass --force to replace it")
