@@ -12,6 +12,11 @@ sample's masked image: a second one) each from a generator of its own, ``Generat
 p))`` with ``purpose`` one of ``DRAWS``. As the data window is a pure function of the seed and the stream position too,
 what sample ``p`` trains on depends on neither the process layout (2 processes × batch B draw what 1 × 2B draws) nor a
 resume: a run resumed from a checkpoint continues exactly like an uninterrupted one.
+
+Prior preservation (``cfg.prior``, DreamBooth): the micro-batch also holds, under ``prior``, B class samples of the
+class stream at the same positions (``ldm_data.PairedWindow``); their draws come from generators of their own,
+``seed_of(seed, "prior", purpose, p)``, and loss = instance loss + ``prior.loss_weight`` · class loss, each the model's
+own objective (``DenoisingLoss``).
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ from ..models.unet import set_gradient_checkpointing
 from ..safe_load import file_sha256
 from .ldm_config import LDMTrainConfig, check_scale_factor, segment_classes
 from ..data.seeds import seed_of
-from .ldm_data import TASK_FIELDS, StepWindow, TaskSource, build_items, latent_cache_file
+from .ldm_data import (TASK_FIELDS, PairedWindow, StepWindow, TaskSource, build_class_items, build_items,
+                       latent_cache_file)
 
 
 # the purposes of the per-sample draws: one generator each, so that no draw shifts another's stream
 DRAWS = ("timestep", "noise", "dropout", "posterior", "masked_posterior")
+# the sample streams a micro-batch holds: the instance data ("") and prior preservation's class images ("prior")
+STREAMS = ("", "prior")
 
 
 class NonFiniteLossError(LDMError, FloatingPointError):
@@ -140,12 +148,14 @@ class LatentDiffusionModule(L.LightningModule):
         self.cfg = cfg
         self.resuming = resuming
         self.items = build_items(cfg)  # the data, read and checked before anything trains
+        self.class_items = build_class_items(cfg) if cfg.prior is not None else None  # (made by ldm_run first)
         self.model = build_training_model(cfg, load_init=not resuming, items=self.items)
         if "caption" in TASK_FIELDS[cfg.task]:
             warn_long_captions(self.items, cfg)
         _ = self.first_stage_sha256  # fingerprint the file the weights were just read from
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))  # micro-batches on this rank
         self.source: TaskSource | None = None
+        self.class_source: TaskSource | None = None
         self.log_sink: Any = None
         self.last_good: tuple[int, str] | None = None  # (step, path) of the latest checkpoint written
         self._window: list[float] = []  # this rank's losses since the last log row
@@ -175,6 +185,8 @@ class LatentDiffusionModule(L.LightningModule):
             return
         cfg = self.cfg
         self.source = TaskSource(self.items, cfg.task)
+        if self.class_items is not None:
+            self.class_source = TaskSource(self.class_items, cfg.task)
         if cfg.data.source == "latents":
             from ..data.latents import check_first_stage
 
@@ -221,18 +233,22 @@ class LatentDiffusionModule(L.LightningModule):
         done = int(self.batches_seen)
         count = max(0, min(r.epoch_steps * acc, r.max_steps * acc - done))
         rank, world = self.rank_info
-        window = StepWindow(self.source, r.seed, done, count, r.batch_size, rank, world)
+        window: StepWindow | PairedWindow = StepWindow(self.source, r.seed, done, count, r.batch_size, rank, world)
+        if self.class_source is not None:  # its own order, at the same stream positions
+            window = PairedWindow(window, StepWindow(self.class_source, seed_of(r.seed, "prior"), done, count,
+                                                     r.batch_size, rank, world))
         workers = self.cfg.data.num_workers
         return DataLoader(window, batch_size=r.batch_size, shuffle=False, drop_last=True, num_workers=workers,
                           persistent_workers=False)
 
     # -- latents and conditions ------------------------------------------------------------------------------
-    def draws(self, positions, purpose: str) -> list[torch.Generator]:  # noqa: ANN001 - list[int] | (B,) tensor
+    def draws(self, positions, purpose: str, stream: str = "") -> list[torch.Generator]:  # noqa: ANN001
         """One CPU generator per sample, seeded with ``seed_of(seed, purpose, p)`` (``purpose`` in ``DRAWS``, ``p`` the
-        sample's stream position)."""
-        assert purpose in DRAWS, purpose
-        seed = self.cfg.run.seed
-        return [torch.Generator().manual_seed(seed_of(seed, purpose, int(p))) for p in positions]
+        sample's stream position, ``positions`` a list or a (B,) tensor); a class sample of prior preservation
+        (``stream="prior"``) with ``seed_of(seed, "prior", purpose, p)``."""
+        assert purpose in DRAWS and stream in STREAMS, (purpose, stream)
+        seed, tag = self.cfg.run.seed, (stream,) if stream else ()
+        return [torch.Generator().manual_seed(seed_of(seed, *tag, purpose, int(p))) for p in positions]
 
     @torch.no_grad()
     def _raw_latents(self, x: torch.Tensor, g: list[torch.Generator] | None) -> torch.Tensor:
@@ -240,7 +256,8 @@ class LatentDiffusionModule(L.LightningModule):
         given)."""
         return self.model.first_stage_latents(x.to(self.device), sample=g is not None, generator=g)
 
-    def latents(self, batch: dict, positions, purpose: str = "posterior") -> torch.Tensor:  # noqa: ANN001
+    def latents(self, batch: dict, positions, purpose: str = "posterior",  # noqa: ANN001
+                stream: str = "") -> torch.Tensor:
         """The batch's scaled latents (B, C, h, w); with ``diffusion.sample_posterior``, sample i of the posterior drawn
         from ``draws``' generator of ``positions[i]``."""
         sample = self.cfg.diffusion.sample_posterior
@@ -248,18 +265,19 @@ class LatentDiffusionModule(L.LightningModule):
             z = batch["latent_mean"]
             if sample and "latent_logvar" in batch:
                 std = torch.exp(0.5 * batch["latent_logvar"].float().clamp(-30.0, 20.0))
-                z = z + std * randn(z.shape, self.draws(positions, purpose)).to(z)
+                z = z + std * randn(z.shape, self.draws(positions, purpose, stream)).to(z)
         elif "latent" in batch:
             z = batch["latent"]
         else:
-            z = self._raw_latents(batch["image"], self.draws(positions, purpose) if sample else None)
+            z = self._raw_latents(batch["image"], self.draws(positions, purpose, stream) if sample else None)
         return z.float() * self.model.scale_factor  # (B, C, h, w)
 
-    def condition(self, batch: dict, z: torch.Tensor, positions) -> dict[str, torch.Tensor] | None:  # noqa: ANN001
+    def condition(self, batch: dict, z: torch.Tensor, positions,  # noqa: ANN001
+                  stream: str = "") -> dict[str, torch.Tensor] | None:
         """The UNet's c_concat / c_crossattn / c_adm for this batch, with condition dropout applied (sample i dropped
         by a draw from ``draws``' generator of ``positions[i]``)."""
         task, b = self.cfg.task, z.shape[0]
-        drop = torch.stack([torch.rand((), generator=g) for g in self.draws(positions, "dropout")])
+        drop = torch.stack([torch.rand((), generator=g) for g in self.draws(positions, "dropout", stream)])
         drop = drop < self.cfg.diffusion.cond_drop_prob  # (B,)
         keep = (~drop).to(z.device, z.dtype).view(b, 1, 1, 1)
         cond_model, key = self.model.cond_stage_model, self.model.cfg.conditioning_key
@@ -277,7 +295,7 @@ class LatentDiffusionModule(L.LightningModule):
                 m = batch["mask"].to(z)  # (B, 1, H, W), 1 = hole
                 masked = self.latents({"latent": batch["masked_latent"]} if "masked_latent" in batch
                                       else {"image": batch["image"] * (1 - batch["mask"])}, positions,
-                                      "masked_posterior")
+                                      "masked_posterior", stream)
                 out["c_concat"] = torch.cat([F.interpolate(m, size=z.shape[-2:]), masked], dim=1)
             if cond_model is not None and "context" in batch:  # stored by ldm data encode (frozen encoder)
                 null = self._null_context().to(z.device, batch["context"].dtype)
@@ -329,18 +347,26 @@ class LatentDiffusionModule(L.LightningModule):
                               " or without --text-config")
 
     # -- the step ------------------------------------------------------------------------------------------
+    def denoising_loss(self, batch: dict, stream: str = "") -> torch.Tensor:
+        """The model's objective (``DenoisingLoss``) on one stream's samples, with their per-sample draws."""
+        positions = batch["position"].tolist()  # the samples' stream positions (ldm_data.StepWindow)
+        z = self.latents(batch, positions, stream=stream)  # x0: (B, C, h, w)
+        cond = self.condition(batch, z, positions, stream)
+        T, d = self.model.num_timesteps, self.cfg.diffusion
+        t = torch.stack([torch.randint(0, T, (), generator=g) for g in self.draws(positions, "timestep", stream)])
+        noise = torch.stack([self._noise(z.shape[1:], g, d.offset_noise)
+                             for g in self.draws(positions, "noise", stream)])
+        t, noise = t.to(z.device), noise.to(z)
+        loss_fn = DenoisingLoss(self.model.parameterization, d.min_snr_gamma)
+        return loss_fn(self.model.apply_model, z, noise, t, cond, self.model.alphas_cumprod)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         step = int(self.batches_seen)
         rank, _ = self.rank_info
-        positions = batch["position"].tolist()  # the samples' stream positions (ldm_data.StepWindow)
-        z = self.latents(batch, positions)  # x0: (B, C, h, w)
-        cond = self.condition(batch, z, positions)
-        T, d = self.model.num_timesteps, self.cfg.diffusion
-        t = torch.stack([torch.randint(0, T, (), generator=g) for g in self.draws(positions, "timestep")])
-        noise = torch.stack([self._noise(z.shape[1:], g, d.offset_noise) for g in self.draws(positions, "noise")])
-        t, noise = t.to(z.device), noise.to(z)
-        loss_fn = DenoisingLoss(self.model.parameterization, d.min_snr_gamma)
-        loss = loss_fn(self.model.apply_model, z, noise, t, cond, self.model.alphas_cumprod)
+        loss = self.denoising_loss(batch)
+        if self.cfg.prior is not None:  # DreamBooth: instance loss + weight · class loss
+            prior_loss = self.denoising_loss(batch["prior"], "prior")
+            loss = loss + self.cfg.prior.loss_weight * prior_loss
         if not torch.isfinite(loss):
             where = (f"the last good checkpoint is {self.last_good[1]} (step {self.last_good[0]})"
                      if self.last_good else "no checkpoint was written before it")
@@ -350,9 +376,11 @@ class LatentDiffusionModule(L.LightningModule):
         self._window.append(float(loss.detach()))  # the isfinite check above has synchronised already
         if self.log_sink is not None and rank == 0 and (step + 1) % self.cfg.run.log_every == 0:
             # loss: this micro-batch's; loss_mean: over the micro-batches since the previous row (less noisy)
-            self.log_sink({"step": self.optimizer_steps(step + 1), "loss": self._window[-1],
-                           "loss_mean": sum(self._window) / len(self._window),
-                           "lr": self.optimizers().param_groups[0]["lr"]})
+            row = {"step": self.optimizer_steps(step + 1), "loss": self._window[-1],
+                   "loss_mean": sum(self._window) / len(self._window), "lr": self.optimizers().param_groups[0]["lr"]}
+            if self.cfg.prior is not None:  # this micro-batch's class loss (unweighted)
+                row["prior_loss"] = float(prior_loss.detach())
+            self.log_sink(row)
         if (step + 1) % self.cfg.run.log_every == 0:
             self._window = []
         return loss

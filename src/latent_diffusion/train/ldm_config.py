@@ -3,7 +3,7 @@
 Sections: ``model`` (our ``DiffusionConfig``: UNet, schedule, parameterisation, conditioner, first stage),
 ``task`` (what the data supplies as the condition), ``first_stage_path`` (a trained autoencoder file, frozen),
 ``data`` (ShapesWorld, an image folder or tar shards: ``data/config.py``), ``diffusion`` (training-only knobs: loss weighting, condition dropout, EMA, caching),
-``optim`` and ``run``. The task decides which item fields become the condition; the model config must agree
+``optim``, ``run`` and ``prior`` (DreamBooth prior preservation, off when absent). The task decides which item fields become the condition; the model config must agree
 (e.g. ``superres`` needs a concat UNet with ``in_channels = latent + 3``), checked by ``check_task``.
 """
 
@@ -77,6 +77,34 @@ class LDMOptimConfig:
             raise ValueError(f"optim.accumulate must be >= 1, got {self.accumulate}")
 
 
+@dataclass
+class PriorConfig:
+    """DreamBooth's prior preservation (Ruiz et al. 2023): each micro-batch pairs its B instance samples with B
+    samples of ``class_dir`` captioned ``class_prompt``; loss = instance loss + ``loss_weight`` · class loss. Class
+    images the folder lacks (fewer than ``num_class_images``) are made by the init model before training."""
+
+    class_prompt: str = ""  # e.g. "a photo of a dog": every class image's caption, and the prompt that makes them
+    class_dir: str | None = None  # None: run.out_dir/class_images
+    num_class_images: int = 100  # the folder is filled up to this many images (existing ones are kept and counted)
+    loss_weight: float = 1.0
+    sample_steps: int = 50  # DDIM steps of the class images the run makes
+    sample_cfg: float = 7.5  # their classifier-free guidance scale
+    sample_batch: int = 4  # images per sampling call (image k's seed does not depend on it)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.class_prompt, str) or not self.class_prompt.strip():
+            raise ValueError(f"prior.class_prompt must be a non-empty caption (e.g. 'a photo of a dog'), got "
+                             f"{self.class_prompt!r}")
+        for name in ("num_class_images", "sample_steps", "sample_batch"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or \
+                    getattr(self, name) < 1:
+                raise ValueError(f"prior.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.loss_weight, (int, float)) or not 0.0 <= self.loss_weight < float("inf"):
+            raise ValueError(f"prior.loss_weight must be a finite number >= 0, got {self.loss_weight!r}")
+        if not isinstance(self.sample_cfg, (int, float)) or not 1.0 <= self.sample_cfg < float("inf"):
+            raise ValueError(f"prior.sample_cfg must be a finite number >= 1, got {self.sample_cfg!r}")
+
+
 # lightning.Trainer precision values run.precision passes through (the CPU ones: 32 and bf16-*)
 PRECISIONS = ("32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 
@@ -117,7 +145,8 @@ class LDMRunConfig:
 # fields that may differ between a run and its resumption (they do not change the result's definition)
 RESUMABLE_CHANGES = ("run.max_steps", "run.max_minutes", "run.out_dir", "run.num_threads", "run.log_every",
                      "run.sample_every_epoch", "run.sample_steps", "run.keep_epoch_models",
-                     "run.gradient_checkpointing", "model.unet.use_checkpoint", "diffusion.latent_cache_dir")
+                     "run.gradient_checkpointing", "model.unet.use_checkpoint", "diffusion.latent_cache_dir",
+                     "prior.sample_batch")
 
 
 def _legacy_data_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -192,6 +221,7 @@ class LDMTrainConfig:
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
     optim: LDMOptimConfig = field(default_factory=LDMOptimConfig)
     run: LDMRunConfig = field(default_factory=LDMRunConfig)
+    prior: PriorConfig | None = None  # DreamBooth prior preservation; None = off
 
     def __post_init__(self) -> None:
         check_task(self)
@@ -202,7 +232,7 @@ class LDMTrainConfig:
         data = _legacy_data_keys(data, where)
         sections = {"data": DataConfig, "diffusion": DiffusionTrainConfig, "optim": LDMOptimConfig,
                     "run": LDMRunConfig}
-        accepted = sorted([*sections, "model", "task", "first_stage_path", "init_from", "init_skip"])
+        accepted = sorted([*sections, "model", "task", "first_stage_path", "init_from", "init_skip", "prior"])
         unknown = sorted(set(data) - set(accepted))
         if unknown:
             raise ConfigError(f"unknown key(s) {unknown} in {where}; accepted: {accepted}")
@@ -212,6 +242,12 @@ class LDMTrainConfig:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: section {name!r} must be a mapping, got {type(value).__name__}")
             parts[name] = from_dict(typ, value, where=f"{where}.{name}")
+        prior = data.get("prior")
+        if prior is not None:
+            if not isinstance(prior, dict):
+                raise ConfigError(f"{where}: section 'prior' must be a mapping (class_prompt, class_dir, "
+                                  f"num_class_images, loss_weight, ...), got {type(prior).__name__}")
+            parts["prior"] = from_dict(PriorConfig, prior, where=f"{where}.prior")
         try:
             model, first_stage_path = _model_config(data, where), data.get("first_stage_path")
             if first_stage_path is None and _model_from_init(data) and model.first_stage != "none":
@@ -284,6 +320,7 @@ def check_task(cfg: LDMTrainConfig) -> None:
 
     if cfg.task not in ALL_TASKS:
         raise ConfigError(f"unknown task {cfg.task!r}; tasks: {list(ALL_TASKS)}")
+    _check_prior(cfg)
     d = cfg.data
     if d.source == "shards" and cfg.task in _FOLDER_TASK_NEEDS:
         raise ConfigError(f"task {cfg.task!r} reads per-image annotations beside an image folder; train it from the "
@@ -320,6 +357,26 @@ def check_task(cfg: LDMTrainConfig) -> None:
     if cfg.task == "class" and d.source == "shapes":
         _check_class_labels(cfg, NUM_CLASSES)
     check_scale_factor(m.scale_factor, "model.scale_factor")
+
+
+def _check_prior(cfg: LDMTrainConfig) -> None:
+    """Prior preservation captions its class images: it needs the text-to-image task and a text encoder."""
+    if cfg.prior is None:
+        return
+    kind = cfg.model.conditioner.kind
+    if cfg.task != "txt2img" or kind not in TASKS["txt2img"][1]:
+        raise ConfigError(f"prior.class_prompt {cfg.prior.class_prompt!r} needs a text-to-image model (task txt2img "
+                          f"and a text encoder, model.conditioner.kind in {list(TASKS['txt2img'][1])}); got task "
+                          f"{cfg.task!r}, conditioner {kind!r}")
+    if cfg.data.buckets:
+        raise ConfigError("prior preservation pairs each instance sample with a square class image of data.size; "
+                          "turn off data.buckets")
+
+
+def class_image_dir(cfg: LDMTrainConfig) -> Path:
+    """``prior.class_dir``, or ``run.out_dir/class_images``."""
+    assert cfg.prior is not None
+    return Path(cfg.prior.class_dir) if cfg.prior.class_dir else Path(cfg.run.out_dir) / "class_images"
 
 
 def check_class_count(cfg: LDMTrainConfig, class_names: tuple[str, ...]) -> None:

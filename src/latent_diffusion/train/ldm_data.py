@@ -11,6 +11,10 @@ and mask come from a generator seeded with ``(seed, p)``.
 the training step what the task needs (the image, or a cached latent, plus the condition fields); cached latents are
 the posterior means of the items' deterministic views (centre crop, no flip), encoded once (and kept on disk with
 ``diffusion.latent_cache_dir``).
+
+Prior preservation (``prior:``) adds a second stream over the class images (``ClassItems``; its own order, from
+``seed_of(seed, "prior")``): ``PairedWindow`` gives the class item at the same stream position ``p`` beside each
+instance item, under ``prior``, so that the class stream follows the step exactly as the instance stream does.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..data.seeds import seed_of
 from ..data.shapes import ShapesWorld, ShapesWorldConfig
 from ..errors import CheckpointError, ConfigError
 from ..safe_load import read_state_dict, save_safetensors_atomic
-from .ldm_config import LDMTrainConfig, check_class_count
+from .ldm_config import LDMTrainConfig, check_class_count, class_image_dir
 
 # condition fields each task reads from an item
 TASK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -293,3 +297,61 @@ class StepWindow(Dataset):
         i = self.index(p)
         item = self.source.get(i, torch.Generator().manual_seed(seed_of(self.seed, 1_000_003, p)))
         return {**item, "sample_id": i, "position": p}
+
+
+def count_images(folder: Path) -> int:
+    """Image files under ``folder`` (as the folder reader finds them; 0 when it does not exist)."""
+    from ..data.decode import is_image_file
+
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.rglob("*") if p.is_file() and is_image_file(p)
+               and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]))
+
+
+class ClassItems:
+    """The first ``prior.num_class_images`` images of the class folder (sorted by path, as diffusers' DreamBooth takes
+    the first ones), each captioned ``prior.class_prompt`` whatever caption files lie beside them."""
+
+    fields = ("caption",)
+
+    def __init__(self, source, limit: int, prompt: str) -> None:  # noqa: ANN001 - data.sources.FolderSource
+        self.source, self.n, self.prompt = source, min(limit, len(source)), prompt
+
+    def __len__(self) -> int:
+        return self.n
+
+    def order(self, seed: int, epoch: int) -> None:
+        return None
+
+    def get(self, i: int, generator: torch.Generator | None = None, *, pixels: bool = True) -> dict:
+        return {**self.source.get(i, generator, pixels=pixels), "caption": self.prompt}
+
+
+def build_class_items(cfg: LDMTrainConfig) -> ClassItems:
+    """The class stream's items (``prior``), cut with the instance data's transform (size, crop, flip)."""
+    from ..data.sources import FolderSource, index_images
+
+    p = cfg.prior
+    assert p is not None
+    folder = class_image_dir(cfg)
+    index = index_images("folder", folder, captions="none", strict=cfg.data.strict)
+    items = ClassItems(FolderSource(index, cfg.data.transform(), ()), p.num_class_images, p.class_prompt)
+    if len(items) < p.num_class_images:
+        raise ConfigError(f"prior: {folder} holds {len(items)} usable class images, prior.num_class_images is "
+                          f"{p.num_class_images}; add images or lower num_class_images")
+    return items
+
+
+class PairedWindow(Dataset):
+    """``instance[k]`` with ``prior``: the class stream's item at the same place (the same stream position)."""
+
+    def __init__(self, instance: StepWindow, prior: StepWindow) -> None:
+        assert len(instance) == len(prior)
+        self.instance, self.prior = instance, prior
+
+    def __len__(self) -> int:
+        return len(self.instance)
+
+    def __getitem__(self, k: int) -> dict:
+        return {**self.instance[k], "prior": self.prior[k]}

@@ -5,7 +5,8 @@ first row after a resume averages only the micro-batches since the resume), lr),
 ``checkpoints/last.ckpt`` (Lightning, resumable: weights, EMA, optimiser, scheduler, step counter, the training
 config), ``model.safetensors`` (CompVis keys with ``model_ema.*``, the config and ``scale_factor`` inside; written at
 every checkpoint), ``samples/step-N.png``, ``summary.json``. Checkpoints are written every ``run.epoch_steps``
-optimiser steps.
+optimiser steps. With ``prior:`` (DreamBooth) the class images the class folder lacks are made first
+(``make_class_images``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from ..runs import KEPT, kept_model_path, kept_models  # noqa: F401 - kept_model
 from ..models.ldm import SCHEDULE_BUFFERS, LatentDiffusion
 from .fit import fit, save_lightning_atomic
 from .ldm import LatentDiffusionModule
-from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, config_value, diff_configs
+from .ldm_config import RESUMABLE_CHANGES, LDMTrainConfig, class_image_dir, config_value, diff_configs
+from .ldm_data import build_items, count_images
 
 CKPT = "checkpoints/last.ckpt"
 EXPORT = "model.safetensors"
@@ -213,6 +215,71 @@ def write_sample_grid(model: LatentDiffusion, path: Path, *, prompts: tuple[str,
     return path
 
 
+def class_image_seed(cfg: LDMTrainConfig, k: int) -> int:
+    """Class image ``k``'s sampling seed: consecutive from a base derived from the run seed (so that a batch of them
+    is one call with per-sample seeds)."""
+    from ..data.seeds import seed_of
+
+    return seed_of(cfg.run.seed, "class_images") % 2**30 + k
+
+
+def make_class_images(cfg: LDMTrainConfig, *, progress: bool = False) -> list[Path]:
+    """Fill ``prior``'s class folder up to ``num_class_images`` with images of ``class_prompt`` sampled by the init
+    model itself (DDIM, ``sample_steps``, ``sample_cfg``, ``data.size`` px), image ``k`` named ``class-KKKKK.png``
+    with seed ``class_image_seed(cfg, k)`` and its parameters in the PNG, written atomically. The images already
+    there are counted and kept; the free numbers from 0 up get the rest (a deleted one is made again, the same).
+    One process only: under a multi-process launch (torchrun / SLURM) a folder that still lacks images is an error.
+    Returns the paths written."""
+    p = cfg.prior
+    if p is None:
+        return []
+    folder = class_image_dir(cfg)
+    missing = p.num_class_images - count_images(folder)
+    if missing <= 0:
+        return []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        raise ConfigError(f"prior: {folder} lacks {missing} of {p.num_class_images} class images; they are made by a "
+                          "single process: start the run once with one process (run.devices: 1, run.num_nodes: 1, no "
+                          "torchrun / srun; it makes them before training), or put the images there")
+    from ..pipelines.pipeline import Pipeline
+    from .ldm import build_training_model
+
+    ks = [k for k in range(p.num_class_images + count_images(folder) + 1)
+          if not (folder / f"class-{k:05d}.png").exists()][:missing]
+    r = cfg.run
+    gpu = r.accelerator in ("gpu", "cuda") or (r.accelerator == "auto" and torch.cuda.is_available())
+    items = build_items(cfg) if cfg.model.conditioner.kind == "bert" else None  # (its word vocabulary)
+    model = inference_model(build_training_model(cfg, items=items)).to("cuda" if gpu else "cpu")
+    pipe = Pipeline(model, precision="auto" if gpu else "fp32")
+    runs: list[list[int]] = []  # consecutive numbers, at most sample_batch: one sampling call each
+    for k in ks:
+        if runs and runs[-1][-1] == k - 1 and len(runs[-1]) < p.sample_batch:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    from ..pipelines.metadata import save_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    bar = _progress(len(ks), progress, "class images")
+    for run in runs:
+        images = pipe.txt2img(p.class_prompt, steps=p.sample_steps, sampler="ddim", cfg_scale=p.sample_cfg,
+                              seed=class_image_seed(cfg, run[0]), n=len(run), height=cfg.data.size,
+                              width=cfg.data.size)
+        for k, image in zip(run, images):
+            written.append(save_png(image, folder / f"class-{k:05d}.png", image.info["parameters"]))
+        bar.update(len(run))
+    bar.close()
+    del pipe, model
+    return written
+
+
+def _progress(total: int, on: bool, what: str):  # noqa: ANN202 - a tqdm bar
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, disable=not on)
+
+
 def read_resume(resume: str) -> dict[str, Any]:
     """The resume checkpoint, read once through the allow-list reader (zip CRCs checked) before Lightning loads it."""
     from ..safe_load import read_pickle
@@ -362,6 +429,8 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     cfg.to_yaml(out_dir / "config.yaml")
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
+    progress = sys.stdout.isatty() if progress is None else progress
+    make_class_images(cfg, progress=progress)  # (prior preservation) before the module reads the class folder
     module = LatentDiffusionModule(cfg, resuming=resume is not None)
     if resume is not None:
         check_data_derived(module, resume, ckpt)
@@ -369,7 +438,6 @@ def train_ldm(cfg: LDMTrainConfig, *, resume: str | None = None, force: bool = F
     module.log_sink, module.t0 = log, time.perf_counter()
     if resume is not None:
         module.last_good = (start, resume)
-    progress = sys.stdout.isatty() if progress is None else progress
     trainer = build_trainer(cfg, out_dir, progress, list(callbacks or []))
     t0 = time.perf_counter()
     fit(trainer, module, resume)  # the resume file was read through our allow-list reader first
