@@ -49,8 +49,13 @@ def test_demo_sample_is_recreated_by_txt2img_from_png(tmp_path, capsys):
         assert main(["info", str(png)]) == 0
         assert capsys.readouterr().out == read_png_parameters(png) + "\n"
     sample = out / "00-1-a_green_star.png"
+    import torch
+
+    from latent_diffusion.accel import Precision
+
+    precision = Precision.resolve("auto", "cpu", torch.float32).name  # what "auto" means on this CPU
     assert read_png_parameters(sample) == (
-        "a green star\nSteps: 2, Sampler: ddim, CFG scale: 5.0, Seed: 1, Size: 64x64, "
+        f"a green star\nSteps: 2, Sampler: ddim, CFG scale: 5.0, Precision: {precision}, Seed: 1, Size: 64x64, "
         f"Model hash: {file_fingerprint(DEFAULT_MODEL)}, Batch size: 2, Batch pos: 1")
     assert main(["txt2img", "--from-png", str(sample), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     (again,) = (tmp_path / "again").glob("*.png")

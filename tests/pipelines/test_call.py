@@ -120,3 +120,18 @@ def test_to_moves_and_casts_and_gives_bf16_storage_its_fp32_weights_back(ckpt: P
     fp64 = Pipeline.from_checkpoint(ckpt, precision="fp32").to(dtype=torch.float64)
     assert next(fp64.model.parameters()).dtype == torch.float64
     assert fp64.txt2img("a cat", **kw).dtype == torch.float64
+
+
+def test_inputs_that_do_not_fit_are_clear_errors(sd1: Pipeline) -> None:
+    init = sd1.txt2img("a cat", seed=1, **KW)[0]
+    with pytest.raises(LDMError, match="give mask or mask_image, not both"):
+        sd1("a dog", image=init, mask=init, mask_image=init, **KW)
+    with pytest.raises(LDMError, match="one per image: 3 generators for 2"):
+        sd1("a dog", generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)], n=2, **KW)
+    inpainting = Pipeline(tiny_model("sd1-inpaint"), precision="fp32")
+    with pytest.raises(LDMError, match="pass mask_image= with image="):
+        inpainting("a dog", image=init, **KW)
+    with pytest.raises(LDMError, match="seed must be"):
+        sd1.img2img(init, "a dog", strength=0.0, seed=-2, steps=2)
+    with pytest.raises(LDMError, match="batch_size must be a positive integer"):
+        sd1.img2img(init, "a dog", strength=0.0, seed=2, steps=2, batch_size=0)

@@ -206,3 +206,35 @@ def test_sampler_help_names_every_sampler() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     text = " ".join(sub.choices["txt2img"].format_help().split())
     assert all(name in text for name in SAMPLERS), text
+
+
+def test_from_png_keeps_precision_and_deepcache_and_refuses_other_tasks(ckpts: dict, tmp_path: Path) -> None:
+    """What changes pixels beyond the sampler settings is recorded and re-applied: the UNet precision and DeepCache."""
+    assert _txt2img(ckpts["sd1"], tmp_path / "a", "--precision", "fp32", "--deepcache", "2", "--steps", "4") == 0
+    [src] = list((tmp_path / "a").glob("*.png"))
+    _, _, s = parse_parameters(read_png_parameters(src))
+    assert (s["Precision"], s["DeepCache"]) == ("fp32", "2")
+    assert main(["txt2img", "--ckpt", str(ckpts["sd1"]), "--from-png", str(src), "--out", str(tmp_path / "b"),
+                 "--quiet"]) == 0
+    [again] = list((tmp_path / "b").glob("*.png"))
+    assert np.array_equal(_pixels(src), _pixels(again))
+    img2img = tmp_path / "i2i"
+    assert main(["img2img", "--ckpt", str(ckpts["sd1"]), "--init-image", str(src), "--prompt", "x", "--seed", "1",
+                 "--out", str(img2img), "--steps", "2", "--quiet"]) == 0
+    [made] = list(img2img.glob("*.png"))
+    assert main(["txt2img", "--ckpt", str(ckpts["sd1"]), "--from-png", str(made), "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 2
+
+
+def test_layout2img_records_the_boxes_it_draws(tmp_path: Path) -> None:
+    """The recorded Layout (float32 values that read back exactly) given back as --object draws the same image."""
+    layout = save_checkpoint(tiny_model("layout"), tmp_path / "layout.safetensors")
+    quick = ["--steps", "2", "--quiet", "--seed", "3", "--height", "32", "--width", "32", "--ckpt", str(layout)]
+    assert main(["layout2img", "--object", "red circle", "0.1234567", "0.1", "0.4", "0.4", "--out",
+                 str(tmp_path / "a"), *quick]) == 0
+    [first] = list((tmp_path / "a").glob("*.png"))
+    _, _, s = parse_parameters(read_png_parameters(first))
+    objects = [["--object", " ".join(o.split()[:2]), *o.split()[2:]] for o in s["Layout"].split("; ")]
+    assert main(["layout2img", *[a for o in objects for a in o], "--out", str(tmp_path / "b"), *quick]) == 0
+    [again] = list((tmp_path / "b").glob("*.png"))
+    assert np.array_equal(_pixels(first), _pixels(again))

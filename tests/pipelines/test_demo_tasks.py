@@ -19,8 +19,8 @@ from latent_diffusion.fileio import claim_new_folder
 from latent_diffusion.models.layout_planner import LayoutPlanner, PlannerConfig
 from latent_diffusion.models.ldm import LatentDiffusion
 from latent_diffusion.pipelines.demo import run_demo
-from latent_diffusion.pipelines.demo_tasks import (class_rgb, layout_setting, render_layout, render_masked,
-                                                   render_semantic)
+from latent_diffusion.pipelines.demo_tasks import (class_rgb, layout_setting, recorded_layout, render_layout,
+                                                   render_masked, render_semantic)
 from latent_diffusion.pipelines.metadata import parse_parameters, read_png_parameters
 from latent_diffusion.tiny import tiny_config, tiny_model
 
@@ -124,7 +124,7 @@ def test_task_demo_writes_grid_and_samples(assets: Path, tmp_path: Path, task: s
     # every sample: the settings that re-create it (one per row: no batch keys), the task's own keys
     for i, f in enumerate(res["files"]):
         _, s = _params(f)
-        assert set(s) == {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash"} | TASK_KEYS[task]
+        assert set(s) == {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Precision"} | TASK_KEYS[task]
         seed = i if task == "unconditional" else 0  # unconditional row i: seed + i * n
         assert (s["Steps"], s["Sampler"], s["Seed"], s["Size"]) == ("2", "ddim", str(seed), "32x32")
     # the grid: what it is and one line per row
@@ -165,10 +165,10 @@ def test_grounded_demo_rows_are_planned_boxes_then_what_layout2img_draws(assets:
     _, s = _params(res["files"][1])
     assert s["Planned from"] == "a blue star" and s["Planner seed"] == "0" and s["CFG scale"] == "3.0"
     assert s["Planner"] == str(assets / default_model.PLANNER_FILE)
-    # row 2 = the layout planned for its prompt alone, as the PNG records it (boxes to 4 decimals, as `ldm layout2img
-    # --prompt` rounds them), drawn by the layout model at the demo's cfg 3 (exact)
+    # row 2 = the layout planned for its prompt alone, its boxes rounded to 4 decimals (short labels), recorded
+    # exactly as drawn, drawn by the layout model at the demo's cfg 3 (exact)
     planned = plan_layouts(LayoutPlanner.load(assets / default_model.PLANNER_FILE), [prompts[1]], seed=0)[0]
-    assert s["Layout"] == layout_setting(planned)
+    assert s["Layout"] == layout_setting(recorded_layout(planned))
     layout = [(" ".join(o.split()[:2]), *map(float, o.split()[2:])) for o in s["Layout"].split("; ")]
     pipe = Pipeline.from_checkpoint(assets / default_model.TASK_MODELS["layout"])
     again = pipe.layout2img(layout, n=1, steps=2, seed=0, cfg_scale=3.0, height=32, width=32)[0]
@@ -176,16 +176,16 @@ def test_grounded_demo_rows_are_planned_boxes_then_what_layout2img_draws(assets:
 
 
 def test_layout_demo_draws_the_boxes_it_records(assets: Path, tmp_path: Path) -> None:
-    """The scene's boxes rounded to the Layout parameter's 4 decimals are what is drawn (`ldm layout2img --example`
-    rounds them the same way), not the scene's exact floats."""
-    from latent_diffusion.pipelines.demo_tasks import held_out_scenes, recorded_layout
+    """The scene's boxes rounded to 4 decimals are what is drawn and what the Layout parameter records (as float32
+    values that read back exactly), not the scene's exact floats."""
+    from latent_diffusion.pipelines.demo_tasks import held_out_scenes
     from latent_diffusion.pipelines.pipeline import Pipeline
 
     exact = held_out_scenes(1, 32)[0]["layout"]
     rounded = recorded_layout(exact)
     assert not torch.equal(exact, rounded) and torch.equal(rounded, recorded_layout(rounded))
     res = run_demo(tmp_path / "demo", task="layout", **FAST | {"rows": 1})
-    assert _params(res["files"][0])[1]["Layout"] == layout_setting(exact) == layout_setting(rounded)
+    assert _params(res["files"][0])[1]["Layout"] == layout_setting(rounded) != layout_setting(exact)
     pipe = Pipeline.from_checkpoint(assets / default_model.TASK_MODELS["layout"])
     again = pipe.layout2img(rounded, n=1, steps=2, seed=0, cfg_scale=3.0, height=32, width=32)[0]
     assert (np.asarray(Image.open(res["files"][0])) == np.asarray(again)).all()

@@ -1,5 +1,5 @@
-"""Sampling progress on stderr: a tqdm bar on a terminal, plain log lines elsewhere (a log file, a CI job, a pipe),
-where a bar would be noise or nothing at all."""
+"""Sampling progress on stderr: a tqdm bar on a terminal or in a notebook, plain log lines elsewhere (a log file, a
+CI job, a pipe), where a bar would be noise or nothing at all."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def with_progress(callback: Callback | None, total: int, progress: bool | str) -
     if not progress:
         return callback
     label = progress if isinstance(progress, str) else "sampling"
-    tick = _bar(label, total) if sys.stderr.isatty() else _lines(label, total)
+    tick = _bar(label, total) if sys.stderr.isatty() or "ipykernel" in sys.modules else _lines(label, total)
 
     def report(step: int, x: torch.Tensor, x0: torch.Tensor) -> None:
         tick(step)

@@ -46,11 +46,14 @@ def call(pipe: Pipeline, prompt: str | None = None, negative_prompt: str = "", *
     diffusers names. ``seed`` None (and no ``generator``): a random seed, reported in ``.seeds`` and in each image's
     ``parameters``. ``return_latents``: also hand back the latents the images were decoded from."""
     options = _rename(options)
-    mask = options.pop("mask", mask)
+    if "mask" in options:
+        if mask is not None:
+            _both("mask", "mask_image")
+        mask = options.pop("mask")
     if generator is not None:
         if seed is not None:
             _both("seed", "generator")
-        seed = _seed_from(generator)
+        seed = _seed_from(generator, options.get("n", 1))
     seed = resolve_seed(seed)
     given = {k: v for k, v in zip(_INPUTS, (image, mask, class_label, layout, semantic_map)) if v is not None}
     task, args, used = _task(pipe, prompt, negative_prompt, given)
@@ -78,12 +81,14 @@ def _both(ours: str, alias: str) -> Any:
     raise LDMError(f"give {ours} or {alias}, not both (they mean the same)")
 
 
-def _seed_from(generator: torch.Generator | list[torch.Generator]) -> int:
-    """The seed of a freshly seeded generator (or of the first of consecutive ones): its noise is then exactly the
+def _seed_from(generator: torch.Generator | list[torch.Generator], n: int) -> int:
+    """The seed of a freshly seeded generator (or of the first of n consecutive ones): its noise is then exactly the
     noise ``seed`` gives. A generator that has already drawn numbers cannot be replayed from a seed: refused."""
     gens = generator if isinstance(generator, (list, tuple)) else [generator]
     if not gens or not all(isinstance(g, torch.Generator) for g in gens):
         raise LDMError(f"generator must be a torch.Generator or a list of them, got {generator!r}")
+    if isinstance(generator, (list, tuple)) and len(gens) != n:
+        raise LDMError(f"a list of generators needs one per image: {len(gens)} generators for {n} image(s)")
     first = gens[0].initial_seed()
     for i, g in enumerate(gens):
         fresh = torch.Generator(g.device).manual_seed(g.initial_seed())
@@ -106,6 +111,9 @@ def _task(pipe: Pipeline, prompt: str | None, negative: str, given: dict[str, An
                 raise LDMError("inpainting needs the image to repaint: pass image= with mask=")
             return "inpaint", (given["image"], given["mask"], *text), {"image", "mask"}
         if "image" in given:
+            if kind == "inpaint":
+                raise LDMError("this inpainting model repaints where a mask says: pass mask_image= with image= (or "
+                               "no image for txt2img)")
             return "img2img", (given["image"], *text), {"image"}
         return "txt2img", text, set()
     if prompt is not None and kind not in ("text_upscale",):

@@ -198,14 +198,14 @@ def _cmd_txt2img(args: argparse.Namespace) -> int:
     from . import generate
     from .requests import Txt2Img
 
-    run = _run(args)
+    model, run = _model(args), _run(args)
     task = Txt2Img(args.prompt, args.negative_prompt, args.height, args.width, args.guidance_rescale)
     pick = expected = None
     if args.from_png:
-        run, task, pick, expected = generate.txt2img_from_png(args.from_png, run, task)
+        model, run, task, pick, expected = generate.txt2img_from_png(args.from_png, model, run, task)
     elif args.prompt is None:
         raise LDMError("txt2img needs --prompt TEXT (or --from-png IMAGE.png)")
-    generate.txt2img(_model(args), run, task, pick=pick, expected_hash=expected)
+    generate.txt2img(model, run, task, pick=pick, expected_hash=expected)
     return 0
 
 

@@ -137,17 +137,16 @@ def objects_text(layout: torch.Tensor) -> str:
 
 
 def recorded_layout(layout: torch.Tensor) -> torch.Tensor:
-    """(K, 5) ``layout`` with its boxes rounded to the 4 decimals its ``Layout`` parameter keeps, as ``ldm layout2img``
-    rounds a planned or example layout: the boxes drawn are the boxes recorded (the embedded layout model's Fourier
-    box code sees a difference of 1e-5)."""
+    """(K, 5) ``layout`` with its boxes rounded to 4 decimals: the grid's labels and the recorded ``Layout`` stay short,
+    and the boxes drawn are exactly the boxes recorded (``structured.layout_text``)."""
     return torch.tensor([[c, *(round(v, 4) for v in box)] for c, *box in layout.tolist()], dtype=torch.float32)
 
 
 def layout_setting(layout: torch.Tensor) -> str:
-    """(K, 5) layout → its ``Layout`` parameter as ``ldm layout2img`` records it: ``red circle 0.1 0.2 0.5 0.6; ...``
-    (padding rows left out)."""
-    return "; ".join(" ".join([label_name(int(c)), *(f"{round(v, 4):g}" for v in box)])
-                     for c, *box in layout.tolist() if c >= 0)
+    """(K, 5) layout → its ``Layout`` parameter, as ``ldm layout2img`` records it (``structured.layout_text``)."""
+    from .structured import layout_text
+
+    return layout_text(layout)
 
 
 # -- per-task rows ------------------------------------------------------------------------------------

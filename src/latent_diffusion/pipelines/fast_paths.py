@@ -29,8 +29,7 @@ def set_fast_paths(pipe: Pipeline, precision: str | Precision = "auto", *, deepc
     ("auto" keeps it so). "fp32" reads its fp32 weights back from the checkpoint file, after checking that the
     stored ones still match the file — weights changed in memory are never replaced: that, or a model not
     loaded by ``from_checkpoint``, is an error. Switching to bf16 later runs autocast over the fp32 weights."""
-    if isinstance(precision, str):
-        pipe.requested_precision = precision
+    pipe.requested_precision = precision if isinstance(precision, str) else precision.name
     device, dtype = pipe._device_dtype()
     unet = pipe.model.model.diffusion_model
     precision = precision_state.resolve_precision(precision, unet, device, dtype)

@@ -18,6 +18,9 @@ from .requests import Img2Img, Inpaint, Layout2Img, ModelRequest, RunRequest, Sa
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 Make = Callable[..., list]  # make(seed=s, n=k, progress=...) -> k images, image j with seed s + j
+# settings that only the other tasks record: a PNG holding one is not a txt2img image
+OTHER_TASKS = ("Denoising strength", "Init image", "Mask", "Class label", "Layout", "Semantic map", "Noise level",
+               "Low-res image")
 
 
 def txt2img(model: ModelRequest, run: RunRequest, task: Txt2Img, *, pick: int | None = None,
@@ -38,10 +41,12 @@ def txt2img(model: ModelRequest, run: RunRequest, task: Txt2Img, *, pick: int | 
     return _write(pipe, run, make, resolve_seed(run.seed), pick=pick)
 
 
-def txt2img_from_png(path: str, run: RunRequest, task: Txt2Img) -> tuple[RunRequest, Txt2Img, int | None, str | None]:
+def txt2img_from_png(path: str, model: ModelRequest, run: RunRequest,
+                     task: Txt2Img) -> tuple[ModelRequest, RunRequest, Txt2Img, int | None, str | None]:
     """The requests that re-create the image ``path`` from its parameters (prompt, negative prompt, steps, sampler,
-    CFG scale, seed, size, guidance rescale and its batch), the batch position to keep (None: all) and the model
-    hash it recorded. ``run`` and ``task`` give the rest (model, output folder, ...)."""
+    CFG scale, seed, size, guidance rescale, its batch, and the UNet precision and DeepCache interval when ``model``
+    leaves them to the default), the batch position to keep (None: all) and the model hash it recorded. ``model``,
+    ``run`` and ``task`` give the rest (checkpoint, output folder, ...)."""
     from ..diffusion.samplers import canonical_sampler
     from .metadata import parse_parameters, read_png_parameters
 
@@ -49,6 +54,10 @@ def txt2img_from_png(path: str, run: RunRequest, task: Txt2Img) -> tuple[RunRequ
     if "Grid" in s:
         raise LDMError(f"{path} is an ldm demo grid (its parameters describe rows, not one image); give one of the "
                        "demo's sample PNGs")
+    other = [k for k in OTHER_TASKS if k in s]
+    if other:
+        raise LDMError(f"{path} was not made by txt2img (its parameters have {', '.join(other)}); --from-png "
+                       "re-creates txt2img images")
     try:
         width, height = (int(v) for v in s["Size"].split("x"))
         pos, batch = int(s.get("Batch pos", 0)), int(s.get("Batch size", 1))
@@ -59,10 +68,14 @@ def txt2img_from_png(path: str, run: RunRequest, task: Txt2Img) -> tuple[RunRequ
                                   seed=int(s["Seed"]) - pos, n=batch, batch_size=batch)
         task = dataclasses.replace(task, prompt=prompt, negative_prompt=negative, height=height, width=width,
                                    guidance_rescale=float(s.get("Guidance rescale", 0.0)))
+        if model.precision == "auto" and "Precision" in s:
+            model = dataclasses.replace(model, precision=s["Precision"])
+        if model.deepcache is None and "DeepCache" in s:
+            model = dataclasses.replace(model, deepcache=int(s["DeepCache"]))
     except (KeyError, ValueError) as e:
         raise LDMError(f"{path}: parameters lack or mangle a setting ({e}); need Steps, Sampler, CFG scale, Seed, "
                        "Size") from None
-    return run, task, (pos if batch > 1 else None), s.get("Model hash")
+    return model, run, task, (pos if batch > 1 else None), s.get("Model hash")
 
 
 def img2img(model: ModelRequest, run: RunRequest, task: Img2Img) -> list[Path]:
@@ -122,7 +135,7 @@ def layout2img(model: ModelRequest, run: RunRequest, task: Layout2Img) -> list[P
                        "or --prompt TEXT [--planner FILE]")
     if task.planner is not None and task.prompt is None:
         raise LDMError("--planner draws the layout for a --prompt; pass --prompt TEXT")
-    _check(run)
+    _check(run, task.prompt or "")
     seed, extra = resolve_seed(run.seed), {}
     if task.prompt is not None:  # one layout drawn from the seed; all n images are drawn for it
         from ..default_model import planner_path

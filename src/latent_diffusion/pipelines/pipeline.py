@@ -28,7 +28,7 @@ from ..errors import LDMError, NonFiniteError
 from . import call, defaults, fast_paths, prompts, tasks_structured, tasks_text, tasks_upscale
 from .batches import bar_label, take
 from .images import check_size, tensor_to_pil
-from .limits import Limits
+from .limits import Limits, check_seed
 from .model_kind import model_kind, tasks_hint
 from .output import Record
 from .task_common import Callback, check_run, generators
@@ -177,8 +177,16 @@ class Pipeline:
                 negative_prompt: str = "", extra: dict[str, Any] | None = None) -> Record:
         """What the images of a task call record in their parameters (``output.Record``); ``extra``: the task's own
         settings (a None value is left out)."""
+        check_seed(seed, 1)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise LDMError(f"batch_size must be a positive integer or None (all images at once), got {batch_size!r}")
         settings = {"Steps": steps, "Sampler": canonical_sampler(sampler), "CFG scale": cfg_scale}
         settings.update({k: v for k, v in (extra or {}).items() if v is not None})
+        # what else changes pixels: the UNet's precision, DeepCache
+        settings["Precision"] = self.precision.name
+        if self.fast.deepcache and self.fast.deepcache > 1:
+            settings["DeepCache"] = self.fast.deepcache
         return Record(prompt, negative_prompt, seed, batch_size, settings, self.model_hash)
 
     def _decode(self, z: torch.Tensor, output: str, record: Record | None = None) -> Any:

@@ -79,12 +79,13 @@ def parse_layout(layout: LayoutLike, n_classes: int, max_objects: int | None = N
 
 def layout_text(rows: torch.Tensor) -> str:
     """A parsed layout as the images' parameters record it: ``red circle 0.1 0.2 0.5 0.6; ...`` (padding left out;
-    a class past ShapesWorld's names as its number)."""
+    a class past ShapesWorld's names as its number). Each coordinate is written as the shortest text that reads back
+    to the same float32, so the boxes recorded are exactly the boxes drawn (the layout model sees 1e-5)."""
     objects = []
     for c, *box in rows.tolist():
         if c >= 0:
             name = class_name(int(c)) if int(c) < NUM_CLASSES else str(int(c))
-            objects.append(" ".join([name, *(f"{round(v, 4):g}" for v in box)]))
+            objects.append(" ".join([name, *(str(np.float32(v)) for v in box)]))
     return "; ".join(objects)
 
 

@@ -99,7 +99,7 @@ def build_training_model(cfg: LDMTrainConfig, *, load_init: bool = True, items=N
     return model
 
 
-TEXT_ENCODERS = ("bert", "minilm", "clip", "open_clip")
+TEXT_ENCODERS = ("bert", "clip", "open_clip")  # trainable; the MiniLM encoder runs frozen (no grad inside)
 
 
 def set_text_encoder_training(model: LatentDiffusion, cfg: LDMTrainConfig) -> None:
@@ -109,6 +109,9 @@ def set_text_encoder_training(model: LatentDiffusion, cfg: LDMTrainConfig) -> No
     if want is None:
         return
     kind = cfg.model.conditioner.kind
+    if want and kind == "minilm":
+        raise ConfigError("diffusion.train_text_encoder: true, but the MiniLM text encoder runs frozen (its encoder "
+                          f"computes without gradients); trainable text encoders: {list(TEXT_ENCODERS)}")
     if want and (model.cond_stage_model is None or kind not in TEXT_ENCODERS):
         raise ConfigError(f"diffusion.train_text_encoder: true, but this model has no text encoder to train "
                           f"(model.conditioner.kind {kind!r}; text encoders: {list(TEXT_ENCODERS)}); the first stage "

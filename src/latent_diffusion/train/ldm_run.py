@@ -331,8 +331,9 @@ def global_batch(run_cfg: dict[str, Any]) -> int:
 def regrouped(saved: dict[str, Any], ours: dict[str, Any], diff: list[str]) -> list[str]:
     """``diff`` without the process layout (devices, num_nodes, per-process batch_size) when the global batch is the
     same: the data stream's positions and the step counter are global (``ldm_data``), so a run resumes on another
-    number of processes where it stopped. (The noise / timestep draws are per rank: not bit-identical to a run that
-    kept its layout.) Not with data.buckets: a bucket's micro-batches are cut at the per-process batch size."""
+    number of processes where it stopped, and each sample's draws follow its stream position, not its rank (equal to
+    a run that kept its layout up to the order of the gradient sums). Not with data.buckets: a bucket's micro-batches
+    are cut at the per-process batch size."""
     same = global_batch(saved.get("run") or {}) == global_batch(ours["run"]) and not ours["data"].get("buckets")
     if any(k in LAYOUT for k in diff) and same:
         return [k for k in diff if k not in LAYOUT]
