@@ -238,3 +238,10 @@ def test_cli_takes_the_file_as_path_or_ckpt(capsys: pytest.CaptureFixture) -> No
     assert capsys.readouterr().out == by_path
     assert main(["inspect"]) == 2 and "PATH or --ckpt PATH" in capsys.readouterr().err
     assert main(["inspect", planner, "--ckpt", planner]) == 2
+
+
+def test_fine_tuning_recipes_are_described_without_their_init_file() -> None:
+    for recipe in sorted((ROOT / "configs" / "finetune").glob("*.yaml")):
+        info = inspect_file(recipe)
+        assert info["kind"] == "config" and info["config"] == "ldm fine-tuning recipe", recipe
+        assert "--init-from" in info["what"]

@@ -173,7 +173,14 @@ def _config(p: Probe) -> dict[str, Any] | None:
         p.why_not.append(f"YAML holding a {type(data).__name__}, not a mapping of config sections")
         return None
     info: dict[str, Any] = {"path": p.source, "kind": "config"}
-    if {"task", "first_stage_path", "diffusion", "init_from"} & data.keys():
+    model = data.get("model")
+    if (model == "from_init" or (isinstance(model, dict) and model.get("from_init"))) and not data.get("init_from"):
+        run = data.get("run") or {}
+        info |= {"config": "ldm fine-tuning recipe", "task": data.get("task"), "family": "the --init-from file's",
+                 "max_steps": run.get("max_steps")}
+        what = (f"a stage-2 fine-tuning recipe: {data.get('task')}, the model of the file given as --init-from "
+                f"(`ldm train ldm --config {p.path.name} --init-from CKPT`)")
+    elif {"task", "first_stage_path", "diffusion", "init_from"} & data.keys():
         cfg = LDMTrainConfig.from_dict(data, where=p.source)
         info |= {"config": "ldm training recipe", "task": cfg.task, "family": family(cfg.model),
                  "max_steps": cfg.run.max_steps, "first_stage_path": cfg.first_stage_path}
